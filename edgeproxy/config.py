@@ -1,0 +1,356 @@
+"""Typed settings: one TOML file plus ``EDGEPROXY_SECTION__KEY`` environment overrides.
+
+Why a hand-written loader rather than a settings framework: the rules are small (TOML,
+environment strings coerced to the declared type, durations like ``"30m"``) and the one
+thing users need most from it is a complete list of problems, each named by its key, which
+``edgeproxy check-config`` prints. Every problem is collected; nothing stops at the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "EDGEPROXY_"
+
+# Keys that hold secrets: they may come from the environment alone, and are never printed.
+SECRET_KEYS = {
+    ("sessions", "signing_keys"),
+    ("amplitude", "api_key"),
+    ("amplitude", "secret_key"),
+    ("debug", "token"),
+}
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; ``problems`` holds one ``key: message`` per line."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    prefix: str = "/_e"
+    trusted_proxies: list[str] = field(default_factory=list)
+    # Origins allowed to call the tracking API cross-origin with credentials. Empty: any
+    # origin is answered with `*` semantics (no credentials), like Segment's API.
+    cors_origins: list[str] = field(default_factory=list)
+    healthz_path: str = "/healthz"
+    readyz_path: str = "/readyz"
+    metrics_path: str = "/metrics"
+    debug_path: str = "/debug"
+    log_format: str = "auto"  # "json", "text" or "auto" (text on a terminal)
+    shutdown_grace: float = 10.0
+
+
+@dataclass
+class OriginConfig:
+    url: str = ""
+    inject_snippet: bool = False
+    timeout: float = 30.0
+
+
+@dataclass
+class CdnConfig:
+    analytics_js_dir: str = ""
+    upstream: str = "https://cdn.segment.com"
+
+
+@dataclass
+class SegmentConfig:
+    write_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SessionsConfig:
+    timeout: float = 1800.0
+    cookie_domain: str = ""
+    secure_cookies: bool = True
+    store: str = "memory"
+    signing_keys: list[str] = field(default_factory=list)
+    device_cookie: str = "_ep_did"
+    session_cookie: str = "_ep_sess"
+    device_cookie_max_age: float = 400 * 86400.0
+    # Stamp a server session on non-web events that carry no session id (off: Segment's
+    # mobile plugins own their 5-minute sessions).
+    stamp_non_web: bool = False
+    session_events: bool = False
+    session_start_event: str = "session_start"
+    session_end_event: str = "session_end"
+    max_sessions: int = 1_000_000
+
+
+@dataclass
+class DeliveryConfig:
+    data_dir: str = "./data"
+    batch_size: int = 500
+    flush_interval: float = 1.0
+    request_timeout: float = 10.0
+    retry_base: float = 1.0
+    retry_max: float = 300.0
+    rate_limit: float = 0.0  # events per second per project; 0 = unlimited
+    retention: int = 10_000  # delivered rows kept for /debug
+
+
+@dataclass
+class DebugConfig:
+    token: str = ""
+
+
+@dataclass
+class AmplitudeConfig:
+    api_key: str = ""
+    secret_key: str = ""
+    region: str = "north_america"
+    endpoint_url: str = ""
+    subscriptions: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_mapping_config(self) -> dict[str, Any]:
+        """The ``[amplitude]`` section as the mapping layer (and conformance cases) see it."""
+        out: dict[str, Any] = {"region": self.region, "subscriptions": self.subscriptions}
+        if self.api_key:
+            out["api_key"] = self.api_key
+        if self.secret_key:
+            out["secret_key"] = self.secret_key
+        if self.endpoint_url:
+            out["endpoint_url"] = self.endpoint_url
+        return out
+
+
+@dataclass
+class Settings:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    origin: OriginConfig = field(default_factory=OriginConfig)
+    cdn: CdnConfig = field(default_factory=CdnConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    amplitude: AmplitudeConfig = field(default_factory=AmplitudeConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.delivery.data_dir)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+# Keys whose values are durations (seconds as float).
+DURATION_KEYS = {
+    ("sessions", "timeout"),
+    ("sessions", "device_cookie_max_age"),
+    ("delivery", "flush_interval"),
+    ("delivery", "request_timeout"),
+    ("delivery", "retry_base"),
+    ("delivery", "retry_max"),
+    ("origin", "timeout"),
+    ("server", "shutdown_grace"),
+}
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"30m"``, ``"2s"``, ``"500ms"`` or a number of seconds, as seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as \"30m\", \"2s\" or 10, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"expected a duration such as \"30m\", \"2s\", \"500ms\" or 10, got {value!r}")
+
+
+def _coerce(section: str, key: str, value: Any, default: Any, from_env: bool) -> Any:
+    """Coerce ``value`` to the type of ``default``; environment strings are parsed."""
+    if (section, key) in DURATION_KEYS:
+        return parse_duration(value)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ValueError(f"expected true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_env and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"expected a string, got {value!r}")
+    if isinstance(default, list):
+        if from_env and isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import orjson
+
+                try:
+                    value = orjson.loads(text)
+                except orjson.JSONDecodeError as exc:
+                    raise ValueError(f"expected a JSON list or comma-separated values: {exc}") from None
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {value!r}")
+        return value
+    return value
+
+
+def _defaults_of(section: str) -> Any:
+    return SECTIONS[section]()
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), apply environment overrides, validate; raise ConfigError."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: file not found"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+    settings = Settings()
+    for section_name, section_raw in raw.items():
+        if section_name not in SECTIONS:
+            problems.append(f"{section_name}: unknown section (known: {', '.join(SECTIONS)})")
+            continue
+        if not isinstance(section_raw, dict):
+            problems.append(f"{section_name}: must be a table, e.g. [{section_name}]")
+            continue
+        target = getattr(settings, section_name)
+        defaults = _defaults_of(section_name)
+        for key, value in section_raw.items():
+            if not hasattr(defaults, key):
+                problems.append(f"{section_name}.{key}: unknown key")
+                continue
+            try:
+                setattr(target, key, _coerce(section_name, key, value, getattr(defaults, key), from_env=False))
+            except ValueError as exc:
+                problems.append(f"{section_name}.{key}: {exc}")
+
+    for env_key, value in env.items():
+        if not env_key.startswith(ENV_PREFIX) or "__" not in env_key:
+            continue
+        section_name, _, key = env_key[len(ENV_PREFIX):].lower().partition("__")
+        if section_name not in SECTIONS:
+            problems.append(f"{env_key}: unknown section {section_name!r}")
+            continue
+        defaults = _defaults_of(section_name)
+        if not hasattr(defaults, key) or key == "subscriptions":
+            problems.append(f"{env_key}: unknown key {section_name}.{key}")
+            continue
+        try:
+            setattr(getattr(settings, section_name), key, _coerce(section_name, key, value, getattr(defaults, key), from_env=True))
+        except ValueError as exc:
+            problems.append(f"{env_key} ({section_name}.{key}): {exc}")
+
+    problems.extend(validate(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def validate(s: Settings) -> list[str]:
+    """Every semantic problem, each prefixed with its key."""
+    problems: list[str] = []
+    if not 0 < s.server.port < 65536:
+        problems.append(f"server.port: must be between 1 and 65535, got {s.server.port}")
+    for key in ("prefix", "healthz_path", "readyz_path", "metrics_path", "debug_path"):
+        value = getattr(s.server, key)
+        if not value.startswith("/") or (value != "/" and value.endswith("/")) or "//" in value:
+            problems.append(f"server.{key}: must start with '/' and not end with one, got {value!r}")
+    if s.server.log_format not in {"auto", "json", "text"}:
+        problems.append(f"server.log_format: must be one of auto, json, text, got {s.server.log_format!r}")
+    for i, proxy in enumerate(s.server.trusted_proxies):
+        import ipaddress
+
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except (ValueError, TypeError):
+            problems.append(f"server.trusted_proxies[{i}]: not an IP address or network: {proxy!r}")
+    for i, origin in enumerate(s.server.cors_origins):
+        if not isinstance(origin, str) or not re.match(r"^https?://[^/]+$", origin):
+            problems.append(f"server.cors_origins[{i}]: must be an origin like https://www.example.com, got {origin!r}")
+    if s.origin.url and not re.match(r"^https?://[^/]+", s.origin.url):
+        problems.append(f"origin.url: must be an http(s) URL, got {s.origin.url!r}")
+    if s.cdn.analytics_js_dir and not Path(s.cdn.analytics_js_dir).is_dir():
+        problems.append(f"cdn.analytics_js_dir: not a directory: {s.cdn.analytics_js_dir!r}")
+    if s.cdn.upstream and not re.match(r"^https?://[^/]+", s.cdn.upstream):
+        problems.append(f"cdn.upstream: must be an http(s) URL, got {s.cdn.upstream!r}")
+    for i, key in enumerate(s.segment.write_keys):
+        if not isinstance(key, str) or not key:
+            problems.append(f"segment.write_keys[{i}]: must be a non-empty string")
+    if s.sessions.timeout <= 0:
+        problems.append("sessions.timeout: must be positive")
+    if s.sessions.store != "memory" and not s.sessions.store.startswith(("redis://", "rediss://", "unix://")):
+        problems.append(f"sessions.store: must be \"memory\" or a redis:// URL, got {s.sessions.store!r}")
+    for i, key in enumerate(s.sessions.signing_keys):
+        if not isinstance(key, str) or len(key) < 16:
+            problems.append(f"sessions.signing_keys[{i}]: must be a string of at least 16 characters")
+    for key in ("device_cookie", "session_cookie"):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", getattr(s.sessions, key)):
+            problems.append(f"sessions.{key}: must be a cookie name of letters, digits, '_', '.', '-'")
+    if not 1 <= s.delivery.batch_size <= 2000:
+        problems.append(f"delivery.batch_size: must be between 1 and 2000 (Amplitude's limit), got {s.delivery.batch_size}")
+    if s.delivery.flush_interval <= 0:
+        problems.append("delivery.flush_interval: must be positive")
+    if s.delivery.rate_limit < 0:
+        problems.append("delivery.rate_limit: must be 0 (unlimited) or positive")
+    if s.amplitude.region not in {"north_america", "europe"}:
+        problems.append(f"amplitude.region: must be one of: \"north_america\" or \"europe\", got {s.amplitude.region!r}")
+    if s.amplitude.endpoint_url and not re.match(r"^https?://[^/]+", s.amplitude.endpoint_url):
+        problems.append(f"amplitude.endpoint_url: must be an http(s) URL, got {s.amplitude.endpoint_url!r}")
+    if not isinstance(s.amplitude.subscriptions, list):
+        problems.append("amplitude.subscriptions: must be an array of tables ([[amplitude.subscriptions]])")
+    else:
+        problems.extend(_subscription_problems(s.amplitude))
+    return problems
+
+
+def _subscription_problems(amp: AmplitudeConfig) -> list[str]:
+    """Let the mapping layer judge subscriptions (FQL syntax, action names, mapping keys)."""
+    try:
+        from edgeproxy.mapping import validate_subscriptions
+    except ImportError:  # mapping layer not built yet
+        return []
+    return [f"amplitude.subscriptions{p}" if p.startswith("[") else p for p in validate_subscriptions(amp.subscriptions)]
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """Settings as a dict with secrets replaced, for logs and /debug."""
+    out = dataclasses.asdict(settings)
+    for section, key in SECRET_KEYS:
+        if out[section].get(key):
+            out[section][key] = "***"
+    return out
