@@ -1,0 +1,90 @@
+"""``edgeproxy map``: Segment events (JSON lines) in, the Amplitude requests they become out.
+
+The user's preview tool and the conformance suite's entry point: no network, no session
+state, settings checked strictly (a missing key refuses every event, as the reference does).
+One output line per input line, in the shape of the conformance cases' ``expected``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from ..amplitude_api import build_request
+from . import Mapped, Mapper, MappingConfigError
+
+
+def load_amplitude_config(config_path: str | None) -> dict[str, Any]:
+    """The ``[amplitude]`` table of a TOML config, or of a ``.json`` file of the same shape."""
+    if config_path is None:
+        return {}
+    path = Path(config_path)
+    if path.suffix.lower() == ".json":
+        raw = orjson.loads(path.read_bytes())
+    else:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config_path}: expected a table/object at the top level")
+    amplitude = raw.get("amplitude", {})
+    if not isinstance(amplitude, dict):
+        raise ValueError(f"{config_path}: [amplitude] must be a table")
+    return amplitude
+
+
+def render(mapped: Mapped, amplitude: dict[str, Any]) -> dict[str, Any]:
+    """One request per (endpoint, options) group of the event's outputs, in first-seen order."""
+    groups: dict[tuple[str, bytes], tuple[dict | None, list[dict]]] = {}
+    for out in mapped.outputs:
+        key = (out.endpoint, orjson.dumps(out.options, option=orjson.OPT_SORT_KEYS))
+        groups.setdefault(key, (out.options, []))[1].append(out.item)
+    requests = []
+    for (endpoint, _), (options, items) in groups.items():
+        req = build_request(endpoint, str(amplitude.get("api_key", "")), items, options,
+                            region=amplitude.get("region") or "north_america",
+                            base_override=amplitude.get("endpoint_url") or "")
+        requests.append({"method": "POST", "url": req.url, "headers": {"content-type": req.content_type}, "body": req.body})
+    error = "; ".join(f"400 {e}" for e in mapped.errors) or None
+    return {"requests": requests, "error": error}
+
+
+def run_map(config_path: str | None, stdin: TextIO, stdout: TextIO) -> int:
+    """Map every JSON line of ``stdin``; 2 when the configuration is unusable, else 0."""
+    try:
+        amplitude = load_amplitude_config(config_path)
+        mapper = Mapper(amplitude, strict_settings=True)
+    except MappingConfigError as exc:
+        for problem in exc.problems:
+            print(f"amplitude.subscriptions{problem}" if problem.startswith("[") else problem, file=sys.stderr)
+        return 2
+    except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
+        print(f"cannot read config: {exc}", file=sys.stderr)
+        return 2
+    for number, line in enumerate(stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            out: dict[str, Any] = {"requests": [], "error": f"line {number}: invalid JSON: {exc}"}
+        else:
+            out = render(mapper.map(event), amplitude)
+        stdout.write(orjson.dumps(out).decode() + "\n")
+    stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgeproxy map", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="edgeproxy TOML config (its [amplitude] table) or a .json of the same shape")
+    args = parser.parse_args(argv)
+    return run_map(args.config, sys.stdin, sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Segment's subscription language (FQL), parsed once into a predicate over a Segment message.
+
+Supported, as Segment writes it: dotted paths (``type``, ``event``, ``name``,
+``properties.plan``, ``context.library.name``), ``=`` ``!=`` ``<`` ``<=`` ``>`` ``>=`` against
+strings, numbers, ``true``/``false``/``null``, ``contains(path, "text")`` and
+``match(path, "glob*")``, ``and``/``or``/``not`` (``!`` too) and parentheses. ``and`` binds
+tighter than ``or``. A syntax error says what was expected and at which position (1-based
+column), so a user can fix a subscription copied from Segment.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+import orjson
+
+from .directives import MISSING, get_path, split_path
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+      | (?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.]))
+      | (?P<op>!=|<=|>=|=|<|>)
+      | (?P<punct>[(),!])
+      | (?P<word>[A-Za-z_$][\w$\-]*(?:\.[\w$\-]+|\[(?:\d+|"[^"]*"|'[^']*')\])*)
+      | (?P<bad>\S)
+    )""",
+    re.VERBOSE,
+)
+_KEYWORDS = {"and", "or", "not", "true", "false", "null"}
+_FUNCTIONS = {"contains", "match"}
+
+
+class FQLSyntaxError(ValueError):
+    def __init__(self, message: str, position: int, source: str):
+        super().__init__(f"{message} at position {position}: {source}")
+        self.position = position
+        self.source = source
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # string number op punct word end
+    text: str
+    pos: int  # 1-based column
+
+
+def _tokenize(source: str) -> list[_Tok]:
+    tokens: list[_Tok] = []
+    index = 0
+    while index < len(source):
+        match = _TOKEN.match(source, index)
+        if match is None or match.end() == index:  # only trailing whitespace left
+            break
+        kind = match.lastgroup or "end"
+        start = match.start(kind)
+        if kind == "bad":
+            quote = source[start] in "\"'"
+            raise FQLSyntaxError("unterminated string" if quote else f"unexpected character {source[start]!r}", start + 1, source)
+        tokens.append(_Tok(kind, match.group(kind), start + 1))
+        index = match.end()
+    tokens.append(_Tok("end", "", len(source) + 1))
+    return tokens
+
+
+def _strict_equal(a: Any, b: Any) -> bool:
+    """JavaScript ``===`` on JSON values (so ``true`` is not ``1``)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+class _Parser:
+    def __init__(self, source: str):
+        self.source = source
+        self.tokens = _tokenize(source)
+        self.i = 0
+
+    def peek(self) -> _Tok:
+        return self.tokens[self.i]
+
+    def take(self) -> _Tok:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def fail(self, expected: str, tok: _Tok | None = None) -> FQLSyntaxError:
+        tok = tok or self.peek()
+        found = "end of input" if tok.kind == "end" else repr(tok.text)
+        return FQLSyntaxError(f"expected {expected}, found {found}", tok.pos, self.source)
+
+    def is_word(self, word: str) -> bool:
+        tok = self.peek()
+        return tok.kind == "word" and tok.text.lower() == word
+
+    def parse(self) -> Predicate:
+        if self.peek().kind == "end":
+            raise self.fail("a condition such as type = \"track\"")
+        pred = self.parse_or()
+        if self.peek().kind != "end":
+            raise self.fail("'and', 'or' or the end of the condition")
+        return pred
+
+    def parse_or(self) -> Predicate:
+        parts = [self.parse_and()]
+        while self.is_word("or"):
+            self.take()
+            parts.append(self.parse_and())
+        return parts[0] if len(parts) == 1 else (lambda m, ps=tuple(parts): any(p(m) for p in ps))
+
+    def parse_and(self) -> Predicate:
+        parts = [self.parse_unary()]
+        while self.is_word("and"):
+            self.take()
+            parts.append(self.parse_unary())
+        return parts[0] if len(parts) == 1 else (lambda m, ps=tuple(parts): all(p(m) for p in ps))
+
+    def parse_unary(self) -> Predicate:
+        tok = self.peek()
+        if self.is_word("not") or (tok.kind == "punct" and tok.text == "!"):
+            self.take()
+            inner = self.parse_unary()
+            return lambda m: not inner(m)
+        if tok.kind == "punct" and tok.text == "(":
+            self.take()
+            inner = self.parse_or()
+            if not (self.peek().kind == "punct" and self.peek().text == ")"):
+                raise self.fail("')'")
+            self.take()
+            return inner
+        if tok.kind == "word" and tok.text.lower() in _FUNCTIONS:
+            return self.parse_function()
+        return self.parse_comparison()
+
+    def parse_path(self) -> tuple[str, ...]:
+        tok = self.peek()
+        if tok.kind != "word" or tok.text.lower() in _KEYWORDS:
+            raise self.fail("a field such as type, event or properties.plan")
+        self.take()
+        return split_path(tok.text)
+
+    def parse_value(self) -> Any:
+        tok = self.peek()
+        if tok.kind == "string":
+            self.take()
+            body = tok.text[1:-1]
+            if tok.text[0] == "'":
+                body = body.replace('\\\'', "'").replace('"', '\\"')
+            try:
+                return orjson.loads(f'"{body}"')
+            except orjson.JSONDecodeError:
+                raise FQLSyntaxError("invalid escape in string", tok.pos, self.source) from None
+        if tok.kind == "number":
+            self.take()
+            number = float(tok.text)
+            return int(number) if number.is_integer() and "." not in tok.text and "e" not in tok.text.lower() else number
+        if tok.kind == "word" and tok.text.lower() in ("true", "false", "null"):
+            self.take()
+            return {"true": True, "false": False, "null": None}[tok.text.lower()]
+        raise self.fail("a value (a \"string\", a number, true, false or null)")
+
+    def parse_comparison(self) -> Predicate:
+        path = self.parse_path()
+        tok = self.peek()
+        if tok.kind != "op":
+            raise self.fail("an operator (=, !=, <, <=, >, >=)")
+        self.take()
+        value = self.parse_value()
+        return _comparison(path, tok.text, value)
+
+    def parse_function(self) -> Predicate:
+        name = self.take().text.lower()
+        if not (self.peek().kind == "punct" and self.peek().text == "("):
+            raise self.fail(f"'(' after {name}")
+        self.take()
+        path = self.parse_path()
+        if not (self.peek().kind == "punct" and self.peek().text == ","):
+            raise self.fail("','")
+        self.take()
+        tok = self.peek()
+        if tok.kind != "string":
+            raise self.fail(f"a \"string\" as the second argument of {name}")
+        needle = self.parse_value()
+        if not (self.peek().kind == "punct" and self.peek().text == ")"):
+            raise self.fail("')'")
+        self.take()
+        if name == "contains":
+            return lambda m: isinstance(v := get_path(m, path), str) and needle in v
+        pattern = re.compile(fnmatch.translate(needle))
+        return lambda m: isinstance(v := get_path(m, path), str) and pattern.match(v) is not None
+
+
+def _comparison(path: tuple[str, ...], op: str, expected: Any) -> Predicate:
+    if expected is None and op in ("=", "!="):
+        absent = op == "="
+        return lambda m: (get_path(m, path) in (MISSING, None)) is absent
+    if op == "=":
+        return lambda m: _strict_equal(get_path(m, path), expected)
+    if op == "!=":
+        return lambda m: not _strict_equal(get_path(m, path), expected)
+    if not isinstance(expected, (int, float)) or isinstance(expected, bool):
+        compare: Callable[[Any], bool] = lambda v: False  # ordering is only defined on numbers
+    else:
+        compare = {"<": lambda v: v < expected, "<=": lambda v: v <= expected,
+                   ">": lambda v: v > expected, ">=": lambda v: v >= expected}[op]
+
+    def ordered(m: dict[str, Any]) -> bool:
+        value = get_path(m, path)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and compare(value)
+
+    return ordered
+
+
+@lru_cache(maxsize=256)
+def parse_fql(source: str) -> Predicate:
+    """Compile ``source``; raise FQLSyntaxError (with ``position``) when it is not valid FQL."""
+    if not isinstance(source, str):
+        raise TypeError("an FQL condition must be a string")
+    return _Parser(source).parse()
