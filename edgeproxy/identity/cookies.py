@@ -1,0 +1,267 @@
+"""Signed identity cookies: the device cookie, the session cookie and the readable pair.
+
+Why signed and server-set: Safari caps script-written cookies at 7 days and ad blockers
+keep Segment's plugin from running; an HttpOnly cookie set by the site's own server lasts
+its full ``Max-Age`` and cannot be forged by the page. Signing is itsdangerous with a list
+of keys: the first configured key signs, every key verifies, so keys rotate without
+logging anyone out.
+
+Every reader here is total: a forged, expired, garbled, oversized or wrong-key cookie reads
+as "absent" (the caller then issues a fresh identity), never as an exception.
+
+Cookies leave this module as ``CookieSpec`` values (plain data); the edge turns them into
+``Set-Cookie`` headers. Values are URL-safe base64 or decimal digits only, so no header
+injection is possible whatever the device id contains.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
+
+from edgeproxy.identity.sessions import SessionState
+
+# Segment's names, read by the browser plugin and by Amplitude Session Replay.
+READABLE_SESSION_COOKIE = "analytics_session_id"
+READABLE_LAST_ACCESS_COOKIE = "analytics_session_id.last_access"
+
+# Browsers drop cookies over 4096 bytes; anything longer is not ours.
+MAX_COOKIE_VALUE = 4096
+# Longest device id kept in a cookie (uuids are 36; Segment ids are free-form strings).
+MAX_DEVICE_ID_LEN = 200
+
+SIGNING_KEY_FILE = "signing.key"
+
+_DEVICE_SALT = "edgeproxy.device"
+_SESSION_SALT = "edgeproxy.session"
+_DOMAIN_RE = re.compile(r"^\.?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class CookieSpec:
+    """One cookie to set, as plain data."""
+
+    name: str
+    value: str
+    max_age: int
+    http_only: bool
+    secure: bool
+    same_site: str = "Lax"
+    domain: str | None = None
+    path: str = "/"
+
+    def set_cookie_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``aiohttp.web.StreamResponse.set_cookie``."""
+        kwargs: dict[str, Any] = {
+            "max_age": self.max_age,
+            "path": self.path,
+            "secure": self.secure,
+            "httponly": self.http_only,
+            "samesite": self.same_site,
+        }
+        if self.domain:
+            kwargs["domain"] = self.domain
+        return kwargs
+
+    def header_value(self) -> str:
+        """The ``Set-Cookie`` header value."""
+        parts = [f"{self.name}={self.value}", f"Max-Age={self.max_age}", f"Path={self.path}"]
+        if self.domain:
+            parts.append(f"Domain={self.domain}")
+        if self.secure:
+            parts.append("Secure")
+        if self.http_only:
+            parts.append("HttpOnly")
+        parts.append(f"SameSite={self.same_site}")
+        return "; ".join(parts)
+
+
+def valid_device_id(value: Any) -> bool:
+    """A string fit to be an edge device id: non-blank, bounded, no control characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_DEVICE_ID_LEN:
+        return False
+    return not any(unicodedata.category(ch) == "Cc" for ch in value)
+
+
+def _signer_with_clock(clock: Callable[[], float]) -> type[TimestampSigner]:
+    """A TimestampSigner reading ``clock`` (tests age cookies without sleeping)."""
+
+    class ClockSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock())
+
+    return ClockSigner
+
+
+def make_serializer(keys: Sequence[str], salt: str, clock: Callable[[], float] = time.time) -> URLSafeTimedSerializer:
+    """A timed serializer that signs with ``keys[0]`` and verifies with every key.
+
+    itsdangerous signs with the LAST key of its list, so the configured order is reversed.
+    Exposed so other signed cookies (the /debug login) share the rotation rule.
+    """
+    if not keys:
+        raise ValueError("at least one signing key is required")
+    return URLSafeTimedSerializer(
+        list(reversed([str(k) for k in keys])),
+        salt=salt,
+        signer=_signer_with_clock(clock),
+        serializer_kwargs={"separators": (",", ":")},
+    )
+
+
+class CookieCodec:
+    """Encodes and verifies the two signed cookies.
+
+    The device payload is ``[device_id]`` or ``[device_id, 1]`` for a *provisional* id (one
+    issued on an HTML page before any event was seen, which the first event's
+    ``anonymousId`` may replace). The session payload is ``[device_id, session_id,
+    last_event_ms, event_count, first_seen]``: compact, and bound to the device it belongs
+    to, so a session cookie copied next to another device cookie is ignored.
+    """
+
+    def __init__(self, keys: Sequence[str], *, max_age_s: float, clock: Callable[[], float] = time.time):
+        self._device = make_serializer(keys, _DEVICE_SALT, clock)
+        self._session = make_serializer(keys, _SESSION_SALT, clock)
+        self._max_age = max_age_s
+
+    def dump_device(self, device_id: str, *, provisional: bool = False) -> str:
+        if not valid_device_id(device_id):
+            raise ValueError(f"not a usable device id for a cookie: {device_id!r}")
+        return self._device.dumps([device_id, 1] if provisional else [device_id])
+
+    def load_device(self, value: str | None) -> tuple[str, bool] | None:
+        """``(device_id, provisional)`` or None when the cookie is absent or not valid."""
+        payload = self._load(self._device, value)
+        if not isinstance(payload, list) or not payload or not valid_device_id(payload[0]):
+            return None
+        if len(payload) == 1:
+            return payload[0], False
+        if len(payload) == 2 and payload[1] == 1 and payload[1] is not True:
+            return payload[0], True
+        return None
+
+    def dump_session(self, device_id: str, state: SessionState) -> str:
+        return self._session.dumps(
+            [device_id, state.session_id, state.last_event_ms, state.event_count, state.first_seen]
+        )
+
+    def load_session(self, value: str | None, device_id: str | None) -> SessionState | None:
+        """The session state, only when the cookie is valid and bound to ``device_id``."""
+        if device_id is None:
+            return None
+        payload = self._load(self._session, value)
+        if not isinstance(payload, list) or len(payload) != 5 or payload[0] != device_id:
+            return None
+        numbers = payload[1:]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+            return None
+        session_id, last_event_ms, event_count, first_seen = numbers
+        if session_id > last_event_ms or event_count < 1:
+            return None
+        return SessionState(
+            session_id=session_id,
+            last_event_ms=last_event_ms,
+            event_count=event_count,
+            user_id=None,
+            first_seen=min(first_seen, session_id),
+        )
+
+    def _load(self, serializer: URLSafeTimedSerializer, value: str | None) -> Any:
+        if not isinstance(value, str) or not value or len(value) > MAX_COOKIE_VALUE:
+            return None
+        try:
+            return serializer.loads(value, max_age=self._max_age)
+        except (BadData, ValueError, TypeError, OverflowError):  # garbled base64/zlib/json too
+            return None
+
+
+@dataclass(frozen=True)
+class CookiePolicy:
+    """Names and attributes of the identity cookies, from ``[sessions]``."""
+
+    device_cookie: str = "_ep_did"
+    session_cookie: str = "_ep_sess"
+    domain: str | None = None
+    secure: bool = True
+    max_age: int = 400 * 86400
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CookiePolicy:
+        s = settings.sessions
+        domain = s.cookie_domain.strip() or None
+        if domain is not None and not _DOMAIN_RE.match(domain):
+            raise ValueError(
+                f"sessions.cookie_domain: not a domain name such as \"example.com\", got {s.cookie_domain!r}"
+            )
+        return cls(
+            device_cookie=s.device_cookie,
+            session_cookie=s.session_cookie,
+            domain=domain,
+            secure=bool(s.secure_cookies),
+            max_age=int(s.device_cookie_max_age),
+        )
+
+    def signed(self, name: str, value: str) -> CookieSpec:
+        return CookieSpec(name, value, self.max_age, http_only=True, secure=self.secure, domain=self.domain)
+
+    def readable(self, name: str, value: int) -> CookieSpec:
+        """The browser plugin's cookies: script-readable, epoch ms as a decimal string."""
+        return CookieSpec(name, str(int(value)), self.max_age, http_only=False, secure=self.secure, domain=self.domain)
+
+
+def load_signing_keys(settings: Any) -> list[str]:
+    """The configured signing keys, or the one kept in ``<data_dir>/signing.key``.
+
+    Why a file: with no key configured, a key generated per start would log every visitor
+    out on each restart. The file is created once (mode 0600) by an atomic link of a fully
+    written temporary file, so processes starting together agree on one key.
+    """
+    configured = [k for k in settings.sessions.signing_keys if k]
+    if configured:
+        return list(configured)
+    data_dir = Path(settings.delivery.data_dir)
+    path = data_dir / SIGNING_KEY_FILE
+    key = _read_key(path)
+    if key is not None:
+        return [key]
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError(f"delivery.data_dir: cannot create {str(data_dir)!r} to keep the signing key: {exc}") from None
+    tmp = data_dir / f".{SIGNING_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won the race: use its key
+    finally:
+        tmp.unlink(missing_ok=True)
+    key = _read_key(path)
+    if key is None:
+        raise RuntimeError(f"{path}: signing key file is empty or unreadable; delete it to generate a new one")
+    return [key]
+
+
+def _read_key(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuntimeError(f"{path}: cannot read the signing key: {exc}") from None
+    if len(text) < 16:
+        raise RuntimeError(f"{path}: the signing key is shorter than 16 characters; delete the file to generate a new one")
+    return text

@@ -1,0 +1,251 @@
+"""Identity for one Segment message: device id resolution and the server-owned session.
+
+The edge calls ``read_cookies`` once per request, ``process`` once per message (the
+jar is updated in place, so the next message of the same batch sees the same device and
+session), then ``response_cookies`` to refresh the cookies. I/O happens only through the
+session store; the rules are ``sessions.touch`` and ``sessions.reconcile``.
+
+Decisions beyond SPEC section 3, each with its reason:
+
+- Event time is the (already skew-corrected) ``timestamp``, clamped to ``now_ms``: an event
+  cannot happen after it was received, and a far-future time would otherwise keep a
+  session alive forever. Missing or unparseable times (or before 2001) use ``now_ms``.
+- ``-1`` (Amplitude's out-of-session marker): left untouched on non-web events; on web
+  events the server's id replaces it without counting a mismatch (the client claimed no
+  session), and it is never adopted.
+- ``integrations["Actions Amplitude"] = false`` (or ``All: false`` without that key) is an
+  opt-out of the destination: no session id is written (the session is still touched,
+  the visitor was active).
+- A device id issued on an HTML page before any event is *provisional*: the first event's
+  ``anonymousId`` replaces it, so a new browser still gets ``device_id == anonymousId``
+  (what Segment would send) while the first page view already owns a cookie.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Mapping
+
+from edgeproxy.identity.cookies import (
+    READABLE_LAST_ACCESS_COOKIE,
+    READABLE_SESSION_COOKIE,
+    CookieCodec,
+    CookiePolicy,
+    CookieSpec,
+    load_signing_keys,
+    valid_device_id,
+)
+from edgeproxy.identity.sessions import (
+    MIN_EPOCH_MS,
+    SessionState,
+    adoptable_session_id,
+    client_session_value,
+    is_mismatch,
+    is_web,
+    library_name,
+    may_stamp,
+    reconcile,
+    stamp_session_id,
+    touch,
+)
+from edgeproxy.identity.store import SessionStore, open_store
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+@dataclass
+class CookieIdentity:
+    """What the request's cookies proved, updated as the request's messages are processed."""
+
+    device_id: str | None = None
+    session: SessionState | None = None
+    provisional: bool = False  # issued on a page before any event: the first anonymousId replaces it
+    has_edge_cookies: bool = False  # the request carried a valid device cookie (its events are web)
+
+
+@dataclass
+class IdentityResult:
+    device_id: str | None  # the Amplitude device_id (None for non-web: the mapping's default applies)
+    session: SessionState | None
+    started: bool  # a new session began
+    mismatch: bool  # a client session id differed from the server's and was replaced
+    web: bool
+
+
+def event_time_ms(message: Mapping[str, Any], now_ms: int) -> int:
+    """The message's ``timestamp`` in epoch ms, clamped to ``now_ms``; ``now_ms`` if unusable."""
+    value = message.get("timestamp")
+    if not isinstance(value, str) or len(value) > 64:
+        return now_ms
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return now_ms
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    try:
+        t_ms = (parsed - _EPOCH) // _ONE_MS
+    except OverflowError:
+        return now_ms
+    if t_ms < MIN_EPOCH_MS:
+        return now_ms
+    return min(t_ms, now_ms)
+
+
+
+def _context_device_id(message: Mapping[str, Any]) -> str | None:
+    context = message.get("context")
+    if isinstance(context, dict):
+        device = context.get("device")
+        if isinstance(device, dict):
+            value = device.get("id")
+            if isinstance(value, str) and value.strip():
+                return value
+    return None
+
+
+def _non_blank(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _user_agent(message: Mapping[str, Any]) -> str | None:
+    context = message.get("context")
+    if isinstance(context, dict) and isinstance(context.get("userAgent"), str):
+        return context["userAgent"][:512]
+    return None
+
+
+class IdentityService:
+    def __init__(
+        self,
+        settings: Any,
+        store: SessionStore,
+        signing_keys: list[str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.policy = CookiePolicy.from_settings(settings)
+        self.codec = CookieCodec(signing_keys, max_age_s=settings.sessions.device_cookie_max_age, clock=clock)
+        self.timeout_ms = int(settings.sessions.timeout * 1000)
+        self.stamp_non_web = bool(settings.sessions.stamp_non_web)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> IdentityService:
+        """The service with the configured store and signing keys (or the kept key file)."""
+        return cls(settings, open_store(settings), load_signing_keys(settings))
+
+    def read_cookies(self, cookies: Mapping[str, str]) -> CookieIdentity:
+        """Verify the request's cookies; anything invalid reads as absent."""
+        device = self.codec.load_device(cookies.get(self.policy.device_cookie))
+        if device is None:
+            return CookieIdentity()
+        device_id, provisional = device
+        session = self.codec.load_session(cookies.get(self.policy.session_cookie), device_id)
+        return CookieIdentity(device_id=device_id, session=session, provisional=provisional, has_edge_cookies=True)
+
+    async def process(self, message: dict[str, Any], jar: CookieIdentity, now_ms: int) -> IdentityResult:
+        """Resolve the device, touch its session and stamp the message (see module doc)."""
+        t_ms = event_time_ms(message, now_ms)
+        if is_web(message, jar.has_edge_cookies):
+            return await self._web(message, jar, t_ms)
+        return await self._non_web(message, t_ms)
+
+    async def _web(self, message: dict[str, Any], jar: CookieIdentity, t_ms: int) -> IdentityResult:
+        # Everything up to the store call is synchronous, so concurrent calls sharing a jar
+        # (one batch, gathered) agree on one device id.
+        anonymous_id = message.get("anonymousId")
+        anonymous_id = anonymous_id if valid_device_id(anonymous_id) else None
+        if jar.provisional:
+            if anonymous_id is not None:
+                jar.device_id = anonymous_id
+            jar.provisional = False
+        device_id = _context_device_id(message) or jar.device_id or anonymous_id or str(uuid.uuid4())
+        if jar.device_id is None:
+            jar.device_id = device_id if valid_device_id(device_id) else str(uuid.uuid4())
+
+        carried = jar.session if device_id == jar.device_id else None
+        new, started = await self._touch(device_id, message, t_ms, carried, adoptable_session_id(message))
+        if device_id == jar.device_id:
+            jar.session = reconcile(jar.session, new)
+        mismatch = False
+        if may_stamp(message):
+            mismatch = is_mismatch(message, new.session_id)
+            stamp_session_id(message, new.session_id)
+        return IdentityResult(device_id=device_id, session=new, started=started, mismatch=mismatch, web=True)
+
+    async def _non_web(self, message: dict[str, Any], t_ms: int) -> IdentityResult:
+        """Left alone unless ``stamp_non_web`` and no session id is present.
+
+        The stamped session is keyed like a web one (``context.device.id``, else
+        ``anonymousId``), so a backend event sent with the browser's anonymousId joins the
+        browser's session.
+        """
+        present, _ = client_session_value(message)
+        key = _context_device_id(message) or _non_blank(message.get("anonymousId"))
+        if present or not self.stamp_non_web or key is None or not may_stamp(message):
+            return IdentityResult(device_id=None, session=None, started=False, mismatch=False, web=False)
+        new, started = await self._touch(key, message, t_ms, None, None)
+        stamp_session_id(message, new.session_id)
+        return IdentityResult(device_id=None, session=new, started=started, mismatch=False, web=False)
+
+    async def _touch(
+        self,
+        key: str,
+        message: Mapping[str, Any],
+        t_ms: int,
+        carried: SessionState | None,
+        adopt: int | None,
+    ) -> tuple[SessionState, bool]:
+        user_id = _non_blank(message.get("userId"))
+        library = library_name(message)
+        user_agent = _user_agent(message)
+        started = False
+
+        def apply(old: SessionState | None) -> SessionState:
+            nonlocal started  # the store may retry: the last call is the committed one
+            new, started = touch(
+                reconcile(old, carried),
+                t_ms,
+                self.timeout_ms,
+                adopt_session_id=adopt,
+                user_id=user_id,
+                library=library,
+                user_agent=user_agent,
+            )
+            return new
+
+        _, new = await self.store.update(key, apply)
+        return new, started
+
+    def response_cookies(self, jar: CookieIdentity, now_ms: int) -> list[CookieSpec]:
+        """Cookies for a tracking response: device, session and the readable pair.
+
+        A session already over at ``now_ms`` is not re-issued (the next event starts a new
+        one anyway); the device cookie is always refreshed.
+        """
+        if jar.device_id is None:
+            return []
+        policy = self.policy
+        cookies = [policy.signed(policy.device_cookie, self.codec.dump_device(jar.device_id, provisional=jar.provisional))]
+        session = jar.session
+        if session is not None and now_ms - session.last_event_ms <= self.timeout_ms:
+            cookies.append(policy.signed(policy.session_cookie, self.codec.dump_session(jar.device_id, session)))
+            cookies.append(policy.readable(READABLE_SESSION_COOKIE, session.session_id))
+            cookies.append(policy.readable(READABLE_LAST_ACCESS_COOKIE, session.last_event_ms))
+        return cookies
+
+    def page_cookies(self, jar: CookieIdentity, now_ms: int) -> list[CookieSpec]:
+        """The device cookie for an HTML page response, so the first page view owns an id.
+
+        No session is touched (a page load is not an event). A visitor without a cookie gets
+        a provisional id. (``now_ms`` keeps the signature parallel to ``response_cookies``.)
+        """
+        if jar.device_id is None:
+            jar.device_id = str(uuid.uuid4())
+            jar.provisional = True
+        return [self.policy.signed(self.policy.device_cookie, self.codec.dump_device(jar.device_id, provisional=jar.provisional))]
