@@ -1,0 +1,31 @@
+"""Durable delivery: the SQLite spool (edge side appends, worker side claims) and the worker
+that batches items to Amplitude and applies each response's verdict."""
+
+from edgeproxy.delivery.classify import DeadReason, Verdict, backoff_delay, classify
+from edgeproxy.delivery.spool import (
+    ClaimedItem,
+    DeadLetter,
+    DueGroup,
+    Spool,
+    SpoolItem,
+    SpoolUnavailable,
+    replay,
+    spool_report,
+)
+from edgeproxy.delivery.worker import DeliveryWorker
+
+__all__ = [
+    "ClaimedItem",
+    "DeadLetter",
+    "DeadReason",
+    "DeliveryWorker",
+    "DueGroup",
+    "Spool",
+    "SpoolItem",
+    "SpoolUnavailable",
+    "Verdict",
+    "backoff_delay",
+    "classify",
+    "replay",
+    "spool_report",
+]

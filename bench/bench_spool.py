@@ -1,0 +1,107 @@
+"""Spool appends per second: group commit vs one commit per append, in the same run.
+
+The reference is the obvious implementation: one INSERT and one COMMIT per append, on the
+same schema and pragmas (WAL, the same ``synchronous``), called in a tight synchronous loop
+(its best case: no event loop, no thread hop). The spool is measured the way the edge uses
+it: many concurrent requests each awaiting its own durable ``append`` of one item, plus a
+sequential run (one append at a time) which shows the cost of the thread hop when there is
+nothing to group. Figures are ratios to the reference, so they compare across machines.
+
+    .venv/bin/python bench/bench_spool.py [--appends 5000] [--concurrency 200] [--synchronous FULL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson  # noqa: E402
+
+from edgeproxy.delivery.spool import SCHEMA, Spool, SpoolItem, group_key, item_size, now_ms  # noqa: E402
+
+
+def make_item(i: int) -> SpoolItem:
+    event = {
+        "event_type": "Viewed Home", "device_id": f"device-{i % 500:05d}", "insert_id": f"msg-{i}",
+        "session_id": 1_700_000_000_000, "time": 1_700_000_000_000 + i,
+        "event_properties": {"path": "/", "title": "Home", "url": "https://www.example.com/"},
+        "platform": "Web", "os_name": "Mac OS X", "library": "segment",
+    }
+    return SpoolItem(f"msg-{i}", "httpapi", event, None, event["device_id"], None, event["session_id"], now_ms())
+
+
+def reference_one_commit_per_append(path: Path, n: int, synchronous: str) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.executescript(SCHEMA)
+    items = [make_item(i) for i in range(n)]
+    start = time.perf_counter()
+    for it in items:
+        encoded = orjson.dumps(it.item)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO items (message_id, endpoint, group_key, item, options, device_id, user_id, session_id,"
+            " received_ms, size, state) VALUES (?,?,?,?,?,?,?,?,?,?,'pending')",
+            (it.message_id, it.endpoint, group_key(it.endpoint, None), encoded, None, it.device_id, None,
+             it.session_id, it.received_ms, item_size(it.endpoint, encoded)),
+        )
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return n / elapsed
+
+
+async def spool_appends(path: Path, n: int, concurrency: int, synchronous: str) -> tuple[float, int]:
+    spool = Spool(path, synchronous=synchronous)
+    await spool.open()
+    items = [make_item(i) for i in range(n)]
+    per_task = n // concurrency
+
+    async def producer(k: int) -> None:
+        for it in items[k * per_task : (k + 1) * per_task]:
+            await spool.append([it])
+
+    before = spool.transactions
+    start = time.perf_counter()
+    await asyncio.gather(*(producer(k) for k in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    transactions = spool.transactions - before
+    await spool.close()
+    return per_task * concurrency / elapsed, transactions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--appends", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        reference = reference_one_commit_per_append(root / "ref.sqlite3", args.appends, args.synchronous)
+        grouped, transactions = asyncio.run(spool_appends(root / "g.sqlite3", args.appends, args.concurrency, args.synchronous))
+        sequential, _ = asyncio.run(spool_appends(root / "s.sqlite3", min(args.appends, 2000), 1, args.synchronous))
+    print(json.dumps({
+        "synchronous": args.synchronous,
+        "appends": args.appends,
+        "concurrency": args.concurrency,
+        "reference_one_commit_per_append_per_s": round(reference),
+        "spool_group_commit_per_s": round(grouped),
+        "spool_group_commit_transactions": transactions,
+        "spool_sequential_per_s": round(sequential),
+        "ratio_group_commit_to_reference": round(grouped / reference, 2),
+        "ratio_sequential_to_reference": round(sequential / reference, 2),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

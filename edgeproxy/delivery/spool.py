@@ -1,0 +1,397 @@
+"""The durable spool: every accepted Amplitude item is on disk before the client gets its 200.
+
+SQLite in WAL mode, embedded, no server. One dedicated writer thread owns the only
+read-write connection and runs GROUP COMMIT: whatever calls are queued while a transaction
+commits are gathered into the next transaction, so under load one fsync covers many
+appends. Each ``await spool.append(...)`` returns only after its own rows are committed.
+
+Durability choice: ``PRAGMA synchronous=FULL`` in WAL mode. WAL + NORMAL already survives a
+``kill -9`` of the process (the WAL is in the OS page cache), but not a power loss or a
+kernel panic; FULL fsyncs the WAL at every commit and survives those too. Group commit is
+what makes FULL affordable: the fsync is paid per transaction, not per append. Pass
+``synchronous="NORMAL"`` to trade power-loss safety for speed.
+
+The SQL itself (schema, states, queries) is in ``spool_sql.py``. Rows ``inflight`` when the
+process died are made ``pending`` again by ``open()``: at-least-once delivery, with
+``insert_id`` dedupe at Amplitude.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import orjson
+
+from edgeproxy.delivery import spool_sql as sql
+from edgeproxy.delivery.spool_sql import SCHEMA, ClaimedItem, DueGroup, group_key, item_size, now_ms
+from edgeproxy.metrics import Metrics
+
+__all__ = [
+    "ClaimedItem", "DeadLetter", "DueGroup", "Spool", "SpoolItem", "SpoolUnavailable",
+    "group_key", "item_size", "now_ms", "replay", "spool_report",
+]
+
+SPOOL_FILENAME = "spool.sqlite3"
+DB_SUFFIXES = frozenset({".sqlite3", ".sqlite", ".db"})
+MAX_GROUP = 1024  # operations merged into one transaction at most
+
+
+class SpoolUnavailable(Exception):
+    """The spool cannot take the write (disk full, locked, corrupt, closed): answer 503 + Retry-After."""
+
+
+@dataclass(frozen=True)
+class SpoolItem:
+    """One Amplitude item (event, identification or usermap entry) to deliver."""
+
+    message_id: str
+    endpoint: str
+    item: dict[str, Any]
+    options: dict[str, Any] | None
+    device_id: str | None
+    user_id: str | None
+    session_id: int | None
+    received_ms: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event the mapping refused: kept with its reason, never sent."""
+
+    message_id: str
+    payload: dict[str, Any]
+    reason: str
+    device_id: str | None
+    session_id: int | None
+    received_ms: int
+
+
+def _encode_append(items: Sequence[SpoolItem], dead: Sequence[DeadLetter]) -> Callable[[sqlite3.Connection], None]:
+    """Encode on the caller's side (the event loop) so a bad item fails its own call only."""
+    rows = []
+    for it in items:
+        encoded = orjson.dumps(it.item)
+        rows.append((
+            it.message_id, it.endpoint, group_key(it.endpoint, it.options), encoded,
+            orjson.dumps(it.options) if it.options else None, it.device_id, it.user_id,
+            it.session_id, it.received_ms, item_size(it.endpoint, encoded),
+        ))
+    dead_rows = [
+        (d.message_id, orjson.dumps(d.payload), d.device_id, d.session_id, d.received_ms, d.reason, d.received_ms)
+        for d in dead
+    ]
+    return lambda c: sql.insert_items(c, rows, dead_rows)
+
+
+class Spool:
+    """The SQLite spool. All methods are coroutines; the I/O runs in the writer thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        metrics: Metrics | None = None,
+        retention: int = 10_000,
+        synchronous: str = "FULL",
+        max_bytes: int | None = None,
+    ) -> None:
+        """``path`` is the database file (``<data_dir>/spool.sqlite3``: a name ending in
+        .sqlite3, .sqlite or .db) or else the data directory to hold it.
+
+        ``max_bytes`` caps the file size (a disk budget): past it, appends raise
+        SpoolUnavailable instead of filling the disk the rest of the host needs.
+        """
+        path = Path(path)
+        is_file = path.suffix in DB_SUFFIXES and not path.is_dir()
+        self.path = path if is_file else path / SPOOL_FILENAME
+        self.metrics = metrics
+        self.retention = retention
+        if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+        self.synchronous = synchronous.upper()
+        self.max_bytes = max_bytes
+        self.transactions = 0  # committed transactions: fewer than appends under concurrency
+        self.operations = 0  # operations committed (appends, claims, acks, reads…)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Create or open the database, then make rows left in flight by a crash pending again."""
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="edgeproxy-spool", daemon=True)
+        self._thread.start()
+        await ready
+        self._closed = False
+        await self._submit(sql.reclaim_inflight)
+
+    async def close(self) -> None:
+        if self._closed or self._thread is None:
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        conn.row_factory = sqlite3.Row
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot use WAL mode on {self.path} (got {mode})")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.executescript(SCHEMA)
+        if self.max_bytes:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={max(1, self.max_bytes // page_size)}")
+        return conn
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            conn = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            err = SpoolUnavailable(f"cannot open the spool {self.path}: {exc}")
+            loop.call_soon_threadsafe(_settle, ready, None, err)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    break
+                jobs = [job]
+                stop = False
+                while len(jobs) < MAX_GROUP:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    jobs.append(more)
+                self._execute(conn, jobs)
+                if stop:
+                    break
+        finally:
+            conn.close()
+            # Anything queued after close() was requested fails rather than hanging forever.
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    loop.call_soon_threadsafe(_settle, job[1], None, SpoolUnavailable("the spool is closed"))
+
+    def _execute(self, conn: sqlite3.Connection, jobs: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> None:
+        """Run the jobs in one transaction, each under a savepoint, then COMMIT once."""
+        loop = self._loop
+        assert loop is not None
+        results: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, _ in jobs:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = fn(conn)
+                except Exception as exc:  # one bad operation must not fail its neighbours…
+                    if not conn.in_transaction:
+                        raise  # …unless SQLite rolled the whole transaction back (disk full, I/O error)
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((result, None))
+            conn.execute("COMMIT")
+            self.transactions += 1
+            self.operations += len(jobs)
+        except Exception as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            results = [(None, exc)] * len(jobs)
+        outcomes = []
+        for (_, fut), (result, exc) in zip(jobs, results):
+            if isinstance(exc, sqlite3.Error):
+                exc = SpoolUnavailable(f"spool write failed: {exc}")
+            outcomes.append((fut, result, exc))
+        loop.call_soon_threadsafe(_settle_all, outcomes)  # one loop wake-up per transaction
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._closed or self._loop is None:
+            raise SpoolUnavailable("the spool is closed")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put((fn, fut))
+        return await fut
+
+    # ------------------------------------------------------------------ edge side
+
+    async def append(self, items: Sequence[SpoolItem], dead: Sequence[DeadLetter] = ()) -> None:
+        """Store items and refused messages; durable (committed) when this returns."""
+        if not items and not dead:
+            return
+        try:
+            op = _encode_append(items, dead)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise ValueError(f"spool item is not JSON-serialisable: {exc}") from None
+        await self._submit(op)
+
+    async def ping(self) -> bool:
+        try:
+            return await self._submit(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+        except SpoolUnavailable:
+            return False
+
+    # ------------------------------------------------------------------ worker side
+
+    async def due_groups(self, now: int | None = None) -> list[DueGroup]:
+        """Groups with pending rows due at ``now``: their count and oldest ``received_ms``."""
+        t = now_ms() if now is None else now
+        return await self._submit(lambda c: sql.due_groups(c, t))
+
+    async def next_attempt_ms(self, now: int | None = None) -> int | None:
+        """When the earliest pending row that is not yet due becomes due (None: none waits)."""
+        t = now_ms() if now is None else now
+        return await self._submit(lambda c: sql.next_attempt_ms(c, t))
+
+    async def claim(self, key: str, *, limit: int, max_bytes: int, now: int | None = None) -> list[ClaimedItem]:
+        """Mark up to ``limit`` due rows of one group in flight, their sizes summing to ``max_bytes`` at most."""
+        t = now_ms() if now is None else now
+        return await self._submit(lambda c: sql.claim(c, key, t, limit, max_bytes))
+
+    async def settle(
+        self,
+        *,
+        ack: Sequence[int] = (),
+        dead: Mapping[int, str] | None = None,
+        retry: Sequence[tuple[Sequence[int], int, str]] = (),
+        release: Sequence[tuple[Sequence[int], int]] = (),
+        response: tuple[str, int | None, int, str] | None = None,
+        now: int | None = None,
+    ) -> None:
+        """Apply the outcome of one request in one transaction.
+
+        ``ack``: delivered. ``dead``: row id -> reason. ``retry``: (row ids, next attempt ms,
+        error), counting an attempt. ``release``: (row ids, not before ms) back to pending
+        without counting an attempt (work claimed but not sent). ``response``: (endpoint,
+        status or None, items, body excerpt) for the upstream response log.
+        """
+        t = now_ms() if now is None else now
+        dead = dict(dead or {})
+        await self._submit(lambda c: sql.settle(
+            c, t, ack=ack, dead=dead, retry=retry, release=release, response=response, retention=self.retention
+        ))
+
+    async def ack(self, row_ids: Sequence[int]) -> None:
+        await self.settle(ack=row_ids)
+
+    async def retry(self, row_ids: Sequence[int], next_attempt_ms: int, error: str) -> None:
+        await self.settle(retry=[(row_ids, next_attempt_ms, error)])
+
+    async def dead_letter(self, reasons: Mapping[int, str]) -> None:
+        await self.settle(dead=reasons)
+
+    async def release(self, row_ids: Sequence[int], not_before_ms: int = 0) -> None:
+        await self.settle(release=[(row_ids, not_before_ms)])
+
+    # ------------------------------------------------------------------ read side
+
+    async def stats(self) -> dict[str, Any]:
+        """depth (pending), in_flight, retrying, delivered, dead, oldest_age_s; sets the depth gauge."""
+        t = now_ms()
+        result = await self._submit(lambda c: sql.stats(c, t))
+        if self.metrics is not None:
+            self.metrics.spool_depth.set(result["depth"] + result["in_flight"])
+        return result
+
+    async def events_for_session(self, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """A device's (or one of its sessions') items, most recent first, with delivery state."""
+        return await self._submit(lambda c: sql.events_for_session(c, device_id, session_id, limit))
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._submit(lambda c: sql.dead_letters(c, limit))
+
+    async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
+        return await self._submit(lambda c: sql.recent_responses(c, limit))
+
+    async def replay_dead_letters(self, limit: int | None = None) -> int:
+        """Put dead letters that have an item back to pending; returns how many."""
+        return await self._submit(lambda c: sql.replay(c, limit))
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():  # the awaiting task was cancelled; the write happened (or not) regardless
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in outcomes:
+        _settle(fut, result, exc)
+
+
+# ---------------------------------------------------------------- synchronous helpers for the CLI
+
+
+def _cli_connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    path = Path(path)
+    if path.suffix not in DB_SUFFIXES or path.is_dir():
+        path = path / SPOOL_FILENAME
+    if not path.exists():
+        raise SpoolUnavailable(f"no spool at {path}")
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("SELECT 1 FROM items LIMIT 1")
+    except sqlite3.Error as exc:
+        raise SpoolUnavailable(f"cannot read the spool {path}: {exc}") from None
+    return conn
+
+
+def spool_report(path: Path, *, limit: int = 20) -> dict[str, Any]:
+    """``edgeproxy spool``: depth, in flight, retrying, dead letters (read-only; safe while serving)."""
+    conn = _cli_connect(path, readonly=True)
+    try:
+        report = sql.stats(conn, now_ms())
+        report["dead_letters"] = sql.dead_letters(conn, limit)
+        report["recent_responses"] = sql.recent_responses(conn, limit)
+        return report
+    finally:
+        conn.close()
+
+
+def replay(path: Path, limit: int | None = None) -> int:
+    """``edgeproxy replay``: dead letters with an item back to pending; a running worker sends them."""
+    conn = _cli_connect(path, readonly=False)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        n = sql.replay(conn, limit)
+        conn.execute("COMMIT")
+        return n
+    except sqlite3.Error as exc:
+        raise SpoolUnavailable(f"cannot replay dead letters in {path}: {exc}") from None
+    finally:
+        conn.close()

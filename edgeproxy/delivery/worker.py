@@ -1,0 +1,355 @@
+"""The delivery worker: spool -> batches -> Amplitude, and each response's verdict back to the spool.
+
+One background task. Each cycle asks the spool which (endpoint, options) groups have due
+items, and sends a batch for every group that is full or whose oldest item has waited
+``flush_interval``. A batch's items stay ``inflight`` until its verdict is applied (ack,
+dead-letter, retry later); items the verdict says to resend now (the rest of a partial 400,
+the halves of a 413, the unthrottled part of a 429) are sent again at once. Nothing busy
+polls: the task sleeps on an ``asyncio.Event`` that ``wake()`` sets, with a timeout of at
+most ``flush_interval``.
+
+With no ``amplitude.api_key`` the worker delivers to a LOCAL SINK (an in-memory ring of the
+request bodies it would have sent) so a newcomer sees the whole loop in /debug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from typing import Any, Sequence
+
+import aiohttp
+
+from edgeproxy.amplitude_api import build_request
+from edgeproxy.config import Settings
+from edgeproxy.delivery.classify import Verdict, backoff_delay, body_excerpt, classify
+from edgeproxy.delivery.ratelimit import RateLimiter
+from edgeproxy.delivery.spool import ClaimedItem, DueGroup, Spool, SpoolUnavailable, now_ms
+from edgeproxy.metrics import Metrics
+
+log = logging.getLogger("edgeproxy.delivery")
+
+MAX_BODY_BYTES = 1_000_000 - 8_192  # Amplitude: "under 1 MB"; the margin covers api_key and options
+MAX_EVENTS = 2_000  # Amplitude: "< 2,000 events" on /2/httpapi, 2,000 on /batch
+ENDPOINT_MAX_ITEMS = {"groupidentify": 1_024}
+MAX_RESPONSE_BYTES = 256 * 1024  # an error page bigger than this is not worth reading whole
+SINK_SIZE = 1_000
+STATS_EVERY_S = 1.0
+
+
+def max_items(endpoint: str, batch_size: int) -> int:
+    return max(1, min(batch_size, MAX_EVENTS - 1 if endpoint == "httpapi" else MAX_EVENTS, ENDPOINT_MAX_ITEMS.get(endpoint, MAX_EVENTS)))
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_RESPONSE_BYTES:
+            break
+    return b"".join(chunks)[:MAX_RESPONSE_BYTES]
+
+
+class DeliveryWorker:
+    """Delivers spooled items to Amplitude (or to the local sink when no API key is set)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        client_session: aiohttp.ClientSession | None = None,
+        sink_size: int = SINK_SIZE,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spool = spool
+        self.settings = settings
+        self.metrics = metrics
+        self.sink: collections.deque[dict[str, Any]] = collections.deque(maxlen=sink_size)
+        self._session = client_session
+        self._own_session = client_session is None
+        self._rng = rng or random.Random()
+        self._limiter = RateLimiter(settings.delivery.rate_limit)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._draining = False
+        self._paused: dict[tuple[str, str], int] = {}  # ("device"|"user", id) -> paused until (ms)
+        self._last_stats = 0.0
+        self._orphans: set[asyncio.Future[None]] = set()
+        self.requests_sent = 0
+
+    @property
+    def sink_mode(self) -> bool:
+        return not self.settings.amplitude.api_key
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        self._draining = False
+        self._task = asyncio.create_task(self._run(), name="edgeproxy-delivery")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Flush what is due within ``grace`` seconds; the rest stays pending for the next start."""
+        task = self._task
+        if task is None:
+            return
+        self._draining = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, grace))
+        except asyncio.TimeoutError:
+            task.cancel()  # mid-request: its claimed rows are released back to pending
+            await asyncio.gather(task, return_exceptions=True)
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        except Exception:  # the task crashed; it already logged
+            pass
+        self._task = None
+        if self._orphans:
+            await asyncio.gather(*self._orphans, return_exceptions=True)
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def wake(self) -> None:
+        """A hint from the edge that items were appended: re-check without waiting the full interval."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ main loop
+
+    async def _run(self) -> None:
+        flush = self.settings.delivery.flush_interval
+        min_gap = min(0.02, flush / 10)
+        while True:
+            started = time.monotonic()
+            forced = self._draining  # a cycle begun before stop() was called does not count as the flush
+            try:
+                more, deadline_ms = await self._cycle(force=forced)
+                await self._refresh_stats()
+            except SpoolUnavailable as exc:
+                log.error("delivery paused: the spool is unavailable: %s", exc)
+                more, deadline_ms = False, None
+                if self._draining:
+                    return
+            except Exception:
+                log.exception("delivery cycle failed; retrying after flush_interval")
+                more, deadline_ms = False, None
+                if self._draining:
+                    return
+            if forced and not more:
+                return
+            if self._draining and not forced:
+                continue
+            if more:
+                await asyncio.sleep(0)
+                continue
+            timeout = flush
+            if deadline_ms is not None:
+                timeout = min(flush, max(0.0, (deadline_ms - now_ms()) / 1000))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, min_gap))
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            # Wakes come once per append under load: coalesce them into at most one cycle per gap.
+            elapsed = time.monotonic() - started
+            if elapsed < min_gap and not self._draining:
+                await asyncio.sleep(min_gap - elapsed)
+
+    async def _cycle(self, *, force: bool) -> tuple[bool, int | None]:
+        """Send one batch per ready group. Returns (more due now, ms when something becomes due)."""
+        t = now_ms()
+        flush_ms = int(self.settings.delivery.flush_interval * 1000)
+        groups = await self.spool.due_groups(t)
+        ready: list[DueGroup] = []
+        deadline: int | None = await self.spool.next_attempt_ms(t)
+        for g in groups:
+            if force or g.count >= max_items(g.endpoint, self.settings.delivery.batch_size) or g.oldest_ms + flush_ms <= t:
+                ready.append(g)
+            else:
+                due = g.oldest_ms + flush_ms
+                deadline = due if deadline is None else min(deadline, due)
+        if not ready:
+            return False, deadline
+        results = await asyncio.gather(*(self._deliver_group(g) for g in ready), return_exceptions=True)
+        for result in results:  # every group finished (none left running detached); now report
+            if isinstance(result, BaseException):
+                raise result
+        return any(results), deadline
+
+    async def _refresh_stats(self) -> None:
+        if time.monotonic() - self._last_stats >= STATS_EVERY_S:
+            self._last_stats = time.monotonic()
+            await self.spool.stats()  # sets metrics.spool_depth
+
+    # ------------------------------------------------------------------ one group
+
+    @staticmethod
+    def _identities(c: ClaimedItem) -> list[tuple[str, str]]:
+        """The device and user an item counts against in Amplitude's throttling."""
+        out = []
+        device, user = c.item.get("device_id") or c.device_id, c.item.get("user_id") or c.user_id
+        if device:
+            out.append(("device", str(device)))
+        if user:
+            out.append(("user", str(user)))
+        return out
+
+    def _pause_until(self, c: ClaimedItem, t: int) -> int:
+        """0, or when the pause of the item's throttled device/user ends."""
+        return max((u for u in (self._paused.get(k, 0) for k in self._identities(c)) if u > t), default=0)
+
+    async def _claim(self, g: DueGroup) -> list[ClaimedItem]:
+        """Claim a batch; if we are cancelled meanwhile, the claim still lands, so release it then."""
+        limit = max_items(g.endpoint, self.settings.delivery.batch_size)
+        task = asyncio.ensure_future(self.spool.claim(g.group_key, limit=limit, max_bytes=MAX_BODY_BYTES))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._release_orphaned_claim)
+            raise
+
+    def _release_orphaned_claim(self, task: asyncio.Future[list[ClaimedItem]]) -> None:
+        if not task.cancelled() and task.exception() is None and task.result():
+            orphan = asyncio.ensure_future(self._release_quietly([c.row_id for c in task.result()]))
+            self._orphans.add(orphan)
+            orphan.add_done_callback(self._orphans.discard)
+
+    async def _release_quietly(self, row_ids: list[int]) -> None:
+        try:
+            await self.spool.release(row_ids)
+        except SpoolUnavailable:
+            pass  # in flight rows are made pending again when the spool is next opened
+
+    async def _deliver_group(self, g: DueGroup) -> bool:
+        claimed = await self._claim(g)
+        if not claimed:
+            return False
+        unsettled = {c.row_id for c in claimed}
+        try:
+            t = now_ms()
+            self._paused = {k: v for k, v in self._paused.items() if v > t}
+            deferred: dict[int, list[int]] = {}
+            batch: list[ClaimedItem] = []
+            for c in claimed:
+                until = self._pause_until(c, t) if self._paused else 0
+                if until:
+                    deferred.setdefault(until, []).append(c.row_id)
+                else:
+                    batch.append(c)
+            if deferred:
+                await self.spool.settle(release=[(ids, until) for until, ids in deferred.items()])
+                for ids in deferred.values():
+                    unsettled.difference_update(ids)
+            if batch:
+                await self._send_batch(g.endpoint, g.options, batch, unsettled)
+        except BaseException:
+            # Cancelled by stop() after the grace period, or the spool failed: whatever was
+            # claimed and not settled goes back to pending now rather than at the next open.
+            if unsettled:
+                await asyncio.shield(self._release_quietly(list(unsettled)))
+            raise
+        return len(claimed) < g.count
+
+    async def _send_batch(
+        self, endpoint: str, options: dict[str, Any] | None, batch: list[ClaimedItem], unsettled: set[int]
+    ) -> None:
+        """Send, apply the verdict, resend what it says to resend now; bounded since resends shrink."""
+        work: collections.deque[list[ClaimedItem]] = collections.deque([batch])
+        while work:
+            sub = work.popleft()
+            verdict = await self._send_one(endpoint, options, sub)
+            resent = {sub[i].row_id for indexes in verdict.resend for i in indexes}
+            unsettled.difference_update({c.row_id for c in sub} - resent)
+            for indexes in verdict.resend:
+                work.append([sub[i] for i in indexes])
+
+    async def _send_one(self, endpoint: str, options: dict[str, Any] | None, sub: list[ClaimedItem]) -> Verdict:
+        amp = self.settings.amplitude
+        req = build_request(endpoint, amp.api_key, [c.item for c in sub], options, region=amp.region, base_override=amp.endpoint_url)
+        if self.sink_mode:
+            self.sink.append(req.body)
+            verdict = Verdict("sink", ack=tuple(range(len(sub))))
+            await self._apply(endpoint, sub, verdict, None, "")
+            return verdict
+        wait = self._limiter.reserve(len(sub), time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)
+        status: int | None = None
+        body = b""
+        transport_error = ""
+        started = time.monotonic()
+        assert self._session is not None
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.settings.delivery.request_timeout)
+            async with self._session.post(req.url, data=req.data, headers={"Content-Type": req.content_type}, timeout=timeout) as resp:
+                status = resp.status
+                body = await _read_body(resp)
+        except asyncio.TimeoutError:
+            status, transport_error = None, f"timeout after {self.settings.delivery.request_timeout:g}s"
+        except aiohttp.ClientError as exc:
+            status, transport_error = None, f"connection error: {exc.__class__.__name__}: {exc}"
+        self.requests_sent += 1
+        self.metrics.delivery_latency.labels(endpoint).observe(time.monotonic() - started)
+        verdict = classify(endpoint, status, body, len(sub), transport_error=transport_error)
+        excerpt = transport_error if status is None else body_excerpt(body)
+        await self._apply(endpoint, sub, verdict, status, excerpt)
+        return verdict
+
+    def _redact(self, text: str) -> str:
+        """Amplitude echoes a wrong API key in its error ("Invalid API key: <key>"): keep it out of logs."""
+        key = self.settings.amplitude.api_key
+        return text.replace(key, "***") if key and text else text
+
+    async def _apply(self, endpoint: str, sub: Sequence[ClaimedItem], v: Verdict, status: int | None, excerpt: str) -> None:
+        t = now_ms()
+        excerpt, error = self._redact(excerpt), self._redact(v.error)
+        ids = [c.row_id for c in sub]
+        retry: list[tuple[list[int], int, str]] = []
+        if v.backoff:
+            attempts = 1 + max(sub[i].attempts for i in v.backoff)
+            delay = backoff_delay(attempts, self.settings.delivery.retry_base, self.settings.delivery.retry_max, self._rng)
+            retry.append(([ids[i] for i in v.backoff], t + int(delay * 1000), error))
+        if v.pause:
+            until = t + int(v.pause_s * 1000)
+            retry.append(([ids[i] for i in v.pause], until, f"throttled (429), paused {v.pause_s:g}s: {error}"))
+            for kind, names in (("device", v.throttled_devices), ("user", v.throttled_users)):
+                for name in names:
+                    self._paused[(kind, name)] = until
+            if not (v.throttled_devices or v.throttled_users):  # the body named none: pause the items' own ids
+                for i in v.pause:
+                    for key in self._identities(sub[i]):
+                        self._paused[key] = until
+        response = None if v.outcome == "sink" else (endpoint, status, len(sub), excerpt)
+        await self.spool.settle(
+            ack=[ids[i] for i in v.ack],
+            dead={ids[i]: self._redact(r.text) for i, r in v.dead.items()},
+            retry=retry,
+            response=response,
+            now=t,
+        )
+        self.metrics.deliveries.labels(endpoint, v.outcome).inc()
+        if v.ack:
+            self.metrics.delivered_items.labels(endpoint).inc(len(v.ack))
+        for reason in v.dead.values():
+            self.metrics.dead_letters.labels(reason.code).inc()
+        if v.config_problem:
+            log.error(
+                "Amplitude refused the request for a configuration reason (status %s): %s"
+                " -- check amplitude.api_key, amplitude.region and amplitude.endpoint_url",
+                status, error,
+            )
+        elif v.outcome not in ("ok", "sink"):
+            log.warning("Amplitude /%s answered %s for %d items: %s -> %s", endpoint, status, len(sub), error, v.outcome)

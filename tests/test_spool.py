@@ -1,0 +1,343 @@
+"""The SQLite spool: durability, group commit, reclaim after a crash, errors as SpoolUnavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgeproxy.delivery.spool import (
+    DeadLetter,
+    Spool,
+    SpoolItem,
+    SpoolUnavailable,
+    group_key,
+    now_ms,
+    replay,
+    spool_report,
+)
+from edgeproxy.metrics import Metrics
+
+
+def make_item(i: int, *, endpoint: str = "httpapi", device: str = "device-1", session: int | None = 1000,
+              options: dict | None = None) -> SpoolItem:
+    event = {"event_type": f"e{i}", "device_id": device, "insert_id": f"m{i}", "session_id": session}
+    return SpoolItem(f"m{i}", endpoint, event, options, device, None, session, now_ms())
+
+
+@pytest.fixture
+async def spool(tmp_path: Path):
+    s = Spool(tmp_path / "spool.sqlite3")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_append_is_durable_across_a_new_instance(tmp_path: Path) -> None:
+    s = Spool(tmp_path)  # a directory: the file is <dir>/spool.sqlite3
+    await s.open()
+    await s.append([make_item(i) for i in range(3)])
+    await s.close()
+    assert (tmp_path / "spool.sqlite3").exists()
+    again = Spool(tmp_path / "spool.sqlite3")
+    await again.open()
+    events = await again.events_for_session("device-1")
+    await again.close()
+    assert [e["message_id"] for e in events] == ["m2", "m1", "m0"]  # most recent first
+    assert all(e["state"] == "pending" and e["attempts"] == 0 for e in events)
+    assert events[0]["item"]["event_type"] == "e2"
+
+
+def test_path_is_a_file_or_a_data_directory(tmp_path: Path) -> None:
+    assert Spool(tmp_path / "data").path == tmp_path / "data" / "spool.sqlite3"
+    assert Spool(tmp_path / "data.v2").path == tmp_path / "data.v2" / "spool.sqlite3"
+    assert Spool(tmp_path / "queue.db").path == tmp_path / "queue.db"
+
+
+async def test_wal_mode_and_full_sync(spool: Spool) -> None:
+    conn = sqlite3.connect(spool.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    assert spool.synchronous == "FULL"
+
+
+async def test_concurrent_appends_share_transactions(spool: Spool) -> None:
+    before = spool.transactions
+    await asyncio.gather(*(spool.append([make_item(i)]) for i in range(200)))
+    used = spool.transactions - before
+    assert 1 <= used < 200
+    assert (await spool.stats())["depth"] == 200
+
+
+async def test_one_failing_operation_does_not_fail_its_group(spool: Spool) -> None:
+    def boom(conn):
+        conn.execute("INSERT INTO items (message_id, received_ms, state) VALUES ('x', 0, 'pending')")
+        raise RuntimeError("bad operation")
+
+    results = await asyncio.gather(
+        spool.append([make_item(1)]), spool._submit(boom), spool.append([make_item(2)]), return_exceptions=True
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], RuntimeError)
+    ids = [e["message_id"] for e in await spool.events_for_session("device-1")]
+    assert ids == ["m2", "m1"]  # the failing operation's own insert was rolled back
+    assert (await spool.stats())["depth"] == 2
+
+
+async def test_claim_marks_inflight_and_reopen_reclaims(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    await s.open()
+    await s.append([make_item(i) for i in range(5)])
+    [group] = await s.due_groups()
+    assert (group.endpoint, group.count, group.options) == ("httpapi", 5, None)
+    claimed = await s.claim(group.group_key, limit=3, max_bytes=10**6)
+    assert [c.message_id for c in claimed] == ["m0", "m1", "m2"]
+    stats = await s.stats()
+    assert (stats["depth"], stats["in_flight"]) == (2, 3)
+    await s.close()  # as if the process died with the batch in flight
+    again = Spool(tmp_path)
+    await again.open()
+    stats = await again.stats()
+    await again.close()
+    assert (stats["depth"], stats["in_flight"]) == (5, 0)
+
+
+async def test_groups_split_by_endpoint_and_options(spool: Spool) -> None:
+    await spool.append([
+        make_item(1), make_item(2, options={"min_id_length": 1}), make_item(3, endpoint="identify"),
+        make_item(4, options={"min_id_length": 1}),
+    ])
+    groups = {g.group_key: g for g in await spool.due_groups()}
+    assert groups[group_key("httpapi", None)].count == 1
+    assert groups[group_key("httpapi", {"min_id_length": 1})].count == 2
+    assert groups[group_key("httpapi", {"min_id_length": 1})].options == {"min_id_length": 1}
+    assert groups[group_key("identify", None)].count == 1
+
+
+async def test_claim_respects_the_byte_budget(spool: Spool) -> None:
+    await spool.append([make_item(i) for i in range(10)])
+    [group] = await spool.due_groups()
+    one = (await spool.claim(group.group_key, limit=1, max_bytes=10**6))[0].size
+    claimed = await spool.claim(group.group_key, limit=100, max_bytes=3 * (one + 1))
+    assert len(claimed) == 3
+
+
+async def test_form_items_are_sized_url_encoded(spool: Spool) -> None:
+    await spool.append([make_item(1, endpoint="identify"), make_item(2)])
+    groups = {g.endpoint: g for g in await spool.due_groups()}
+    form = (await spool.claim(groups["identify"].group_key, limit=1, max_bytes=10**6))[0]
+    plain = (await spool.claim(groups["httpapi"].group_key, limit=1, max_bytes=10**6))[0]
+    assert form.size > plain.size  # quotes and braces are percent-encoded in a form body
+
+
+async def test_settle_ack_retry_dead_and_response_log(spool: Spool) -> None:
+    await spool.append([make_item(i) for i in range(3)])
+    [group] = await spool.due_groups()
+    a, b, c = await spool.claim(group.group_key, limit=10, max_bytes=10**6)
+    later = now_ms() + 60_000
+    await spool.settle(
+        ack=[a.row_id], retry=[([b.row_id], later, "HTTP 503")], dead={c.row_id: "Invalid field values (time)"},
+        response=("httpapi", 400, 3, '{"code":400}'),
+    )
+    events = {e["message_id"]: e for e in await spool.events_for_session("device-1")}
+    assert events["m0"]["state"] == "delivered" and events["m0"]["delivered_ms"]
+    assert events["m1"]["state"] == "pending" and events["m1"]["attempts"] == 1
+    assert events["m1"]["last_error"] == "HTTP 503" and events["m1"]["next_attempt_ms"] == later
+    assert events["m2"]["state"] == "dead"
+    assert await spool.due_groups() == []  # the retry is not due yet
+    assert await spool.next_attempt_ms() == later
+    stats = await spool.stats()
+    assert (stats["depth"], stats["retrying"], stats["delivered"], stats["dead"]) == (1, 1, 1, 1)
+    [dead] = await spool.dead_letters()
+    assert dead["reason"] == "Invalid field values (time)" and dead["item"]["event_type"] == "e2"
+    [resp] = await spool.recent_responses()
+    assert (resp["endpoint"], resp["status"], resp["items"], resp["body"]) == ("httpapi", 400, 3, '{"code":400}')
+
+
+async def test_release_returns_rows_without_counting_an_attempt(spool: Spool) -> None:
+    await spool.append([make_item(1)])
+    [group] = await spool.due_groups()
+    [c] = await spool.claim(group.group_key, limit=10, max_bytes=10**6)
+    await spool.release([c.row_id])
+    [e] = await spool.events_for_session("device-1")
+    assert (e["state"], e["attempts"]) == ("pending", 0)
+
+
+async def test_delivered_rows_are_pruned_to_retention(tmp_path: Path) -> None:
+    s = Spool(tmp_path, retention=5)
+    await s.open()
+    await s.append([make_item(i) for i in range(12)])
+    [group] = await s.due_groups()
+    claimed = await s.claim(group.group_key, limit=100, max_bytes=10**6)
+    await s.ack([c.row_id for c in claimed])
+    events = await s.events_for_session("device-1")
+    await s.close()
+    assert [e["message_id"] for e in events] == [f"m{i}" for i in range(11, 6, -1)]
+
+
+async def test_mapping_refusals_are_dead_letters_that_replay_skips(spool: Spool) -> None:
+    refused = DeadLetter("bad-1", {"type": "track", "event": ""}, "event name is empty", "device-1", 1000, now_ms())
+    await spool.append([make_item(1)], dead=[refused])
+    [group] = await spool.due_groups()
+    [c] = await spool.claim(group.group_key, limit=10, max_bytes=10**6)
+    await spool.dead_letter({c.row_id: "Request missing required field"})
+    letters = {d["message_id"]: d for d in await spool.dead_letters()}
+    assert letters["bad-1"]["payload"] == {"type": "track", "event": ""}
+    assert letters["bad-1"]["reason"] == "event name is empty" and not letters["bad-1"]["replayable"]
+    assert letters["m1"]["replayable"]
+    assert await spool.replay_dead_letters() == 1
+    stats = await spool.stats()
+    assert (stats["depth"], stats["dead"]) == (1, 1)
+    [group] = await spool.due_groups()
+    [again] = await spool.claim(group.group_key, limit=10, max_bytes=10**6)
+    assert again.message_id == "m1" and again.attempts == 0
+
+
+async def test_events_for_one_session(spool: Spool) -> None:
+    await spool.append([make_item(1, session=1), make_item(2, session=2), make_item(3, session=2, device="other")])
+    assert [e["message_id"] for e in await spool.events_for_session("device-1", 2)] == ["m2"]
+    assert [e["message_id"] for e in await spool.events_for_session("device-1", limit=1)] == ["m2"]
+
+
+async def test_stats_reports_depth_and_sets_the_gauge(tmp_path: Path) -> None:
+    metrics = Metrics()
+    s = Spool(tmp_path, metrics=metrics)
+    await s.open()
+    await s.append([make_item(i) for i in range(4)])
+    stats = await s.stats()
+    await s.close()
+    assert stats["depth"] == 4 and stats["oldest_age_s"] >= 0
+    assert metrics.registry.get_sample_value("edgeproxy_spool_depth") == 4
+
+
+async def test_closed_spool_raises_unavailable(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    with pytest.raises(SpoolUnavailable):
+        await s.append([make_item(1)])  # never opened
+    await s.open()
+    await s.close()
+    with pytest.raises(SpoolUnavailable):
+        await s.append([make_item(1)])
+    assert await s.ping() is False
+
+
+async def test_full_disk_raises_unavailable_and_keeps_earlier_rows(tmp_path: Path) -> None:
+    s = Spool(tmp_path, max_bytes=64 * 1024)
+    await s.open()
+    assert await s.ping()
+    big = {"event_type": "x", "device_id": "device-1", "event_properties": {"blob": "y" * 4000}}
+    stored = 0
+    with pytest.raises(SpoolUnavailable, match="full"):
+        for i in range(100):
+            await s.append([SpoolItem(f"m{i}", "httpapi", big, None, "device-1", None, None, now_ms())])
+            stored += 1
+    assert 0 < stored < 100
+    assert (await s.stats())["depth"] == stored  # reads still work; nothing half-written
+    await s.close()
+
+
+async def test_corrupt_file_raises_unavailable_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SpoolUnavailable, match="cannot open"):
+        await Spool(path).open()
+
+
+async def test_unwritable_location_raises_unavailable_on_open(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the data directory should be")
+    with pytest.raises(SpoolUnavailable):
+        await Spool(blocker / "data").open()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+async def test_read_only_directory_raises_unavailable(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(SpoolUnavailable):
+            await Spool(ro).open()
+    finally:
+        ro.chmod(0o700)
+
+
+async def test_unserialisable_item_is_a_clear_error(spool: Spool) -> None:
+    bad = SpoolItem("m", "httpapi", {"when": object()}, None, "d", None, None, 0)
+    with pytest.raises(ValueError, match="JSON"):
+        await spool.append([bad])
+
+
+async def test_cli_helpers_report_and_replay(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    await s.open()
+    await s.append([make_item(1), make_item(2)])
+    [group] = await s.due_groups()
+    claimed = await s.claim(group.group_key, limit=10, max_bytes=10**6)
+    await s.dead_letter({claimed[0].row_id: "Invalid API key"})
+    report = await asyncio.to_thread(spool_report, tmp_path)  # while the server still holds it open
+    assert (report["in_flight"], report["dead"]) == (1, 1)
+    assert report["dead_letters"][0]["reason"] == "Invalid API key"
+    assert await asyncio.to_thread(replay, tmp_path) == 1
+    stats = await s.stats()
+    await s.close()
+    assert (stats["dead"], stats["in_flight"], stats["depth"]) == (0, 1, 1)
+    closed = spool_report(tmp_path / "spool.sqlite3")  # also readable when no server holds it
+    assert (closed["depth"], closed["in_flight"]) == (1, 1)  # the next open() makes that row pending
+    with pytest.raises(SpoolUnavailable, match="no spool"):
+        spool_report(tmp_path / "missing")
+
+
+CRASH_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from edgeproxy.delivery.spool import Spool, SpoolItem
+
+    async def main(path):
+        spool = Spool(Path(path), synchronous="NORMAL")
+        await spool.open()
+        n = 0
+        async def one(i):
+            await spool.append([SpoolItem(f"m{i}", "httpapi", {"event_type": "e", "insert_id": f"m{i}"},
+                                          None, "crash-device", None, None, 0)])
+            print(f"m{i}", flush=True)  # acknowledged: must survive
+        while True:
+            await asyncio.gather(*(one(n + k) for k in range(20)))
+            n += 20
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+async def test_acknowledged_rows_survive_sigkill(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    acked: list[str] = []
+    assert proc.stdout is not None
+    for _ in range(2000):  # bounded: read acknowledgements, then kill mid-stream
+        line = proc.stdout.readline()
+        if not line:
+            break
+        acked.append(line.strip())
+        if len(acked) >= 500:
+            break
+    proc.send_signal(signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=30)
+    acked.extend(x for x in rest.split() if x)
+    assert len(acked) >= 500
+    s = Spool(tmp_path)
+    await s.open()
+    stored = {e["message_id"] for e in await s.events_for_session("crash-device", limit=10**6)}
+    await s.close()
+    assert set(acked) <= stored
