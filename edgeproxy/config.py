@@ -57,6 +57,8 @@ class OriginConfig:
     url: str = ""
     inject_snippet: bool = False
     timeout: float = 30.0
+    # Write key the injected/demo snippet loads analytics.js with when [segment] write_keys is empty.
+    snippet_write_key: str = "edgeproxy"
 
 
 @dataclass

@@ -1,0 +1,151 @@
+"""create_app(settings): the one place where the components are wired together.
+
+Order of routes matters: edgeproxy's own routes (tracking API, CDN, debug, ops) first, the
+catch-all reverse proxy to the origin (or the demo site) last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from edgeproxy import segment
+from edgeproxy.config import Settings
+from edgeproxy.delivery.spool import Spool
+from edgeproxy.delivery.worker import DeliveryWorker
+from edgeproxy.edge.cdn import setup_cdn
+from edgeproxy.edge.cookies_out import set_cookies
+from edgeproxy.edge.debug import DebugViews
+from edgeproxy.edge.forwarded import forwarded_middleware
+from edgeproxy.edge.ingest import IngestContext, IngestHandlers
+from edgeproxy.edge.ops import ops_routes
+from edgeproxy.edge.origin import setup_origin
+from edgeproxy.identity.cookies import load_signing_keys
+from edgeproxy.identity.service import IdentityService
+from edgeproxy.identity.store import open_store
+from edgeproxy.mapping import Mapper
+from edgeproxy.metrics import Metrics
+
+log = logging.getLogger("edgeproxy")
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+SPOOL = web.AppKey("spool", Spool)
+WORKER = web.AppKey("worker", DeliveryWorker)
+IDENTITY = web.AppKey("identity", IdentityService)
+
+# Room above Segment's 500 KB batch limit so oversize bodies get Segment's 400, not aiohttp's 413.
+CLIENT_MAX_SIZE = segment.MAX_BATCH_BYTES + 64 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    metrics = Metrics()
+    middlewares = [_count_requests(metrics)]
+    if settings.server.trusted_proxies:
+        middlewares.insert(0, forwarded_middleware(settings.server.trusted_proxies))
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=middlewares)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    signing_keys = load_signing_keys(settings)
+    store = open_store(settings)
+    spool = Spool(settings.data_dir / "spool.sqlite3", metrics=metrics, retention=settings.delivery.retention)
+    identity = IdentityService(settings, store, signing_keys)
+    # The server never refuses events for settings the reference checks but that do not affect sending
+    # (secret_key is only for Amplitude's GDPR API); `check-config` reports real problems.
+    mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
+    worker = DeliveryWorker(spool, settings, metrics)
+
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[SPOOL] = spool
+    app[WORKER] = worker
+    app[IDENTITY] = identity
+
+    prefix = settings.server.prefix
+    ingest = IngestHandlers(IngestContext(settings, identity, mapper, spool, metrics, wake_delivery=worker.wake))
+    app.add_routes(ingest.routes(prefix))
+    setup_cdn(app, settings)
+
+    async def refresh_metrics() -> None:
+        stats = await spool.stats()
+        metrics.spool_depth.set(stats.get("depth", 0))
+
+    app.add_routes(
+        ops_routes(
+            healthz=settings.server.healthz_path,
+            readyz=settings.server.readyz_path,
+            metrics_path=settings.server.metrics_path,
+            checks={"session_store": store.ping, "spool": spool.ping},
+            metrics=metrics,
+            refresh=refresh_metrics,
+        )
+    )
+    debug = DebugViews(
+        settings,
+        signing_keys,
+        store=store,
+        spool=spool,
+        identity=identity,
+        sink=worker.sink if not settings.amplitude.api_key else None,
+        counters=lambda: _counters(metrics),
+    )
+    app.add_routes(debug.routes())
+
+    def on_html(request: web.Request, response: web.StreamResponse) -> None:
+        """The first page view owns a device id: set the device cookie on HTML responses."""
+        jar = identity.read_cookies(request.cookies)
+        set_cookies(response, identity.page_cookies(jar, int(time.time() * 1000)))
+
+    setup_origin(app, settings, on_html=on_html)
+
+    async def start(_: web.Application) -> None:
+        await spool.open()
+        await worker.start()
+        log.info(
+            "edgeproxy ready: prefix %s, sessions %s, spool %s, delivery %s",
+            prefix,
+            "memory" if settings.sessions.store == "memory" else "redis",
+            spool.path if hasattr(spool, "path") else settings.data_dir,
+            "local sink (no amplitude.api_key)" if not settings.amplitude.api_key else "Amplitude",
+        )
+
+    async def stop(_: web.Application) -> None:
+        await worker.stop(settings.server.shutdown_grace)
+        await spool.close()
+        await store.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return app
+
+
+def _count_requests(metrics: Metrics) -> Callable:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            metrics.requests.labels(route, str(exc.status)).inc()
+            raise
+        except Exception:
+            metrics.requests.labels(route, "500").inc()
+            raise
+        metrics.requests.labels(route, str(response.status)).inc()
+        return response
+
+    return middleware
+
+
+def _counters(metrics: Metrics) -> dict[str, float]:
+    """Flat view of the Prometheus counters for /debug."""
+    out: dict[str, float] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out

@@ -1,0 +1,125 @@
+"""Command line: serve, check-config, map, spool, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Sequence
+
+from edgeproxy.config import ConfigError, Settings, load_settings
+
+
+def _load(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"edgeproxy: the configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if args.host:
+        settings.server.host = args.host
+    if args.port:
+        settings.server.port = args.port
+    from aiohttp import web
+
+    from edgeproxy import logs
+    from edgeproxy.app import create_app
+
+    logs.configure(settings.server.log_format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        pass
+    app = create_app(settings)
+    host, port = settings.server.host, settings.server.port
+    print(
+        f"edgeproxy on http://{host}:{port}/  (demo site at /, operator view at {settings.server.debug_path}, "
+        f"tracking API at {settings.server.prefix}/v1/…)",
+        flush=True,
+    )
+    web.run_app(app, host=host, port=port, shutdown_timeout=settings.server.shutdown_grace, print=None,
+                access_log=None, handle_signals=True)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        load_settings(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.config or '(defaults)'}: OK")
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from edgeproxy.mapping.cli import run_map
+
+    return run_map(args.config, sys.stdin, sys.stdout)
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    import orjson
+
+    from edgeproxy.delivery.spool import spool_report
+
+    settings = _load(args.config)
+    report = spool_report(settings.data_dir / "spool.sqlite3")
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from edgeproxy.delivery.spool import replay
+
+    settings = _load(args.config)
+    count = replay(settings.data_dir / "spool.sqlite3")
+    print(f"{count} dead letter(s) queued again for delivery")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeproxy", description="First-party analytics edge: Segment in, Amplitude out.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="TOML config file (defaults apply without one)")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and list every problem")
+    check.add_argument("--config", help="TOML config file")
+    check.set_defaults(func=cmd_check_config)
+
+    mapping = sub.add_parser("map", help="map Segment messages (JSON lines on stdin) to Amplitude requests")
+    mapping.add_argument("--config", help="TOML (or JSON) config with an [amplitude] table")
+    mapping.set_defaults(func=cmd_map)
+
+    spool = sub.add_parser("spool", help="show spool depth and dead letters")
+    spool.add_argument("--config", help="TOML config file")
+    spool.set_defaults(func=cmd_spool)
+
+    replay = sub.add_parser("replay", help="queue dead letters for delivery again")
+    replay.add_argument("--config", help="TOML config file")
+    replay.set_defaults(func=cmd_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

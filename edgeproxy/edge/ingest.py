@@ -1,0 +1,304 @@
+"""The Segment tracking API: single messages and batches in, 200 only once spooled.
+
+One request flows one way: read and size-check the body, parse, authenticate, then per
+message normalize (``segment``), resolve identity (``identity``), map (``mapping``), and
+finally one durable append of everything to the spool. Only after that append returns does
+the client get its 200; if the spool cannot take the events it gets a 503 with
+``Retry-After`` and keeps them (analytics.js and the mobile libraries retry 5xx).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from edgeproxy import segment
+from edgeproxy.config import Settings
+from edgeproxy.delivery.spool import DeadLetter, Spool, SpoolItem, SpoolUnavailable
+from edgeproxy.edge.cookies_out import set_cookies
+from edgeproxy.edge.cors import cors_headers, preflight
+from edgeproxy.identity.service import IdentityService
+from edgeproxy.identity.store import StoreUnavailable
+from edgeproxy.mapping import Mapper
+from edgeproxy.metrics import Metrics
+
+log = logging.getLogger("edgeproxy.ingest")
+
+RETRY_AFTER_SECONDS = 5
+
+
+@dataclass
+class IngestContext:
+    """Everything the ingest handlers need, built once by the app."""
+
+    settings: Settings
+    identity: IdentityService
+    mapper: Mapper
+    spool: Spool
+    metrics: Metrics
+    wake_delivery: Any = None  # callable() that nudges the delivery worker
+
+
+@dataclass
+class Accepted:
+    """One accepted message's spool records, kept together so a bad one can be rejected alone."""
+
+    index: int
+    type: str
+    items: list[SpoolItem]
+    dead: list[DeadLetter]
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _error(status: int, message: str, code: str = "invalid_request", **extra: Any) -> web.Response:
+    return _json(status, {"success": False, "message": message, "code": code, **extra})
+
+
+class IngestHandlers:
+    """aiohttp handlers for ``{prefix}/v1/*`` tracking calls."""
+
+    def __init__(self, ctx: IngestContext):
+        self.ctx = ctx
+
+    def routes(self, prefix: str) -> list[web.AbstractRouteDef]:
+        single = "|".join(sorted(segment.PATH_TYPES))
+        batch = "|".join(sorted(segment.BATCH_PATHS))
+        return [
+            web.post(f"{prefix}/v1/{{kind:{batch}}}", self.batch),
+            web.post(f"{prefix}/v1/{{kind:{single}}}", self.single),
+            web.options(f"{prefix}/v1/{{kind:{batch}|{single}}}", self.options),
+        ]
+
+    async def options(self, request: web.Request) -> web.StreamResponse:
+        return preflight(request, self.ctx.settings.server.cors_origins)
+
+    async def single(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, batch=False)
+
+    async def batch(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, batch=True)
+
+    async def _handle(self, request: web.Request, *, batch: bool) -> web.StreamResponse:
+        response = await self._process(request, batch=batch)
+        response.headers.update(cors_headers(request, self.ctx.settings.server.cors_origins))
+        return response
+
+    async def _read_body(self, request: web.Request, limit: int) -> dict[str, Any] | web.Response:
+        """The decompressed body as a JSON object, or the error response (Segment's wording)."""
+        try:
+            raw = await request.read()  # aiohttp inflates gzip; client_max_size bounds the inflated size
+        except web.HTTPRequestEntityTooLarge:
+            self.ctx.metrics.events_rejected.labels("too_large").inc()
+            return _error(400, f"Exceed payload limit: the body is over {limit} bytes once decompressed")
+        if len(raw) > limit:
+            self.ctx.metrics.events_rejected.labels("too_large").inc()
+            return _error(400, f"Exceed payload limit: the body is {len(raw)} bytes, at most {limit} allowed")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            self.ctx.metrics.events_rejected.labels("invalid_json").inc()
+            return _error(400, f"Invalid JSON: {exc}", code="invalid_json")
+        if not isinstance(body, dict):
+            self.ctx.metrics.events_rejected.labels("invalid_json").inc()
+            return _error(400, "Invalid JSON: the body must be a JSON object", code="invalid_json")
+        return body
+
+    async def _process(self, request: web.Request, *, batch: bool) -> web.StreamResponse:
+        ctx = self.ctx
+        limit = segment.MAX_BATCH_BYTES if batch else segment.MAX_MESSAGE_BYTES
+        body = await self._read_body(request, limit)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            segment.resolve_write_key(body, request.headers.get("Authorization"), ctx.settings.segment.write_keys)
+        except segment.Rejected as exc:
+            ctx.metrics.events_rejected.labels("write_key").inc()
+            return _error(401 if exc.code == "unauthorized" else 400, exc.message, code=exc.code)
+
+        received = datetime.now(timezone.utc)
+        if batch:
+            raws = body.get("batch")
+            if not isinstance(raws, list):
+                ctx.metrics.events_rejected.labels("invalid_batch").inc()
+                return _error(400, "batch: must be an array of messages")
+            if len(raws) > segment.MAX_BATCH_MESSAGES:
+                ctx.metrics.events_rejected.labels("too_many").inc(len(raws))
+                return _error(400, f"batch: {len(raws)} messages, at most {segment.MAX_BATCH_MESSAGES} per batch")
+            envelope = segment.Envelope(
+                sent_at=body.get("sentAt"),
+                context=body.get("context") if isinstance(body.get("context"), dict) else None,
+                integrations=body.get("integrations") if isinstance(body.get("integrations"), dict) else None,
+            )
+            path_type = None
+        else:
+            raws = [body]
+            envelope = segment.Envelope()
+            path_type = segment.PATH_TYPES[request.match_info["kind"]]
+
+        jar = ctx.identity.read_cookies(request.cookies)
+        now_ms = int(received.timestamp() * 1000)
+        accepted: list[Accepted] = []
+        rejected: list[dict[str, Any]] = []
+        web_seen = False
+        for index, raw in enumerate(raws):
+            try:
+                if batch:
+                    _check_message_size(raw)
+                msg = segment.normalize(raw, path_type=path_type, received=received, envelope=envelope)
+                _fill_ip(msg, request.remote)
+                result = await ctx.identity.process(msg, jar, now_ms)
+                if not segment.has_identity(msg, result.device_id):
+                    raise segment.Rejected("userId", "the message needs a userId, an anonymousId or context.device.id")
+            except segment.Rejected as exc:
+                ctx.metrics.events_rejected.labels(exc.field).inc()
+                rejected.append({"index": index, **exc.as_dict()})
+                continue
+            except StoreUnavailable as exc:
+                return self._unavailable(f"session store unavailable: {exc}", len(raws))
+            web_seen = web_seen or result.web
+            if result.started:
+                ctx.metrics.sessions_started.inc()
+            if result.mismatch:
+                ctx.metrics.session_mismatches.inc()
+            accepted.append(self._map(index, msg, result, now_ms))
+
+        try:
+            accepted = await self._commit(accepted, rejected)
+        except SpoolUnavailable as exc:
+            return self._unavailable(f"spool unavailable: {exc}", len(accepted))
+        for record in accepted:
+            ctx.metrics.events_accepted.labels(record.type).inc()
+
+        if rejected and not accepted:
+            first = rejected[0]
+            response = _error(400, f"{first['field']}: {first['message']}", rejected=rejected)
+        elif rejected:
+            response = _json(200, {"success": True, "accepted": len(accepted), "rejected": rejected})
+        else:
+            response = _json(200, {"success": True})
+        if web_seen or jar.has_edge_cookies:
+            set_cookies(response, ctx.identity.response_cookies(jar, now_ms))
+        return response
+
+    async def _commit(self, accepted: list[Accepted], rejected: list[dict[str, Any]]) -> list[Accepted]:
+        """One durable append for the whole request; returns what was stored.
+
+        A message the JSON encoder cannot store (nested deeper than orjson's 254 levels, which
+        the parser allows) fails the append with ValueError: then each message is stored on its
+        own so only the offender is rejected. Hostile input only, so the slow path is fine.
+        """
+        if not accepted:
+            return accepted
+        spool = self.ctx.spool
+        try:
+            await spool.append([i for a in accepted for i in a.items], [d for a in accepted for d in a.dead])
+            stored = accepted
+        except ValueError:
+            stored = []
+            for record in accepted:
+                try:
+                    await spool.append(record.items, record.dead)
+                    stored.append(record)
+                except ValueError as exc:
+                    self.ctx.metrics.events_rejected.labels("message").inc()
+                    rejected.append({"index": record.index, "field": "message", "message": f"cannot be stored: {exc}"})
+            rejected.sort(key=lambda r: r["index"])
+        if self.ctx.wake_delivery is not None:
+            self.ctx.wake_delivery()
+        return stored
+
+    def _unavailable(self, reason: str, count: int) -> web.Response:
+        """503 + Retry-After: the client keeps the events and retries; nothing was acknowledged."""
+        log.error("answering 503: %s", reason)
+        self.ctx.metrics.events_rejected.labels("unavailable").inc(count)
+        return _json(
+            503,
+            {"success": False, "message": "temporarily unable to queue events; retry", "code": "unavailable"},
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def _map(self, index: int, msg: dict[str, Any], result: Any, now_ms: int) -> Accepted:
+        """Map one message: its outputs become spool items, a refusal a dead letter."""
+        items: list[SpoolItem] = []
+        dead: list[DeadLetter] = []
+        session_id = result.session.session_id if result.session is not None else _client_session_id(msg)
+        device_id = result.device_id
+        user_id = msg.get("userId") if isinstance(msg.get("userId"), str) else None
+        mapped = self.ctx.mapper.map(msg, device_id=device_id)
+        key_device = device_id or _default_device_id(msg)
+        for out in mapped.outputs:
+            items.append(
+                SpoolItem(
+                    message_id=msg["messageId"],
+                    endpoint=out.endpoint,
+                    item=out.item,
+                    options=out.options,
+                    device_id=key_device,
+                    user_id=user_id,
+                    session_id=session_id,
+                    received_ms=now_ms,
+                )
+            )
+        if mapped.errors:
+            self.ctx.metrics.mapping_refused.inc()
+            dead.append(
+                DeadLetter(
+                    message_id=msg["messageId"],
+                    payload=msg,
+                    reason=mapped.error or "refused by the mapping",
+                    device_id=key_device,
+                    session_id=session_id,
+                    received_ms=now_ms,
+                )
+            )
+        return Accepted(index, msg["type"], items, dead)
+
+
+def _check_message_size(raw: Any) -> None:
+    """Segment's 32 KB per message inside a batch, measured as the message's own JSON."""
+    try:
+        size = len(orjson.dumps(raw))
+    except orjson.JSONEncodeError as exc:  # deeper than the encoder's 254 levels
+        raise segment.Rejected("message", f"cannot be stored: {exc}") from None
+    if size > segment.MAX_MESSAGE_BYTES:
+        raise segment.Rejected("message", f"Exceed payload limit: {size} bytes, at most {segment.MAX_MESSAGE_BYTES}")
+
+
+def _fill_ip(msg: dict[str, Any], remote: str | None) -> None:
+    """Segment fills ``context.ip`` for client-side events; a server library's IP is not the user's."""
+    if not remote or segment.library_name(msg) in segment.SERVER_LIBRARIES:
+        return
+    context = msg.setdefault("context", {})
+    if context is None:
+        context = msg["context"] = {}
+    if not context.get("ip"):
+        context["ip"] = remote
+
+
+def _default_device_id(msg: dict[str, Any]) -> str | None:
+    """Segment's default device_id path, for spool indexing of non-web events."""
+    context = msg.get("context") or {}
+    device = context.get("device") if isinstance(context.get("device"), dict) else {}
+    value = device.get("id") if device.get("id") is not None else msg.get("anonymousId")
+    return str(value) if value not in (None, "") else None
+
+
+def _client_session_id(msg: dict[str, Any]) -> int | None:
+    integrations = msg.get("integrations") or {}
+    amp = integrations.get("Actions Amplitude") if isinstance(integrations, dict) else None
+    value = amp.get("session_id") if isinstance(amp, dict) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

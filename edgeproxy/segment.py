@@ -1,0 +1,210 @@
+"""Segment tracking-API rules: message types, limits, validation and clock-skew correction.
+
+Pure functions of a parsed body and the receive time, so every rule is tested without a
+server. The HTTP handler (``edge/ingest.py``) only reads bytes, calls these, and answers.
+Facts come from Segment's HTTP API documentation (reference: tracking-and-amplitude-apis.md §1).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_MESSAGES = 2500
+
+TYPES = ("track", "page", "identify", "group", "alias", "screen")
+# Path segment -> message type: analytics.js uses the first letter, libraries the full name.
+PATH_TYPES = {t[0]: t for t in TYPES} | {t: t for t in TYPES}
+BATCH_PATHS = frozenset({"b", "batch", "import"})
+
+# Libraries that run on servers: their requests come from the customer's backend, so the
+# request's IP is not the visitor's and must not become context.ip.
+SERVER_LIBRARIES = frozenset(
+    {
+        "analytics-node",
+        "@segment/analytics-node",
+        "analytics-python",
+        "analytics-ruby",
+        "analytics-go",
+        "analytics-java",
+        "analytics-php",
+        "analytics.NET",
+        "analytics-dotnet",
+        "analytics-csharp",
+    }
+)
+
+
+class Rejected(ValueError):
+    """A message (or request) that cannot be accepted; ``field`` names what was wrong."""
+
+    def __init__(self, field: str, message: str, code: str = "invalid_request"):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.code = code
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+def parse_iso(value: Any, field: str) -> datetime:
+    """An ISO-8601 timestamp as an aware UTC datetime; ``Rejected`` names the field otherwise."""
+    if not isinstance(value, str) or not value:
+        raise Rejected(field, f"must be an ISO-8601 date string, got {type(value).__name__}")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise Rejected(field, f"not an ISO-8601 date: {value[:40]!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def format_iso(moment: datetime) -> str:
+    """Segment's timestamp format: UTC, millisecond precision, ``Z``."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def write_key_from_basic(header: str | None) -> str | None:
+    """The write key from ``Authorization: Basic base64(key:)`` (the colon is optional)."""
+    if not header or not header[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.split(":", 1)[0] or None
+
+
+def resolve_write_key(body: dict[str, Any], authorization: str | None, allowed: list[str]) -> str:
+    """Body key first, then Basic auth. Empty is Segment's 400; unknown (with a list) a 401."""
+    key = body.get("writeKey")
+    if not isinstance(key, str) or not key:
+        key = write_key_from_basic(authorization)
+    if not key:
+        raise Rejected("writeKey", "An invalid write key was provided", code="invalid_request")
+    if allowed and key not in allowed:
+        raise Rejected("writeKey", "unknown write key", code="unauthorized")
+    return key
+
+
+_OBJECT_FIELDS = ("context", "properties", "traits", "integrations")
+_ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What a batch contributes to each of its messages."""
+
+    sent_at: Any = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+
+def normalize(raw: Any, *, path_type: str | None, received: datetime, envelope: Envelope = Envelope()) -> dict[str, Any]:
+    """Validate one message and return Segment's normalized form (a new dict).
+
+    Applies the batch envelope (its ``context``/``integrations`` under the message's own),
+    skew correction ``timestamp = receivedAt − (sentAt − originalTimestamp)``, and a generated
+    ``messageId``. Identity checks that need the device id happen after enrichment.
+    """
+    if not isinstance(raw, dict):
+        raise Rejected("message", f"must be a JSON object, got {_json_type(raw)}")
+    msg = dict(raw)
+    mtype = msg.get("type", path_type)
+    if mtype is None:
+        raise Rejected("type", f"missing; must be one of {', '.join(TYPES)}")
+    if mtype not in TYPES:
+        raise Rejected("type", f"must be one of {', '.join(TYPES)}, got {str(mtype)[:40]!r}")
+    msg["type"] = mtype
+
+    for name in _OBJECT_FIELDS:
+        if name in msg and msg[name] is not None and not isinstance(msg[name], dict):
+            raise Rejected(name, f"must be an object, got {_json_type(msg[name])}")
+    for name in _ID_FIELDS:
+        value = msg.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+            raise Rejected(name, f"must be a string, got {_json_type(value)}")
+
+    if envelope.context:
+        msg["context"] = {**envelope.context, **(msg.get("context") or {})}
+    if envelope.integrations:
+        msg["integrations"] = {**envelope.integrations, **(msg.get("integrations") or {})}
+
+    if mtype == "track" and (not isinstance(msg.get("event"), (str, int, float)) or msg.get("event") in ("", None)):
+        raise Rejected("event", "a track call needs a non-empty event name")
+    if mtype == "group" and msg.get("groupId") in (None, ""):
+        raise Rejected("groupId", "a group call needs a groupId")
+    if mtype == "alias" and msg.get("userId") in (None, ""):
+        raise Rejected("userId", "an alias call needs the new userId")
+
+    message_id = msg.get("messageId")
+    if message_id is None or message_id == "":
+        msg["messageId"] = str(uuid.uuid4())
+    elif not isinstance(message_id, str):
+        raise Rejected("messageId", f"must be a string, got {_json_type(message_id)}")
+
+    _correct_clock(msg, received, envelope.sent_at)
+    return msg
+
+
+def _correct_clock(msg: dict[str, Any], received: datetime, batch_sent_at: Any) -> None:
+    """Segment's skew correction; records receivedAt and originalTimestamp."""
+    sent_raw = msg.pop("sentAt", None) or batch_sent_at
+    ts_raw = msg.get("timestamp")
+    msg["receivedAt"] = format_iso(received)
+    if ts_raw in (None, ""):
+        msg["timestamp"] = msg["receivedAt"]
+        return
+    original = parse_iso(ts_raw, "timestamp")
+    msg["originalTimestamp"] = ts_raw
+    if sent_raw not in (None, ""):
+        sent = parse_iso(sent_raw, "sentAt")
+        msg["sentAt"] = sent_raw
+        msg["timestamp"] = format_iso(received - (sent - original))
+    else:
+        msg["timestamp"] = format_iso(original)
+
+
+def has_identity(msg: dict[str, Any], device_id: str | None) -> bool:
+    """Amplitude needs a user or a device: userId, anonymousId or a (resolved) device id."""
+    context = msg.get("context") or {}
+    device = context.get("device") if isinstance(context, dict) else None
+    client_device = device.get("id") if isinstance(device, dict) else None
+    return any(v not in (None, "") for v in (msg.get("userId"), msg.get("anonymousId"), device_id, client_device))
+
+
+def library_name(msg: dict[str, Any]) -> str | None:
+    context = msg.get("context")
+    library = context.get("library") if isinstance(context, dict) else None
+    name = library.get("name") if isinstance(library, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def event_time_ms(msg: dict[str, Any]) -> int:
+    """The skew-corrected event time in epoch ms (``normalize`` guarantees ``timestamp``)."""
+    return int(parse_iso(msg["timestamp"], "timestamp").timestamp() * 1000)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

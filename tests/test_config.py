@@ -1,0 +1,110 @@
+"""Configuration: TOML + environment overrides, every problem listed with its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeproxy.config import ConfigError, load_settings, parse_duration, redacted
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edgeproxy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_serve_a_laptop():
+    s = load_settings(None, env={})
+    assert (s.server.host, s.server.port, s.server.prefix) == ("127.0.0.1", 8080, "/_e")
+    assert s.sessions.store == "memory" and s.sessions.timeout == 1800
+    assert s.delivery.batch_size == 500 and s.delivery.flush_interval == 1.0
+    assert s.amplitude.api_key == "" and s.origin.url == ""
+
+
+def test_toml_and_env_overrides(tmp_path):
+    path = write(tmp_path, """
+[server]
+port = 9001
+trusted_proxies = ["127.0.0.1"]
+[sessions]
+timeout = "45m"
+[delivery]
+flush_interval = "500ms"
+[[amplitude.subscriptions]]
+action = "logEventV2"
+subscribe = 'type = "track"'
+""")
+    s = load_settings(path, env={"EDGEPROXY_SERVER__PORT": "9000", "EDGEPROXY_DEBUG__TOKEN": "t0ken",
+                                 "EDGEPROXY_SESSIONS__SIGNING_KEYS": "a" * 20 + "," + "b" * 20,
+                                 "EDGEPROXY_SESSIONS__SECURE_COOKIES": "false"})
+    assert s.server.port == 9000
+    assert s.server.trusted_proxies == ["127.0.0.1"]
+    assert s.sessions.timeout == 2700
+    assert s.delivery.flush_interval == 0.5
+    assert s.debug.token == "t0ken"
+    assert s.sessions.signing_keys == ["a" * 20, "b" * 20]
+    assert s.sessions.secure_cookies is False
+    assert s.amplitude.subscriptions[0]["action"] == "logEventV2"
+
+
+def test_every_problem_is_listed_with_its_key(tmp_path):
+    path = write(tmp_path, """
+[server]
+port = "eighty"
+prefix = "no-slash"
+colour = "blue"
+[sessions]
+timeout = "soon"
+store = "mysql://x"
+[delivery]
+batch_size = 5000
+[amplitude]
+region = "asia"
+[nonsense]
+x = 1
+""")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={"EDGEPROXY_SERVER__HOST": "0.0.0.0", "EDGEPROXY_DELIVERY__BATCH_SIZE": "many"})
+    text = "\n".join(info.value.problems)
+    for key in ("server.port", "server.prefix", "server.colour", "sessions.timeout", "sessions.store",
+                "amplitude.region", "nonsense", "EDGEPROXY_DELIVERY__BATCH_SIZE"):
+        assert key in text, key
+
+
+def test_invalid_toml_is_reported(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, "[server\nport=1"), env={})
+    assert "not valid TOML" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("value,seconds", [("30m", 1800), ("2s", 2), ("500ms", 0.5), (10, 10), ("1h", 3600), ("1.5s", 1.5)])
+def test_durations(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "fast", "-1s", True, -3, "5 weeks"])
+def test_bad_durations(value):
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def test_redacted_hides_secrets():
+    s = load_settings(None, env={"EDGEPROXY_AMPLITUDE__API_KEY": "secret-api", "EDGEPROXY_DEBUG__TOKEN": "tok"})
+    flat = str(redacted(s))
+    assert "secret-api" not in flat and "tok'" not in flat
+
+
+def test_check_config_command_lists_problems(tmp_path):
+    bad = write(tmp_path, '[server]\nport = 0\n[amplitude]\nregion = "mars"\n')
+    run = subprocess.run([sys.executable, "-m", "edgeproxy", "check-config", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "server.port" in run.stdout and "amplitude.region" in run.stdout
+    good = write(tmp_path, "[server]\nport = 8081\n")
+    ok = subprocess.run([sys.executable, "-m", "edgeproxy", "check-config", "--config", str(good)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -1,0 +1,115 @@
+"""/debug: sessions, one session's events with delivery state, spool, access control."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from edgeproxy.app import create_app
+from test_ingest import make_settings, track
+
+TOKEN = "operator-token-123"
+
+
+async def post_events(c, n=2, **extra):
+    for i in range(n):
+        resp = await c.post("/_e/v1/t", data=orjson.dumps(track(messageId=f"dbg-{i}", userId="user-42", **extra)))
+        assert resp.status == 200
+
+
+async def wait_delivered(c, device_id, n, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = await (await c.get(f"/debug/sessions/{device_id}?format=json")).json()
+        if sum(1 for e in data["events"] if e["state"] == "delivered") >= n:
+            return data
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"events not delivered: {data}")
+
+
+async def test_sink_mode_overview_session_and_me(tmp_path, aiohttp_client):
+    # No Amplitude key: deliveries go to the local sink shown in /debug.
+    c = await aiohttp_client(create_app(make_settings(tmp_path)))
+    await post_events(c, 2)
+
+    overview = await (await c.get("/debug", headers={"Accept": "application/json"})).json()
+    [session] = overview["sessions"]
+    assert session["device_id"] == "anon-0001-aaaa"
+    assert session["user_id"] == "user-42"
+    assert session["event_count"] == 2
+    assert session["library"] == "analytics.js"
+    assert set(overview["spool"]) >= {"depth", "in_flight", "retrying", "oldest_age_s"}
+
+    data = await wait_delivered(c, "anon-0001-aaaa", 2)
+    sent = [e["item"] for e in data["events"]]
+    assert {e["insert_id"] for e in sent} == {"dbg-0", "dbg-1"}
+    assert all(e["session_id"] == session["session_id"] for e in sent)
+
+    overview = await (await c.get("/debug?format=json")).json()
+    assert overview["sink"], "the local sink shows what would have been sent"
+
+    me = await (await c.get("/debug/me?format=json")).json()
+    assert me["device_id"] == "anon-0001-aaaa"
+    assert me["session"]["session_id"] == session["session_id"]
+
+    html = await (await c.get("/debug")).text()
+    assert "anon-0001-aaaa" in html and "<table>" in html
+    page = await (await c.get("/debug/sessions/anon-0001-aaaa")).text()
+    assert "dbg-0" in page and "delivered" in page
+
+
+async def test_search_by_user_or_device(tmp_path, aiohttp_client):
+    c = await aiohttp_client(create_app(make_settings(tmp_path)))
+    await post_events(c, 1)
+    hit = await (await c.get("/debug?format=json&q=user-42")).json()
+    miss = await (await c.get("/debug?format=json&q=nobody")).json()
+    assert len(hit["sessions"]) == 1 and miss["sessions"] == []
+
+
+async def test_html_escapes_event_content(tmp_path, aiohttp_client):
+    c = await aiohttp_client(create_app(make_settings(tmp_path)))
+    await post_events(c, 1, event="<script>alert(1)</script>")
+    await wait_delivered(c, "anon-0001-aaaa", 1)
+    page = await (await c.get("/debug/sessions/anon-0001-aaaa")).text()
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;" in page
+
+
+async def test_token_required_when_configured(tmp_path, aiohttp_client):
+    c = await aiohttp_client(create_app(make_settings(tmp_path, debug__token=TOKEN)))
+    assert (await c.get("/debug?format=json")).status == 401
+    assert (await c.get("/debug?format=json", headers={"Authorization": "Bearer wrong"})).status == 401
+    ok = await c.get("/debug?format=json", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status == 200
+    # Browser flow: redirected to the login form, which sets a signed cookie.
+    resp = await c.get("/debug", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].endswith("/debug/login")
+    bad = await c.post("/debug/login", data={"token": "nope"}, allow_redirects=False)
+    assert bad.status == 401
+    login = await c.post("/debug/login", data={"token": TOKEN}, allow_redirects=False)
+    assert login.status == 303
+    assert (await c.get("/debug?format=json")).status == 200
+
+
+async def test_forged_login_cookie_is_refused(tmp_path, aiohttp_client):
+    c = await aiohttp_client(create_app(make_settings(tmp_path, debug__token=TOKEN)))
+    c.session.cookie_jar.update_cookies({"_ep_debug": "operator.forged.signature"})
+    assert (await c.get("/debug?format=json")).status == 401
+
+
+async def test_loopback_only_without_token(tmp_path, aiohttp_client):
+    # Behind a trusted proxy the client IP comes from X-Forwarded-For: a remote visitor is refused.
+    c = await aiohttp_client(create_app(make_settings(tmp_path, server__trusted_proxies=["127.0.0.1"])))
+    far = await c.get("/debug?format=json", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert far.status == 403
+    near = await c.get("/debug?format=json")
+    assert near.status == 200
+
+
+async def test_me_without_cookie(tmp_path, aiohttp_client):
+    c = await aiohttp_client(create_app(make_settings(tmp_path)))
+    data = await (await c.get("/debug/me?format=json")).json()
+    assert data["device_id"] is None
