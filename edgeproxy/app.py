@@ -28,6 +28,7 @@ from edgeproxy.identity.service import IdentityService
 from edgeproxy.identity.store import open_store
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
+from edgeproxy.session_sweep import SessionSweeper
 
 log = logging.getLogger("edgeproxy")
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     # (secret_key is only for Amplitude's GDPR API); `check-config` reports real problems.
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
     worker = DeliveryWorker(spool, settings, metrics)
+    sweeper = SessionSweeper(store, mapper, spool, settings, wake=worker.wake) if settings.sessions.session_events else None
 
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -104,6 +106,8 @@ def create_app(settings: Settings) -> web.Application:
     async def start(_: web.Application) -> None:
         await spool.open()
         await worker.start()
+        if sweeper is not None:
+            await sweeper.start()
         log.info(
             "edgeproxy ready: prefix %s, sessions %s, spool %s, delivery %s",
             prefix,
@@ -113,6 +117,8 @@ def create_app(settings: Settings) -> web.Application:
         )
 
     async def stop(_: web.Application) -> None:
+        if sweeper is not None:
+            await sweeper.stop()
         await worker.stop(settings.server.shutdown_grace)
         await spool.close()
         await store.close()

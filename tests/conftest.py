@@ -1,3 +1,10 @@
-"""Shared pytest fixtures. The fixture code lives in its own module; it is only registered here."""
+"""Shared test setup: the Amplitude stand-in fixture and a Hypothesis profile for busy machines."""
 
-from fake_amplitude import fake_amplitude  # noqa: F401  (registers the fixture)
+from hypothesis import HealthCheck, settings
+
+from fake_amplitude import fake_amplitude  # noqa: F401  (pytest fixture)
+
+# CI machines run other work at the same time: time-based health checks and per-example
+# deadlines would make property tests flaky without testing anything about the code.
+settings.register_profile("edgeproxy", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("edgeproxy")

@@ -75,3 +75,21 @@ def test_bad_subscriptions_exit_2_with_problems(tmp_path: Path, capsys) -> None:
 def test_missing_config_file_exit_2(tmp_path: Path, capsys) -> None:
     code, _ = run(tmp_path / "nope.toml", "{}")
     assert code == 2 and "cannot read config" in capsys.readouterr().err
+
+
+def test_edgeproxy_map_command(tmp_path: Path) -> None:
+    """The user's preview tool through the installed command line: `edgeproxy map --config FILE`."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "edgeproxy.toml"
+    config.write_text(TOML)
+    event = {"type": "track", "event": "Order Completed", "userId": "user-1", "messageId": "m-1",
+             "properties": {"revenue": 10}}
+    run_ = subprocess.run([sys.executable, "-m", "edgeproxy", "map", "--config", str(config)],
+                          input=json.dumps(event) + "\n", capture_output=True, text=True, timeout=60)
+    assert run_.returncode == 0, run_.stderr
+    (line,) = [json.loads(x) for x in run_.stdout.splitlines()]
+    assert line["error"] is None
+    (event_out,) = line["requests"][0]["body"]["events"]
+    assert event_out["revenue"] == 10 and event_out["insert_id"] == "m-1"

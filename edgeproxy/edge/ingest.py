@@ -22,10 +22,13 @@ from edgeproxy.config import Settings
 from edgeproxy.delivery.spool import DeadLetter, Spool, SpoolItem, SpoolUnavailable
 from edgeproxy.edge.cookies_out import set_cookies
 from edgeproxy.edge.cors import cors_headers, preflight
-from edgeproxy.identity.service import IdentityService
+from edgeproxy.identity.service import IdentityResult, IdentityService
+from edgeproxy.identity.session_events import session_message
+from edgeproxy.identity.sessions import client_session_value, parse_session_id
 from edgeproxy.identity.store import StoreUnavailable
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
+from edgeproxy.pipeline import default_device_id, spool_records
 
 log = logging.getLogger("edgeproxy.ingest")
 
@@ -225,41 +228,30 @@ class IngestHandlers:
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
-    def _map(self, index: int, msg: dict[str, Any], result: Any, now_ms: int) -> Accepted:
-        """Map one message: its outputs become spool items, a refusal a dead letter."""
-        items: list[SpoolItem] = []
-        dead: list[DeadLetter] = []
-        session_id = result.session.session_id if result.session is not None else _client_session_id(msg)
-        device_id = result.device_id
-        user_id = msg.get("userId") if isinstance(msg.get("userId"), str) else None
-        mapped = self.ctx.mapper.map(msg, device_id=device_id)
-        key_device = device_id or _default_device_id(msg)
-        for out in mapped.outputs:
-            items.append(
-                SpoolItem(
-                    message_id=msg["messageId"],
-                    endpoint=out.endpoint,
-                    item=out.item,
-                    options=out.options,
-                    device_id=key_device,
-                    user_id=user_id,
-                    session_id=session_id,
-                    received_ms=now_ms,
-                )
-            )
-        if mapped.errors:
-            self.ctx.metrics.mapping_refused.inc()
-            dead.append(
-                DeadLetter(
-                    message_id=msg["messageId"],
-                    payload=msg,
-                    reason=mapped.error or "refused by the mapping",
-                    device_id=key_device,
-                    session_id=session_id,
-                    received_ms=now_ms,
-                )
-            )
-        return Accepted(index, msg["type"], items, dead)
+    def _map(self, index: int, msg: dict[str, Any], result: IdentityResult, now_ms: int) -> Accepted:
+        """Map one message (and, when configured, its session end/start events) to spool records."""
+        if result.session is not None:
+            session_id: int | None = result.session.session_id
+        else:
+            session_id = parse_session_id(client_session_value(msg)[1])
+        messages: list[tuple[dict[str, Any], int | None]] = [(msg, session_id)]
+        sessions = self.ctx.settings.sessions
+        key = result.device_id or default_device_id(msg)
+        if sessions.session_events and result.started and key is not None and result.session is not None:
+            start = session_message("start", sessions.session_start_event, key, result.session)
+            messages.insert(0, (start, result.session.session_id))
+            if result.ended is not None:
+                end = session_message("end", sessions.session_end_event, key, result.ended)
+                messages.insert(0, (end, result.ended.session_id))
+        accepted = Accepted(index, msg["type"], [], [])
+        for message, sid in messages:
+            items, dead = spool_records(self.ctx.mapper, message, device_id=result.device_id, session_id=sid,
+                                        received_ms=now_ms)
+            accepted.items.extend(items)
+            accepted.dead.extend(dead)
+            if dead:
+                self.ctx.metrics.mapping_refused.inc()
+        return accepted
 
 
 def _check_message_size(raw: Any) -> None:
@@ -283,22 +275,3 @@ def _fill_ip(msg: dict[str, Any], remote: str | None) -> None:
         context["ip"] = remote
 
 
-def _default_device_id(msg: dict[str, Any]) -> str | None:
-    """Segment's default device_id path, for spool indexing of non-web events."""
-    context = msg.get("context") or {}
-    device = context.get("device") if isinstance(context.get("device"), dict) else {}
-    value = device.get("id") if device.get("id") is not None else msg.get("anonymousId")
-    return str(value) if value not in (None, "") else None
-
-
-def _client_session_id(msg: dict[str, Any]) -> int | None:
-    integrations = msg.get("integrations") or {}
-    amp = integrations.get("Actions Amplitude") if isinstance(integrations, dict) else None
-    value = amp.get("session_id") if isinstance(amp, dict) else None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None

@@ -74,6 +74,10 @@ class IdentityResult:
     started: bool  # a new session began
     mismatch: bool  # a client session id differed from the server's and was replaced
     web: bool
+    # The stored session this event ended by rotating it (idle past the timeout), for the
+    # session-end event. Only a session the store still held counts: one the store no longer
+    # has was already ended by the idle sweep (or lost with a restart), so no duplicate.
+    ended: SessionState | None = None
 
 
 def event_time_ms(message: Mapping[str, Any], now_ms: int) -> int:
@@ -169,14 +173,14 @@ class IdentityService:
             jar.device_id = device_id if valid_device_id(device_id) else str(uuid.uuid4())
 
         carried = jar.session if device_id == jar.device_id else None
-        new, started = await self._touch(device_id, message, t_ms, carried, adoptable_session_id(message))
+        new, started, ended = await self._touch(device_id, message, t_ms, carried, adoptable_session_id(message))
         if device_id == jar.device_id:
             jar.session = reconcile(jar.session, new)
         mismatch = False
         if may_stamp(message):
             mismatch = is_mismatch(message, new.session_id)
             stamp_session_id(message, new.session_id)
-        return IdentityResult(device_id=device_id, session=new, started=started, mismatch=mismatch, web=True)
+        return IdentityResult(device_id=device_id, session=new, started=started, mismatch=mismatch, web=True, ended=ended)
 
     async def _non_web(self, message: dict[str, Any], t_ms: int) -> IdentityResult:
         """Left alone unless ``stamp_non_web`` and no session id is present.
@@ -189,9 +193,9 @@ class IdentityService:
         key = _context_device_id(message) or _non_blank(message.get("anonymousId"))
         if present or not self.stamp_non_web or key is None or not may_stamp(message):
             return IdentityResult(device_id=None, session=None, started=False, mismatch=False, web=False)
-        new, started = await self._touch(key, message, t_ms, None, None)
+        new, started, ended = await self._touch(key, message, t_ms, None, None)
         stamp_session_id(message, new.session_id)
-        return IdentityResult(device_id=None, session=new, started=started, mismatch=False, web=False)
+        return IdentityResult(device_id=None, session=new, started=started, mismatch=False, web=False, ended=ended)
 
     async def _touch(
         self,
@@ -200,7 +204,7 @@ class IdentityService:
         t_ms: int,
         carried: SessionState | None,
         adopt: int | None,
-    ) -> tuple[SessionState, bool]:
+    ) -> tuple[SessionState, bool, SessionState | None]:
         user_id = _non_blank(message.get("userId"))
         library = library_name(message)
         user_agent = _user_agent(message)
@@ -219,8 +223,9 @@ class IdentityService:
             )
             return new
 
-        _, new = await self.store.update(key, apply)
-        return new, started
+        old, new = await self.store.update(key, apply)
+        ended = old if started and old is not None and old.session_id != new.session_id else None
+        return new, started, ended
 
     def response_cookies(self, jar: CookieIdentity, now_ms: int) -> list[CookieSpec]:
         """Cookies for a tracking response: device, session and the readable pair.

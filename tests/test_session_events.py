@@ -1,0 +1,82 @@
+"""Session start/end events (off by default): on rotation, on a new session, and by the idle sweep."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from edgeproxy.app import create_app
+from edgeproxy.identity.session_events import session_message
+from edgeproxy.identity.sessions import SessionState
+from edgeproxy.segment import format_iso
+from datetime import datetime, timezone
+from test_ingest import API_KEY, amp, make_settings, track, wait_for  # noqa: F401  (amp is a fixture)
+
+HOUR_MS = 3600_000
+
+
+def iso(ms: int) -> str:
+    return format_iso(datetime.fromtimestamp(ms / 1000, timezone.utc))
+
+
+def test_session_message_shape_and_stable_id():
+    state = SessionState(session_id=1_700_000_000_000, last_event_ms=1_700_000_600_000, event_count=4,
+                         user_id="u-1", first_seen=1_700_000_000_000, library="analytics.js", user_agent="UA")
+    end = session_message("end", "session_end", "dev-1", state)
+    assert end["type"] == "track" and end["event"] == "session_end"
+    assert end["timestamp"] == "2023-11-14T22:23:20.000Z"  # the session's last event
+    assert end["integrations"]["Actions Amplitude"]["session_id"] == state.session_id
+    assert end["properties"] == {"session_id": state.session_id, "event_count": 4, "duration_ms": 600_000}
+    assert end["userId"] == "u-1" and end["anonymousId"] == "dev-1"
+    assert session_message("end", "session_end", "dev-1", state)["messageId"] == end["messageId"]
+    start = session_message("start", "session_start", "dev-1", state)
+    assert start["timestamp"] == "2023-11-14T22:13:20.000Z" and start["messageId"] != end["messageId"]
+
+
+async def test_start_and_end_events_around_a_rotation(tmp_path, aiohttp_client, amp):
+    settings = make_settings(tmp_path, amplitude__api_key=API_KEY, amplitude__endpoint_url=amp.base_url,
+                             sessions__session_events=True)
+    c = await aiohttp_client(create_app(settings))
+    t0 = (int(time.time() * 1000) // 1000) * 1000 - 2 * HOUR_MS
+    t1 = t0 + HOUR_MS  # an hour later: past the 30-minute timeout
+    for n, t in enumerate((t0, t1)):
+        body = track(messageId=f"rot-{n}", timestamp=iso(t), sentAt=None)
+        del body["sentAt"]
+        assert (await c.post("/_e/v1/t", data=orjson.dumps(body))).status == 200
+    await wait_for(lambda: len(amp.ingested("httpapi")) == 5)
+    events = amp.ingested("httpapi")
+    assert [e["event_type"] for e in events] == ["session_start", "Signup Clicked", "session_end", "session_start", "Signup Clicked"]
+    assert [e["session_id"] for e in events] == [t0, t0, t0, t1, t1]
+    assert [e["time"] for e in events] == [t0, t0, t0, t1, t1]
+    assert {e["device_id"] for e in events} == {"anon-0001-aaaa"}
+
+
+async def test_off_by_default(tmp_path, aiohttp_client, amp):
+    settings = make_settings(tmp_path, amplitude__api_key=API_KEY, amplitude__endpoint_url=amp.base_url)
+    c = await aiohttp_client(create_app(settings))
+    assert (await c.post("/_e/v1/t", data=orjson.dumps(track()))).status == 200
+    await wait_for(lambda: len(amp.ingested("httpapi")) == 1)
+    assert amp.ingested("httpapi")[0]["event_type"] == "Signup Clicked"
+
+
+async def test_idle_sweep_ends_the_session_of_a_visitor_who_left(tmp_path, aiohttp_client, amp):
+    settings = make_settings(tmp_path, amplitude__api_key=API_KEY, amplitude__endpoint_url=amp.base_url,
+                             sessions__session_events=True, sessions__timeout=0.5)
+    c = await aiohttp_client(create_app(settings))
+    body = track(messageId="left-1")
+    del body["timestamp"], body["sentAt"]  # event time = now
+    assert (await c.post("/_e/v1/t", data=orjson.dumps(body))).status == 200
+    await wait_for(lambda: [e["event_type"] for e in amp.ingested("httpapi")][-1:] == ["session_end"], timeout=15)
+    events = amp.ingested("httpapi")
+    assert [e["event_type"] for e in events] == ["session_start", "Signup Clicked", "session_end"]
+    assert events[2]["session_id"] == events[1]["session_id"]
+    assert events[2]["event_properties"]["event_count"] == 1
+    # Claimed once: later sweeps do not end it again, and it is no longer a live session.
+    import asyncio
+
+    await asyncio.sleep(1.0)
+    assert [e["event_type"] for e in amp.ingested("httpapi")].count("session_end") == 1
+    live = await (await c.get("/debug?format=json")).json()
+    assert live["sessions"] == []
