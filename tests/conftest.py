@@ -1,10 +1,19 @@
 """Shared test setup: the Amplitude stand-in fixture and a Hypothesis profile for busy machines."""
 
+import pytest
+from fake_amplitude import TEST_API_KEY, FakeAmplitude, fake_amplitude  # noqa: F401  (pytest fixture)
 from hypothesis import HealthCheck, settings
-
-from fake_amplitude import fake_amplitude  # noqa: F401  (pytest fixture)
 
 # CI machines run other work at the same time: time-based health checks and per-example
 # deadlines would make property tests flaky without testing anything about the code.
 settings.register_profile("edgeproxy", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("edgeproxy")
+
+
+@pytest.fixture
+async def amp():
+    """A started Amplitude stand-in that accepts TEST_API_KEY; ``amp.base_url`` is its address."""
+    fake = FakeAmplitude(api_keys={TEST_API_KEY})
+    await fake.start()
+    yield fake
+    await fake.stop()

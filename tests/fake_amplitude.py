@@ -218,6 +218,10 @@ def _encode_body(status: int, body: Any) -> bytes:
     return body.encode() if isinstance(body, str) else orjson.dumps(body)
 
 
+# The key the project's tests configure edgeproxy with (the `amp` fixture in conftest.py).
+TEST_API_KEY = "test-api-key-0001"
+
+
 class FakeAmplitude:
     """An aiohttp server that ingests like Amplitude. Public attributes are read per request, so a
     test may change ``api_keys``, ``eps_threshold`` etc. while it runs."""

@@ -11,9 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from fake_amplitude import FakeAmplitude
-from test_e2e import API_KEY, Proxy, wait_for
+from test_e2e import Proxy, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UMD = ROOT / "tests" / "js" / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"
@@ -28,12 +26,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-async def amp():
-    fake = FakeAmplitude(api_keys={API_KEY})
-    fake.base_url = await fake.start()
-    yield fake
-    await fake.stop()
 
 
 async def test_demo_site_in_chromium_delivers_with_device_and_session(tmp_path, amp):

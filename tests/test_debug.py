@@ -6,10 +6,9 @@ import asyncio
 import time
 
 import orjson
-import pytest
+from test_ingest import make_settings, track
 
 from edgeproxy.app import create_app
-from test_ingest import make_settings, track
 
 TOKEN = "operator-token-123"
 

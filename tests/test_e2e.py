@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
-import os
 import signal
 import socket
 import subprocess
@@ -21,11 +20,9 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
+from fake_amplitude import TEST_API_KEY
 
-from fake_amplitude import FakeAmplitude
-
-API_KEY = "e2e-api-key-0001"
+API_KEY = TEST_API_KEY
 WRITE_KEY = "e2e-write-key"
 
 
@@ -85,12 +82,6 @@ class Proxy:
         return self.proc.wait(timeout=30)
 
 
-@pytest.fixture
-async def amp():
-    fake = FakeAmplitude(api_keys={API_KEY})
-    fake.base_url = await fake.start()
-    yield fake
-    await fake.stop()
 
 
 async def wait_for(predicate, timeout=20.0):

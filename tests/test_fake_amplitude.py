@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-
 from fake_amplitude import FakeAmplitude, WindowCounter
 
 KEY = "test-key"

@@ -21,7 +21,12 @@ from edgeproxy.config import Settings
 from edgeproxy.identity.redis_store import RedisSessionStore
 from edgeproxy.identity.service import CookieIdentity, IdentityService
 from edgeproxy.identity.sessions import SessionState, touch
-from edgeproxy.identity.store import MemorySessionStore, SessionStore, open_store, ttl_for
+from edgeproxy.identity.store import (
+    MemorySessionStore,
+    SessionStore,
+    open_store,
+    ttl_for,
+)
 
 T0 = 1_780_000_000_000
 MIN = 60_000

@@ -9,12 +9,12 @@ import time
 
 import orjson
 import pytest
+from fake_amplitude import TEST_API_KEY, FakeAmplitude
 
 from edgeproxy.app import SPOOL, create_app
 from edgeproxy.config import Settings
-from fake_amplitude import FakeAmplitude
 
-API_KEY = "test-api-key-0001"
+API_KEY = TEST_API_KEY
 
 
 def make_settings(tmp_path, **overrides) -> Settings:
@@ -30,13 +30,6 @@ def make_settings(tmp_path, **overrides) -> Settings:
     return s
 
 
-@pytest.fixture
-async def amp():
-    fake = FakeAmplitude(api_keys={API_KEY})
-    base = await fake.start()
-    fake.base_url = base
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture
@@ -144,7 +137,7 @@ async def test_web_event_delivered_with_device_and_session(client, amp):
     cookies = resp.headers.getall("Set-Cookie")
     assert any("HttpOnly" in c for c in cookies)
     assert any(c.startswith("analytics_session_id=") and "HttpOnly" not in c for c in cookies)
-    assert any(c.startswith(f"analytics_session_id=") and str(event["session_id"]) in c for c in cookies)
+    assert any(c.startswith("analytics_session_id=") and str(event["session_id"]) in c for c in cookies)
 
 
 async def test_cookie_keeps_device_when_anonymous_id_changes(client, amp):

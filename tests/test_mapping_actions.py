@@ -6,7 +6,13 @@ import copy
 
 import pytest
 
-from edgeproxy.mapping import Mapped, Mapper, MappingConfigError, Output, validate_subscriptions
+from edgeproxy.mapping import (
+    Mapped,
+    Mapper,
+    MappingConfigError,
+    Output,
+    validate_subscriptions,
+)
 
 KEYS = {"api_key": "k", "secret_key": "s"}
 WEB = {"library": {"name": "analytics.js"}, "page": {"referrer": "https://ref.test/"},

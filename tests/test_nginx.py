@@ -16,9 +16,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-
-from test_e2e import API_KEY, WRITE_KEY, Proxy, ajs_event, free_port, wait_for
-from fake_amplitude import FakeAmplitude
+from test_e2e import WRITE_KEY, Proxy, ajs_event, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -30,12 +28,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-async def amp():
-    fake = FakeAmplitude(api_keys={API_KEY})
-    fake.base_url = await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

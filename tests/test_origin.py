@@ -13,6 +13,8 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
 
 from edgeproxy.config import Settings
 from edgeproxy.edge.demo import render_snippet
@@ -24,8 +26,6 @@ from edgeproxy.edge.origin import (
     setup_origin,
     upstream_url,
 )
-from multidict import CIMultiDict
-from yarl import URL
 
 WAIT = 5.0  # upper bound for any event wait in these tests (never expected to be reached)
 

@@ -6,7 +6,8 @@ import base64
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgeproxy import segment
 from edgeproxy.segment import Envelope, Rejected, normalize

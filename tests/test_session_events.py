@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from datetime import datetime, timezone
 
 import orjson
-import pytest
+from test_ingest import API_KEY, make_settings, track, wait_for
 
 from edgeproxy.app import create_app
 from edgeproxy.identity.session_events import session_message
 from edgeproxy.identity.sessions import SessionState
 from edgeproxy.segment import format_iso
-from datetime import datetime, timezone
-from test_ingest import API_KEY, amp, make_settings, track, wait_for  # noqa: F401  (amp is a fixture)
 
 HOUR_MS = 3600_000
 
@@ -74,8 +74,6 @@ async def test_idle_sweep_ends_the_session_of_a_visitor_who_left(tmp_path, aioht
     assert events[2]["session_id"] == events[1]["session_id"]
     assert events[2]["event_properties"]["event_count"] == 1
     # Claimed once: later sweeps do not end it again, and it is no longer a live session.
-    import asyncio
-
     await asyncio.sleep(1.0)
     assert [e["event_type"] for e in amp.ingested("httpapi")].count("session_end") == 1
     live = await (await c.get("/debug?format=json")).json()

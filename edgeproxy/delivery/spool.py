@@ -29,7 +29,14 @@ from typing import Any, Callable, Mapping, Sequence
 import orjson
 
 from edgeproxy.delivery import spool_sql as sql
-from edgeproxy.delivery.spool_sql import SCHEMA, ClaimedItem, DueGroup, group_key, item_size, now_ms
+from edgeproxy.delivery.spool_sql import (
+    SCHEMA,
+    ClaimedItem,
+    DueGroup,
+    group_key,
+    item_size,
+    now_ms,
+)
 from edgeproxy.metrics import Metrics
 
 __all__ = [

@@ -27,7 +27,13 @@ from edgeproxy.amplitude_api import build_request
 from edgeproxy.config import Settings
 from edgeproxy.delivery.classify import Verdict, backoff_delay, body_excerpt, classify
 from edgeproxy.delivery.ratelimit import RateLimiter
-from edgeproxy.delivery.spool import ClaimedItem, DueGroup, Spool, SpoolUnavailable, now_ms
+from edgeproxy.delivery.spool import (
+    ClaimedItem,
+    DueGroup,
+    Spool,
+    SpoolUnavailable,
+    now_ms,
+)
 from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy.delivery")

@@ -5,7 +5,12 @@
 """
 
 from edgeproxy.identity.cookies import CookieSpec, load_signing_keys
-from edgeproxy.identity.service import CookieIdentity, IdentityResult, IdentityService, event_time_ms
+from edgeproxy.identity.service import (
+    CookieIdentity,
+    IdentityResult,
+    IdentityService,
+    event_time_ms,
+)
 from edgeproxy.identity.sessions import SessionState, is_web, touch
 from edgeproxy.identity.store import MemorySessionStore, SessionStore, open_store
 

@@ -19,8 +19,14 @@ from .coerce import dayjs_utc_ms, format_session_id
 from .fields import Field
 from .revenue import REVENUE_KEYS, product_events, revenue_properties
 from .useragent import parse_user_agent_properties
-from .userprops import (apply_operator_fields, merge_user_properties, referrer_operators,
-                        traits_without_merge_keys, utm_operators, wants_utm_merge)
+from .userprops import (
+    apply_operator_fields,
+    merge_user_properties,
+    referrer_operators,
+    traits_without_merge_keys,
+    utm_operators,
+    wants_utm_merge,
+)
 
 Item = tuple[str, dict[str, Any], dict[str, Any] | None]  # (endpoint, item, options)
 
