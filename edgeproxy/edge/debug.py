@@ -17,9 +17,10 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import web
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature
 
 from edgeproxy.config import Settings
+from edgeproxy.identity.cookies import make_serializer
 
 LOGIN_COOKIE = "_ep_debug"
 LOGIN_MAX_AGE = 12 * 3600
@@ -35,7 +36,7 @@ class DebugViews:
         self.settings = settings
         self.base = settings.server.debug_path
         self.token = settings.debug.token
-        self.serializer = URLSafeTimedSerializer(signing_keys, salt="edgeproxy.debug-login")
+        self.serializer = make_serializer(signing_keys, "edgeproxy.debug-login")  # first key signs
         self.store = store
         self.spool = spool
         self.identity = identity

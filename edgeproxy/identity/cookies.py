@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
+import orjson
+from itsdangerous import BadData, Signer, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 
 from edgeproxy.identity.sessions import SessionState
 
@@ -130,16 +132,25 @@ class CookieCodec:
     def __init__(self, keys: Sequence[str], *, max_age_s: float, clock: Callable[[], float] = time.time):
         self._device = make_serializer(keys, _DEVICE_SALT, clock)
         self._session = make_serializer(keys, _SESSION_SALT, clock)
+        # The serializers' own signers, used directly on the hot path: the serializer's zlib
+        # attempt and stdlib JSON cost ~4x the signature for these tiny payloads. The format is
+        # the serializer's uncompressed one, so values stay readable by it and vice versa.
+        self._device_signer = self._device.make_signer()
+        self._session_signer = self._session.make_signer()
         self._max_age = max_age_s
+
+    @staticmethod
+    def _dump(signer: Signer, payload: Any) -> str:
+        return signer.sign(base64_encode(orjson.dumps(payload))).decode("ascii")
 
     def dump_device(self, device_id: str, *, provisional: bool = False) -> str:
         if not valid_device_id(device_id):
             raise ValueError(f"not a usable device id for a cookie: {device_id!r}")
-        return self._device.dumps([device_id, 1] if provisional else [device_id])
+        return self._dump(self._device_signer, [device_id, 1] if provisional else [device_id])
 
     def load_device(self, value: str | None) -> tuple[str, bool] | None:
         """``(device_id, provisional)`` or None when the cookie is absent or not valid."""
-        payload = self._load(self._device, value)
+        payload = self._load(self._device, self._device_signer, value)
         if not isinstance(payload, list) or not payload or not valid_device_id(payload[0]):
             return None
         if len(payload) == 1:
@@ -149,15 +160,15 @@ class CookieCodec:
         return None
 
     def dump_session(self, device_id: str, state: SessionState) -> str:
-        return self._session.dumps(
-            [device_id, state.session_id, state.last_event_ms, state.event_count, state.first_seen]
+        return self._dump(
+            self._session_signer, [device_id, state.session_id, state.last_event_ms, state.event_count, state.first_seen]
         )
 
     def load_session(self, value: str | None, device_id: str | None) -> SessionState | None:
         """The session state, only when the cookie is valid and bound to ``device_id``."""
         if device_id is None:
             return None
-        payload = self._load(self._session, value)
+        payload = self._load(self._session, self._session_signer, value)
         if not isinstance(payload, list) or len(payload) != 5 or payload[0] != device_id:
             return None
         numbers = payload[1:]
@@ -174,11 +185,12 @@ class CookieCodec:
             first_seen=min(first_seen, session_id),
         )
 
-    def _load(self, serializer: URLSafeTimedSerializer, value: str | None) -> Any:
+    def _load(self, serializer: URLSafeTimedSerializer, signer: Signer, value: str | None) -> Any:
         if not isinstance(value, str) or not value or len(value) > MAX_COOKIE_VALUE:
             return None
         try:
-            return serializer.loads(value, max_age=self._max_age)
+            payload = signer.unsign(value, max_age=self._max_age)  # type: ignore[call-arg]
+            return serializer.load_payload(payload)
         except (BadData, ValueError, TypeError, OverflowError):  # garbled base64/zlib/json too
             return None
 
