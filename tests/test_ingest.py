@@ -234,6 +234,13 @@ async def test_gzip_bomb_is_refused_on_decompressed_size(client):
     assert (await client.get("/healthz")).status == 200
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_body_that_is_not_what_its_encoding_says_is_a_clear_400(client, encoding):
+    resp = await client.post("/_e/v1/t", data=b"\x1f\x8b not really compressed", headers={"Content-Encoding": encoding})
+    assert resp.status == 400
+    assert "cannot be decoded" in (await resp.json())["message"]
+
+
 async def test_oversize_event_inside_a_batch_is_rejected_alone(client):
     body = mobile_batch(2)
     body["batch"][1]["properties"] = {"blob": "x" * 33_000}
@@ -400,4 +407,55 @@ async def test_single_message_too_deep_to_store_is_a_clear_400(client, amp):
     resp = await client.post("/_e/v1/t", data=_dumps_deep(track(properties=deep)))
     assert resp.status == 400
     assert "cannot be stored" in (await resp.json())["message"]
+    assert (await client.get("/healthz")).status == 200
+
+
+def _random_json(rng, depth=0):
+    kinds = ["null", "bool", "int", "float", "str", "list", "dict"] if depth < 4 else ["null", "bool", "int", "str"]
+    kind = rng.choice(kinds)
+    if kind == "null":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "int":
+        return rng.choice([0, -1, 1, 2**63, -(2**70), rng.randint(-10**15, 10**15)])
+    if kind == "float":
+        return rng.choice([0.5, -1e308, 1e-300, rng.uniform(-1e6, 1e6)])
+    if kind == "str":
+        return rng.choice(["", " ", "track", "Order Completed", "\u0000\r\nSet-Cookie: x=1", "é" * 50, "2024-01-01T00:00:00Z",
+                           "1710428966000", "-1", "x" * 2000, "<script>", "../../etc/passwd"])
+    if kind == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["type", "event", "userId", "anonymousId", "properties", "context", "traits", "timestamp",
+                        "integrations", "messageId", "groupId", "previousId", "name", "sentAt", "device", "library",
+                        "Actions Amplitude", "session_id", "products", "revenue"]): _random_json(rng, depth + 1)
+            for _ in range(rng.randint(0, 4))}
+
+
+def _mutate(rng, value, depth=0):
+    """Replace a random part of a valid message with random JSON."""
+    if isinstance(value, dict) and value and depth < 3 and rng.random() < 0.7:
+        key = rng.choice(list(value))
+        return {**value, key: _mutate(rng, value[key], depth + 1)}
+    return _random_json(rng, depth)
+
+
+async def test_hostile_bodies_never_crash_and_never_5xx(client):
+    """A bounded, seeded fuzz of the tracking API: every answer is a 2xx or a clear 4xx."""
+    import json
+    import random
+
+    rng = random.Random(20261123)
+    seeds = [track(), track(type="identify", traits={"email": "a@b.c"}), track(type="page", name="Home"),
+             mobile_batch(2), track(type="group", groupId="g1"), track(type="alias", userId="u", previousId="p")]
+    for i in range(400):  # bounded
+        base = rng.choice(seeds)
+        body = _mutate(rng, base)
+        if isinstance(body, dict) and rng.random() < 0.8:
+            body.setdefault("writeKey", "wk")
+        path = rng.choice(["t", "p", "i", "g", "a", "s", "b", "batch", "import"])
+        resp = await client.post(f"/_e/v1/{path}", data=json.dumps(body))  # stdlib: big ints too
+        assert resp.status in (200, 400, 401), (i, path, body, resp.status, await resp.text())
+        if resp.status != 200:
+            assert (await resp.json())["message"]
     assert (await client.get("/healthz")).status == 200

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.web import RequestPayloadError
 
 from edgeproxy import segment
 from edgeproxy.config import Settings
@@ -44,7 +45,7 @@ class IngestContext:
     mapper: Mapper
     spool: Spool
     metrics: Metrics
-    wake_delivery: Any = None  # callable() that nudges the delivery worker
+    wake_delivery: Callable[[], None] | None = None  # nudges the delivery worker after an append
 
 
 @dataclass
@@ -101,6 +102,10 @@ class IngestHandlers:
         except web.HTTPRequestEntityTooLarge:
             self.ctx.metrics.events_rejected.labels("too_large").inc()
             return _error(400, f"Exceed payload limit: the body is over {limit} bytes once decompressed")
+        except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+            self.ctx.metrics.events_rejected.labels("bad_encoding").inc()
+            encoding = request.headers.get("Content-Encoding", "")
+            return _error(400, f"the body cannot be decoded as Content-Encoding {encoding!r}: {exc}", code="invalid_encoding")
         if len(raw) > limit:
             self.ctx.metrics.events_rejected.labels("too_large").inc()
             return _error(400, f"Exceed payload limit: the body is {len(raw)} bytes, at most {limit} allowed")
