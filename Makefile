@@ -10,16 +10,32 @@ DEB_PACKAGES = redis-server nginx chromium
 
 .PHONY: run test deps test-deps system-deps bench clean
 
-$(BIN)/edgeproxy: pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-deps: $(BIN)/edgeproxy
+deps: $(VENV)/.installed
+
+# The demo site needs analytics.js. Without a config of your own, `make run` serves a local
+# copy from npm when npm is available (works offline and behind firewalls), else the proxy
+# fetches it once from cdn.segment.com.
+AJS_VERSION = 1.84.3
+AJS_DIR     = $(VENV)/js/node_modules/@segment/analytics-next/dist/umd
 
 run: deps
-	$(BIN)/edgeproxy serve $(if $(CONFIG),--config $(CONFIG),)
+	@if [ -z "$(CONFIG)" ] && [ -z "$$EDGEPROXY_CDN__ANALYTICS_JS_DIR" ] && [ ! -d $(AJS_DIR) ] && command -v npm >/dev/null; then \
+	  echo "fetching @segment/analytics-next@$(AJS_VERSION) from npm for the demo site"; \
+	  npm install --prefix $(VENV)/js --no-audit --no-fund --silent @segment/analytics-next@$(AJS_VERSION) || true; \
+	fi
+	@if [ -z "$(CONFIG)" ] && [ -z "$$EDGEPROXY_CDN__ANALYTICS_JS_DIR" ] && [ -d $(AJS_DIR) ]; then \
+	  export EDGEPROXY_CDN__ANALYTICS_JS_DIR=$(AJS_DIR); fi; \
+	exec $(BIN)/edgeproxy serve $(if $(CONFIG),--config $(CONFIG),)
 
 system-deps:
 	@missing=""; \
@@ -31,13 +47,14 @@ system-deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-test-deps: deps system-deps
+test-deps: $(VENV)/.installed-test system-deps
 	@if [ -f tests/js/package.json ]; then cd tests/js && npm ci --no-audit --no-fund --silent; fi
 
 test: test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: deps
+bench: deps system-deps
+	@command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
