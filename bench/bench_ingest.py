@@ -97,7 +97,8 @@ def main() -> None:
         try:
             ports = {name: free_port() for name in ("edgeproxy", "bare", "nginx")}
             env = dict(os.environ, EDGEPROXY_SERVER__PORT=str(ports["edgeproxy"]),
-                       EDGEPROXY_DELIVERY__DATA_DIR=str(tmpd / "data"), EDGEPROXY_SERVER__LOG_FORMAT="json")
+                       EDGEPROXY_DELIVERY__DATA_DIR=str(tmpd / "data"), EDGEPROXY_SERVER__LOG_FORMAT="json",
+                       EDGEPROXY_SERVER__IP_RATE_LIMIT="0")  # one load generator = one address
             edge = subprocess.Popen([sys.executable, "-m", "edgeproxy", "serve"], env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(edge)

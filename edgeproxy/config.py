@@ -49,6 +49,9 @@ class ServerConfig:
     metrics_path: str = "/metrics"
     debug_path: str = "/debug"
     log_format: str = "auto"  # "json", "text" or "auto" (text on a terminal)
+    # Tracking calls per second from one client IP (0 = no limit) and how many may come at once.
+    ip_rate_limit: float = 100.0
+    ip_burst: int = 1000
     shutdown_grace: float = 10.0
 
 
@@ -292,6 +295,10 @@ def validate(s: Settings) -> list[str]:
         value = getattr(s.server, key)
         if not value.startswith("/") or (value != "/" and value.endswith("/")) or "//" in value:
             problems.append(f"server.{key}: must start with '/' and not end with one, got {value!r}")
+    if s.server.ip_rate_limit < 0:
+        problems.append("server.ip_rate_limit: must be 0 (no limit) or positive")
+    if s.server.ip_burst < 1:
+        problems.append("server.ip_burst: must be at least 1")
     if s.server.log_format not in {"auto", "json", "text"}:
         problems.append(f"server.log_format: must be one of auto, json, text, got {s.server.log_format!r}")
     for i, proxy in enumerate(s.server.trusted_proxies):

@@ -10,6 +10,7 @@ the client get its 200; if the spool cannot take the events it gets a 503 with
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from edgeproxy.config import Settings
 from edgeproxy.delivery.spool import DeadLetter, Spool, SpoolItem, SpoolUnavailable
 from edgeproxy.edge.cookies_out import set_cookies
 from edgeproxy.edge.cors import cors_headers, preflight
+from edgeproxy.edge.flood import FloodGuard, retry_after_header
 from edgeproxy.identity.service import IdentityResult, IdentityService
 from edgeproxy.identity.session_events import session_message
 from edgeproxy.identity.sessions import client_session_value, parse_session_id
@@ -71,6 +73,7 @@ class IngestHandlers:
 
     def __init__(self, ctx: IngestContext):
         self.ctx = ctx
+        self.flood = FloodGuard(ctx.settings.server.ip_rate_limit, ctx.settings.server.ip_burst)
 
     def routes(self, prefix: str) -> list[web.AbstractRouteDef]:
         single = "|".join(sorted(segment.PATH_TYPES))
@@ -91,7 +94,17 @@ class IngestHandlers:
         return await self._handle(request, batch=True)
 
     async def _handle(self, request: web.Request, *, batch: bool) -> web.StreamResponse:
-        response = await self._process(request, batch=batch)
+        wait = self.flood.retry_after(request.remote or "", time.monotonic())
+        if wait:
+            self.ctx.metrics.events_rejected.labels("rate_limited").inc()
+            response: web.StreamResponse = _json(
+                429,
+                {"success": False, "message": f"too many requests from this address; retry in {wait:.1f} s",
+                 "code": "rate_limited"},
+                headers={"Retry-After": retry_after_header(wait)},
+            )
+        else:
+            response = await self._process(request, batch=batch)
         response.headers.update(cors_headers(request, self.ctx.settings.server.cors_origins))
         return response
 
