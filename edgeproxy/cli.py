@@ -70,19 +70,27 @@ def cmd_map(args: argparse.Namespace) -> int:
 def cmd_spool(args: argparse.Namespace) -> int:
     import orjson
 
-    from edgeproxy.delivery.spool import spool_report
+    from edgeproxy.delivery.spool import SpoolUnavailable, spool_report
 
     settings = _load(args.config)
-    report = spool_report(settings.data_dir / "spool.sqlite3")
+    try:
+        report = spool_report(settings.data_dir / "spool.sqlite3")
+    except SpoolUnavailable as exc:
+        print(f"edgeproxy spool: {exc} (delivery.data_dir is {str(settings.data_dir)!r})", file=sys.stderr)
+        return 1
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from edgeproxy.delivery.spool import replay
+    from edgeproxy.delivery.spool import SpoolUnavailable, replay
 
     settings = _load(args.config)
-    count = replay(settings.data_dir / "spool.sqlite3")
+    try:
+        count = replay(settings.data_dir / "spool.sqlite3")
+    except SpoolUnavailable as exc:
+        print(f"edgeproxy replay: {exc} (delivery.data_dir is {str(settings.data_dir)!r})", file=sys.stderr)
+        return 1
     print(f"{count} dead letter(s) queued again for delivery")
     return 0
 

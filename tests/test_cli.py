@@ -1,0 +1,43 @@
+"""The operator's commands: `edgeproxy spool` and `edgeproxy replay` on a real spool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from edgeproxy.delivery.spool import Spool, SpoolItem
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeproxy", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_spool_and_replay_without_a_spool_say_where_they_looked(tmp_path):
+    for command in ("spool", "replay"):
+        result = run(command, cwd=tmp_path)
+        assert result.returncode == 1
+        assert "no spool" in result.stderr and "data_dir" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+async def test_spool_shows_depth_and_replay_requeues_dead_letters(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    spool = Spool(data / "spool.sqlite3")
+    await spool.open()
+    await spool.append([SpoolItem("m-1", "httpapi", {"event_type": "A", "device_id": "d-12345"}, None, "d-12345", None, None, 1),
+                        SpoolItem("m-2", "httpapi", {"event_type": "B", "device_id": "d-12345"}, None, "d-12345", None, None, 2)])
+    [first, *_] = await spool.claim(next(iter(await spool.due_groups())).group_key, limit=1, max_bytes=10**6)
+    await spool.dead_letter({first.row_id: "invalid_fields: event_type"})
+    await spool.close()
+
+    report = orjson.loads(run("spool", cwd=tmp_path).stdout)
+    assert report["depth"] == 1 and report["dead"] == 1
+    assert "invalid_fields" in report["dead_letters"][0]["reason"]
+
+    replayed = run("replay", cwd=tmp_path)
+    assert replayed.returncode == 0 and replayed.stdout.startswith("1 dead letter")
+    assert orjson.loads(run("spool", cwd=tmp_path).stdout)["depth"] == 2
