@@ -28,8 +28,8 @@ import orjson
 from aiohttp import web
 
 from edgeproxy.config import Settings
+from edgeproxy.staticfiles import STATIC_DIR
 
-STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 PLUGIN_FILE = "edgeproxy-session.js"
 # window[PLUGIN_LIBRARY_NAME] is what the plugin file defines; the settings name it.
 PLUGIN_LIBRARY_NAME = "edgeproxySessionPlugin"

@@ -22,9 +22,10 @@ from urllib.parse import quote
 import orjson
 from aiohttp import hdrs, web
 
+from edgeproxy import staticfiles
 from edgeproxy.config import Settings
 
-STATIC_DIR = Path(__file__).resolve().parents[2] / "static" / "demo"
+STATIC_DIR = staticfiles.STATIC_DIR / "demo"
 
 OnHtml = Callable[[web.Request, web.StreamResponse], "Awaitable[None] | None"]
 
