@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> web.Application:
             "edgeproxy ready: prefix %s, sessions %s, spool %s, delivery %s",
             prefix,
             "memory" if settings.sessions.store == "memory" else "redis",
-            spool.path if hasattr(spool, "path") else settings.data_dir,
+            spool.path,
             "local sink (no amplitude.api_key)" if not settings.amplitude.api_key else "Amplitude",
         )
 

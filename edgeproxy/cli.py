@@ -37,15 +37,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
         pass
-    app = create_app(settings)
+    from edgeproxy.delivery.spool import SpoolUnavailable
+
     host, port = settings.server.host, settings.server.port
-    print(
-        f"edgeproxy on http://{host}:{port}/  (demo site at /, operator view at {settings.server.debug_path}, "
-        f"tracking API at {settings.server.prefix}/v1/…)",
-        flush=True,
-    )
-    web.run_app(app, host=host, port=port, shutdown_timeout=settings.server.shutdown_grace, print=None,
-                access_log=None, handle_signals=True)
+    try:
+        app = create_app(settings)
+        print(
+            f"edgeproxy on http://{host}:{port}/  (demo site at /, operator view at {settings.server.debug_path}, "
+            f"tracking API at {settings.server.prefix}/v1/…)",
+            flush=True,
+        )
+        web.run_app(app, host=host, port=port, shutdown_timeout=settings.server.shutdown_grace, print=None,
+                    access_log=None, handle_signals=True)
+    except (OSError, SpoolUnavailable, RuntimeError) as exc:
+        # Start-up problems an operator can fix (data_dir, port in use, signing key file): one
+        # clear line, not a traceback.
+        print(f"edgeproxy: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
