@@ -1,9 +1,10 @@
 """Segment message -> Amplitude items, as Segment's Amplitude (Actions) destination maps them.
 
 A ``Mapper`` is built once from the ``[amplitude]`` config: subscriptions are validated and
-compiled (FQL predicate + mapping resolver). ``Mapper.map`` is then a pure function of one
-message: for every matching subscription, resolve the mapping, remove empty values, validate
-and coerce against the action's field table, and let the action build its items. A refusal
+compiled (FQL predicate + a ``PayloadPlan``: the mapping compiled together with the action's
+field table). ``Mapper.map`` is then a pure function of one message: for every matching
+subscription, resolve the mapping, remove empty values, validate and coerce against the
+action's field table (one pass, see ``plan``), and let the action build its items. A refusal
 (the reference's 400) becomes an error string, never an exception and never an item.
 """
 
@@ -18,7 +19,7 @@ from .actions import ACTIONS, Context
 from .directives import DirectiveError, compile_mapping
 from .fields import REGIONS
 from .fql import FQLSyntaxError, parse_fql
-from .schema import remove_empty_values, validate
+from .plan import PayloadPlan
 
 __all__ = ["Output", "Mapped", "MappingConfigError", "Mapper", "validate_subscriptions", "DEFAULTS", "PRESETS"]
 
@@ -62,7 +63,7 @@ class _Subscription:
     name: str
     action: str
     predicate: Any
-    resolve: Any
+    plan: PayloadPlan  # mapping + field table: message -> (payload, errors)
     default_device_id: bool  # the mapping's device_id is the action's default one
 
 
@@ -141,7 +142,7 @@ class Mapper:
                 name=sub.get("name") or f"subscription {i}",
                 action=sub["action"],
                 predicate=parse_fql(sub["subscribe"]),
-                resolve=compile_mapping(mapping),
+                plan=PayloadPlan(mapping, ACTIONS[sub["action"]].fields),
                 default_device_id=default_device is not None and mapping.get("device_id") == default_device,
             ))
 
@@ -167,10 +168,7 @@ class Mapper:
     @staticmethod
     def _apply(sub: _Subscription, message: dict, device_id: str | None, ctx: Context, result: Mapped) -> None:
         action = ACTIONS[sub.action]
-        resolved = sub.resolve(message)
-        if device_id and sub.default_device_id:
-            resolved["device_id"] = device_id
-        payload, errors = validate(remove_empty_values(resolved, action.fields), action.fields)
+        payload, errors = sub.plan(message, device_id if sub.default_device_id else None)
         if errors:
             result.errors.append(" ".join(errors))
             return

@@ -70,9 +70,10 @@ def _library(payload: Mapping[str, Any]) -> Any:
 
 
 def _user_agent_keys(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A fresh dict (callers build the item on it): parsed user-agent keys, then the raw one."""
     out: dict[str, Any] = {}
     if payload.get("userAgentParsing"):
-        out.update(parse_user_agent_properties(payload.get("userAgent"), payload.get("userAgentData")))
+        out = parse_user_agent_properties(payload.get("userAgent"), payload.get("userAgentData"))
     if payload.get("includeRawUserAgent") and payload.get("userAgent") is not None:
         out["user_agent"] = payload["userAgent"]
     return out
@@ -124,15 +125,17 @@ def log_event_v2(payload: dict[str, Any], ctx: Context) -> list[Item]:
         ("$setOnce", payload.get("setOnce")), ("$set", payload.get("setAlways")), ("$add", payload.get("add"))])
     if user_properties is not None:
         props["user_properties"] = user_properties
-    event = _finish({**_user_agent_keys(payload), **props}, _library(payload), ctx.message_id)
-    return [(_events_endpoint(payload), event, options_for(payload))]
+    event = _user_agent_keys(payload)
+    event.update(props)  # {**user agent keys, **props} without building a third dict
+    return [(_events_endpoint(payload), _finish(event, _library(payload), ctx.message_id), options_for(payload))]
 
 
 def log_event(payload: dict[str, Any], ctx: Context) -> list[Item]:
     props = _event_properties(payload)
     _merge_utm(props, payload)
-    event = _finish({**_user_agent_keys(payload), **props}, _library(payload), ctx.message_id)
-    return [(_events_endpoint(payload), event, options_for(payload))]
+    event = _user_agent_keys(payload)
+    event.update(props)  # {**user agent keys, **props} without building a third dict
+    return [(_events_endpoint(payload), _finish(event, _library(payload), ctx.message_id), options_for(payload))]
 
 
 def log_purchase(payload: dict[str, Any], ctx: Context) -> list[Item]:
@@ -140,7 +143,8 @@ def log_purchase(payload: dict[str, Any], ctx: Context) -> list[Item]:
     _merge_utm(props, payload)
     products = payload.get("products") or []
     per_product = bool(payload.get("trackRevenuePerProduct"))
-    main = {**_user_agent_keys(payload), **props}
+    main = _user_agent_keys(payload)
+    main.update(props)
     if not (products and per_product):
         main.update(revenue_properties(payload))
     library = _library(payload)
@@ -168,7 +172,8 @@ def identify_user(payload: dict[str, Any], ctx: Context) -> list[Item]:
         user_properties = merge_user_properties(traits_without_merge_keys(user_properties),
                                                 utm_operators(payload.get("utm_properties")),
                                                 referrer_operators(payload.get("referrer")))
-    item = {**_user_agent_keys(payload), **rest}
+    item = _user_agent_keys(payload)
+    item.update(rest)
     if user_properties is not None:
         item["user_properties"] = user_properties
     item["library"] = "segment"

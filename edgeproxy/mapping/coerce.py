@@ -11,13 +11,18 @@ import calendar
 import email.utils
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
-_JS_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|Infinity)$")
+# Possessive quantifiers: the same strings as ``\d+\.?\d*(?:[eE][+-]?\d+)?``, but a timestamp such as
+# "2024-03-14T..." (checked on every event) fails at once instead of backtracking through its digits.
+_JS_NUMBER = re.compile(r"^[+-]?(?:\d++(?:\.\d*+)?+(?:[eE][+-]?+\d++)?+|\.\d++(?:[eE][+-]?+\d++)?+|Infinity)$")
 # dayjs's REGEX_PARSE: strings it splits into parts itself instead of handing to Date().
 _DAYJS_PARSE = re.compile(r"^(\d{4})[-/]?(\d{1,2})?[-/]?(\d{0,2})[Tt\s]*(\d{1,2})?:?(\d{1,2})?:?(\d{1,2})?[.:]?(\d+)?$")
 _MAX_MS = 8.64e15  # ECMAScript's time value limit
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def js_number(text: str) -> float | None:
@@ -97,7 +102,10 @@ def _parse_js_date_string(text: str) -> int | None:
             return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    ms = calendar.timegm(dt.utctimetuple()) * 1000 + dt.microsecond // 1000
+    if 1 < dt.year < 9999:  # the same floor(ms) as below, without building a time tuple
+        ms = (dt - _EPOCH) // _ONE_MS
+    else:  # kept for the edge years, where utctimetuple overflows just as it always did
+        ms = calendar.timegm(dt.utctimetuple()) * 1000 + dt.microsecond // 1000
     return ms if abs(ms) <= _MAX_MS else None
 
 
@@ -112,6 +120,13 @@ def dayjs_utc_ms(value: Any) -> int | None:
         return ms if abs(ms) <= _MAX_MS else None
     if not isinstance(value, str):
         return None
+    return _dayjs_string_ms(value)
+
+
+@lru_cache(maxsize=1024)
+def _dayjs_string_ms(value: str) -> int | None:
+    """``dayjs_utc_ms`` for a string, cached: one event's timestamp is checked by validation
+    (``is_date_like``) and converted again by the action, and parsing is the costly part."""
     if not value.endswith(("Z", "z")):
         m = _DAYJS_PARSE.match(value)
         if m:

@@ -2,44 +2,33 @@
 
 Why compiled: a subscription's mapping is fixed at start-up but applied to every event, so each
 mapping node becomes a small closure up front and resolving an event is a chain of plain calls
-(no re-inspection of the mapping dicts per event). The semantics are actions-core's
-mapping-kit: a directive is an object with exactly one key starting with ``@``; an absent path
-yields ``MISSING`` (JavaScript's ``undefined``) and such keys disappear from objects.
+(no re-inspection of the mapping dicts per event). Why slots: every path a mapping reads is
+registered in a ``Scope`` (see ``paths``) and loaded in one walk per event; a ``@path`` node is
+then just an index into that list of values, and an object of paths is one ``itemgetter`` call.
+The semantics are actions-core's mapping-kit: a directive is an object with exactly one key
+starting with ``@``; an absent path yields ``MISSING`` (JavaScript's ``undefined``) and such
+keys disappear from objects.
 """
 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Callable
 
 import orjson
 
+from .coerce import number_to_string
+from .paths import MISSING, Scope, Values, get_path, preloadable, split_path
 
-class _Missing:
-    """JavaScript's ``undefined``: distinct from ``None`` (``null``), which is a value."""
-
-    _instance: "_Missing | None" = None
-
-    def __new__(cls) -> "_Missing":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-MISSING: Any = _Missing()
+__all__ = ["MISSING", "DIRECTIVES", "DirectiveError", "Compiled", "Resolver", "Scope", "compile_mapping",
+           "compile_node", "get_path", "is_directive", "js_string", "slots_getter", "split_path"]
 
 Resolver = Callable[[Any], Any]
 
 DIRECTIVES = ("@path", "@template", "@if", "@arrayPath", "@literal")
 
-_PATH_SPLIT = re.compile(r"[.\[\]'\"]")
 _PLACEHOLDER = re.compile(r"\{\{\{([^}]+)\}\}\}|\{\{([^}]+)\}\}")
 
 
@@ -47,30 +36,30 @@ class DirectiveError(ValueError):
     """A mapping that cannot be compiled; the message names the offending node."""
 
 
-@lru_cache(maxsize=4096)
-def split_path(path: str) -> tuple[str, ...]:
-    """``$.integrations["Actions Amplitude"].session_id`` -> ``('integrations', 'Actions Amplitude', 'session_id')``."""
-    if path.startswith("$."):
-        path = path[2:]
-    elif path == "$":
-        return ()
-    return tuple(p for p in _PATH_SPLIT.split(path) if p != "")
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled node: ``fn(values)`` gives its value; ``slot`` is set when the value is simply
+    ``values[slot]`` (a path or a constant), so a parent can read it without a call."""
+
+    fn: Callable[[Values], Any]
+    slot: int | None = None
+    # An object whose members are all slots: (keys, slots), so a caller that needs the object
+    # cleaned anyway (see ``plan``) can build it in one step instead of building then copying.
+    members: tuple[tuple[str, ...], tuple[int, ...]] | None = None
 
 
-def get_path(data: Any, parts: tuple[str, ...]) -> Any:
-    """Follow ``parts`` into dicts and lists; anything else on the way gives ``MISSING``."""
-    value = data
-    for part in parts:
-        if isinstance(value, dict):
-            value = value.get(part, MISSING)
-        elif isinstance(value, list) and part.isdigit():
-            index = int(part)
-            value = value[index] if index < len(value) else MISSING
-        else:
-            return MISSING
-        if value is MISSING:
-            return MISSING
-    return value
+def _in_slot(slot: int) -> Compiled:
+    return Compiled(itemgetter(slot), slot)
+
+
+def slots_getter(slots: tuple[int, ...]) -> Callable[[Values], tuple[Any, ...]]:
+    """``values -> tuple(values[s] for s in slots)`` as one C call (``itemgetter``), for any count."""
+    if not slots:
+        return lambda values: ()
+    if len(slots) == 1:
+        only = slots[0]
+        return lambda values: (values[only],)
+    return itemgetter(*slots)
 
 
 def js_string(value: Any) -> str:
@@ -80,8 +69,6 @@ def js_string(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        from .coerce import number_to_string
-
         return number_to_string(value)
     if isinstance(value, str):
         return value
@@ -94,97 +81,130 @@ def is_directive(node: Any) -> bool:
 
 def compile_mapping(node: Any, where: str = "mapping") -> Resolver:
     """Turn a mapping node into a function of the payload; raise DirectiveError if malformed."""
+    scope = Scope()
+    compiled = compile_node(node, scope, where)
+    load, fn = scope.loader(), compiled.fn
+    return lambda payload: fn(load(payload))
+
+
+def compile_node(node: Any, scope: Scope, where: str) -> Compiled:
+    """Compile ``node`` against ``scope``: the paths it reads become slots of that scope."""
     if is_directive(node):
         name, arg = next(iter(node.items()))
         builder = _BUILDERS.get(name)
         if builder is None:
             raise DirectiveError(f"{where}: unknown directive {name!r} (known: {', '.join(DIRECTIVES)})")
-        return builder(arg, where)
+        return builder(arg, scope, where)
     if isinstance(node, dict):
-        items = [(key, compile_mapping(value, f"{where}.{key}")) for key, value in node.items()]
-
-        def resolve_object(payload: Any) -> Any:
-            out = {}
-            for key, fn in items:
-                value = fn(payload)
-                if value is not MISSING:
-                    out[key] = value
-            return out
-
-        return resolve_object
+        return _compile_object(node, scope, where)
     if isinstance(node, list):
-        elements = [compile_mapping(value, f"{where}[{i}]") for i, value in enumerate(node)]
-        return lambda payload: [None if (v := fn(payload)) is MISSING else v for fn in elements]
-    return lambda payload: node
+        elements = [compile_node(value, scope, f"{where}[{i}]").fn for i, value in enumerate(node)]
+        return Compiled(lambda values: [None if (v := fn(values)) is MISSING else v for fn in elements])
+    return _in_slot(scope.const_slot(node))
 
 
-def _build_path(arg: Any, where: str) -> Resolver:
+def _compile_object(node: dict, scope: Scope, where: str) -> Compiled:
+    """An object: computed members are stored into slots (in key order), then all are read at once."""
+    keys: list[str] = []
+    slots: list[int] = []
+    computed: list[tuple[int, Callable[[Values], Any]]] = []
+    for key, value in node.items():
+        member = compile_node(value, scope, f"{where}.{key}")
+        slot = member.slot
+        if slot is None:
+            slot = scope.new_slot()
+            computed.append((slot, member.fn))
+        keys.append(key)
+        slots.append(slot)
+    names, read, steps = tuple(keys), slots_getter(tuple(slots)), tuple(computed)
+
+    def resolve_object(values: Values) -> dict[str, Any]:
+        for slot, fn in steps:
+            values[slot] = fn(values)
+        return {key: value for key, value in zip(names, read(values)) if value is not MISSING}
+
+    return Compiled(resolve_object, members=None if computed else (names, tuple(slots)))
+
+
+def _path(path: str, scope: Scope) -> Compiled:
+    parts = split_path(path)
+    if preloadable(parts):
+        return _in_slot(scope.path_slot(parts))
+    root = scope.path_slot(())
+    return Compiled(lambda values: get_path(values[root], parts))
+
+
+def _build_path(arg: Any, scope: Scope, where: str) -> Compiled:
     if not isinstance(arg, str):
         raise DirectiveError(f"{where}: @path needs a string such as \"$.properties.price\", got {arg!r}")
-    parts = split_path(arg)
-    return lambda payload: get_path(payload, parts)
+    return _path(arg, scope)
 
 
-def _build_literal(arg: Any, where: str) -> Resolver:
-    return lambda payload: arg
+def _build_literal(arg: Any, scope: Scope, where: str) -> Compiled:
+    return _in_slot(scope.const_slot(arg))
 
 
-def _build_template(arg: Any, where: str) -> Resolver:
+def _build_template(arg: Any, scope: Scope, where: str) -> Compiled:
     if not isinstance(arg, str):
         raise DirectiveError(f"{where}: @template needs a string such as \"Viewed {{{{name}}}}\", got {arg!r}")
-    pieces: list[str | tuple[str, ...]] = []
+    pieces: list[str | Callable[[Values], Any]] = []
     last = 0
     for match in _PLACEHOLDER.finditer(arg):
         pieces.append(arg[last:match.start()])
-        pieces.append(split_path((match.group(1) or match.group(2)).strip()))
+        pieces.append(_path((match.group(1) or match.group(2)).strip(), scope).fn)
         last = match.end()
     pieces.append(arg[last:])
 
-    def render(payload: Any) -> str:
-        return "".join(p if isinstance(p, str) else js_string(get_path(payload, p)) for p in pieces)
+    def render(values: Values) -> str:
+        return "".join(p if isinstance(p, str) else js_string(p(values)) for p in pieces)
 
-    return render
+    return Compiled(render)
 
 
-def _build_if(arg: Any, where: str) -> Resolver:
+def _missing(values: Values) -> Any:
+    return MISSING
+
+
+def _build_if(arg: Any, scope: Scope, where: str) -> Compiled:
     if not isinstance(arg, dict) or ("exists" not in arg and "blank" not in arg):
         raise DirectiveError(f"{where}: @if needs an object with an \"exists\" or \"blank\" key and \"then\"/\"else\"")
     unknown = set(arg) - {"exists", "blank", "then", "else"}
     if unknown:
         raise DirectiveError(f"{where}: @if has unknown keys {sorted(unknown)} (allowed: exists, blank, then, else)")
     blank = "exists" not in arg
-    test = compile_mapping(arg["blank" if blank else "exists"], f"{where}.@if")
-    then = compile_mapping(arg["then"], f"{where}.@if.then") if "then" in arg else (lambda p: MISSING)
-    other = compile_mapping(arg["else"], f"{where}.@if.else") if "else" in arg else (lambda p: MISSING)
+    test = compile_node(arg["blank" if blank else "exists"], scope, f"{where}.@if").fn
+    then = compile_node(arg["then"], scope, f"{where}.@if.then").fn if "then" in arg else _missing
+    other = compile_node(arg["else"], scope, f"{where}.@if.else").fn if "else" in arg else _missing
 
-    def resolve_if(payload: Any) -> Any:
-        value = test(payload)
+    def resolve_if(values: Values) -> Any:
+        value = test(values)
         present = value is not MISSING and value is not None
         condition = (not present or value == "") if blank else present
-        return then(payload) if condition else other(payload)
+        return then(values) if condition else other(values)
 
-    return resolve_if
+    return Compiled(resolve_if)
 
 
-def _build_array_path(arg: Any, where: str) -> Resolver:
+def _build_array_path(arg: Any, scope: Scope, where: str) -> Compiled:
     if not isinstance(arg, list) or not 1 <= len(arg) <= 2:
         raise DirectiveError(f"{where}: @arrayPath needs [path, item mapping]")
     path = arg[0]
-    root = (lambda p, parts=split_path(path): get_path(p, parts)) if isinstance(path, str) else compile_mapping(path, where)
+    root = (_path(path, scope) if isinstance(path, str) else compile_node(path, scope, where)).fn
     shape = arg[1] if len(arg) == 2 else None
+    # The item mapping reads paths relative to each item: its own scope, loaded once per item.
     item = compile_mapping(shape, f"{where}.@arrayPath[1]") if isinstance(shape, dict) and shape else None
 
-    def resolve_array(payload: Any) -> Any:
-        value = root(payload)
+    def resolve_array(values: Values) -> Any:
+        value = root(values)
         if item is None or not isinstance(value, (dict, list)):
             return value
         items = value if isinstance(value, list) else [value]
         return [item(x) for x in items]
 
-    return resolve_array
+    return Compiled(resolve_array)
 
 
-_BUILDERS: dict[str, Callable[[Any, str], Resolver]] = {
+_BUILDERS: dict[str, Callable[[Any, Scope, str], Compiled]] = {
     "@path": _build_path,
     "@template": _build_template,
     "@if": _build_if,

@@ -114,14 +114,14 @@ class _Parser:
         while self.is_word("or"):
             self.take()
             parts.append(self.parse_and())
-        return parts[0] if len(parts) == 1 else (lambda m, ps=tuple(parts): any(p(m) for p in ps))
+        return parts[0] if len(parts) == 1 else _any_of(tuple(parts))
 
     def parse_and(self) -> Predicate:
         parts = [self.parse_unary()]
         while self.is_word("and"):
             self.take()
             parts.append(self.parse_unary())
-        return parts[0] if len(parts) == 1 else (lambda m, ps=tuple(parts): all(p(m) for p in ps))
+        return parts[0] if len(parts) == 1 else _all_of(tuple(parts))
 
     def parse_unary(self) -> Predicate:
         tok = self.peek()
@@ -192,20 +192,68 @@ class _Parser:
         if not (self.peek().kind == "punct" and self.peek().text == ")"):
             raise self.fail("')'")
         self.take()
+        get = _getter(path)
         if name == "contains":
-            return lambda m: isinstance(v := get_path(m, path), str) and needle in v
+            return lambda m: isinstance(v := get(m), str) and needle in v
         pattern = re.compile(fnmatch.translate(needle))
-        return lambda m: isinstance(v := get_path(m, path), str) and pattern.match(v) is not None
+        return lambda m: isinstance(v := get(m), str) and pattern.match(v) is not None
+
+
+def _any_of(parts: tuple[Predicate, ...]) -> Predicate:
+    """``a or b or ...``; the two-part case (the usual one) without a generator per call."""
+    if len(parts) == 2:
+        first, second = parts
+        return lambda m: first(m) or second(m)
+    return lambda m: any(p(m) for p in parts)
+
+
+def _all_of(parts: tuple[Predicate, ...]) -> Predicate:
+    """``a and b and ...``; the two-part case (the usual one) without a generator per call."""
+    if len(parts) == 2:
+        first, second = parts
+        return lambda m: first(m) and second(m)
+    return lambda m: all(p(m) for p in parts)
+
+
+def _getter(path: tuple[str, ...]) -> Callable[[Any], Any]:
+    """``get_path(m, path)``; a one-part path (``type``, ``event``) is a single ``dict.get``."""
+    if len(path) == 1 and not path[0].isdigit():  # a digit part may index a list: left to get_path
+        key = path[0]
+        return lambda m: m.get(key, MISSING) if isinstance(m, dict) else MISSING
+    return lambda m: get_path(m, path)
+
+
+def _equal_to(expected: Any) -> Callable[[Any], bool]:
+    """``value === expected`` with the type test chosen once (``_strict_equal`` for the rest)."""
+    if type(expected) is str:
+        return lambda v: type(v) is str and v == expected
+    return lambda v: _strict_equal(v, expected)
+
+
+def _top_level_string_equals(key: str, expected: str) -> Predicate:
+    """``m.key === "text"`` in one call: absent (``None`` from ``get``) is not a string either."""
+    def equals(m: Any) -> bool:
+        if not isinstance(m, dict):
+            return False
+        value = m.get(key)
+        return type(value) is str and value == expected
+    return equals
 
 
 def _comparison(path: tuple[str, ...], op: str, expected: Any) -> Predicate:
+    get = _getter(path)
     if expected is None and op in ("=", "!="):
         absent = op == "="
-        return lambda m: (get_path(m, path) in (MISSING, None)) is absent
-    if op == "=":
-        return lambda m: _strict_equal(get_path(m, path), expected)
-    if op == "!=":
-        return lambda m: not _strict_equal(get_path(m, path), expected)
+        return lambda m: (get(m) in (MISSING, None)) is absent
+    if op in ("=", "!="):
+        if type(expected) is str and len(path) == 1 and not path[0].isdigit():
+            is_expected = _top_level_string_equals(path[0], expected)  # type = "track": the usual test
+        else:
+            equal = _equal_to(expected)
+            is_expected = lambda m: equal(get(m))
+        if op == "=":
+            return is_expected
+        return lambda m: not is_expected(m)
     if not isinstance(expected, (int, float)) or isinstance(expected, bool):
         compare: Callable[[Any], bool] = lambda v: False  # ordering is only defined on numbers
     else:
@@ -213,7 +261,7 @@ def _comparison(path: tuple[str, ...], op: str, expected: Any) -> Predicate:
                    ">": lambda v: v > expected, ">=": lambda v: v >= expected}[op]
 
     def ordered(m: dict[str, Any]) -> bool:
-        value = get_path(m, path)
+        value = get(m)
         return isinstance(value, (int, float)) and not isinstance(value, bool) and compare(value)
 
     return ordered

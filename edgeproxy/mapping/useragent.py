@@ -85,14 +85,25 @@ def parse_user_agent_properties(user_agent: Any, user_agent_data: Any = None) ->
     """The reference's ``parseUserAgentProperties``: only the keys it would define."""
     if not user_agent or not isinstance(user_agent, str):
         return {}
-    os_name, browser_name, browser_major, vendor, model, device_type = _parse(user_agent)  # type: ignore[misc]
     data = user_agent_data if isinstance(user_agent_data, dict) else {}
-    out: dict[str, str] = {}
+    platform_version, model = data.get("platformVersion"), data.get("model")
+    if _cacheable(platform_version) and _cacheable(model):
+        return dict(_properties(user_agent, platform_version, model))
+    return dict(_properties.__wrapped__(user_agent, platform_version, model))
+
+
+def _cacheable(hint: Any) -> bool:
+    """Strings and None only: a cache key must not confuse ``1``, ``1.0`` and ``True``, or fail on a list."""
+    return hint is None or type(hint) is str
+
+
+@lru_cache(maxsize=2048)
+def _properties(user_agent: str, platform_version: Any, model_hint: Any) -> tuple[tuple[str, Any], ...]:
+    """Cached per (user agent, hints): a site sees few distinct browsers, each on every event."""
+    os_name, browser_name, browser_major, vendor, model, device_type = _parse(user_agent)  # type: ignore[misc]
     name = os_name if os_name is not None else browser_name
-    version = _first(data.get("platformVersion"), browser_major)
-    device_model = _first(data.get("model"), model, os_name)
-    for key, value in (("os_name", name), ("os_version", version), ("device_manufacturer", vendor),
-                       ("device_model", device_model), ("device_type", device_type)):
-        if value is not None:
-            out[key] = value
-    return out
+    version = _first(platform_version, browser_major)
+    device_model = _first(model_hint, model, os_name)
+    return tuple((key, value) for key, value in (("os_name", name), ("os_version", version),
+                                                 ("device_manufacturer", vendor), ("device_model", device_model),
+                                                 ("device_type", device_type)) if value is not None)

@@ -53,7 +53,12 @@ def traits_without_merge_keys(user_properties: Any) -> dict[str, Any]:
 
 def is_compact_nonempty(obj: Any) -> bool:
     """``compact()``: at least one truthy value (JavaScript truthiness)."""
-    return isinstance(obj, dict) and any(_truthy(v) for v in obj.values())
+    if not isinstance(obj, dict):
+        return False
+    for value in obj.values():  # a loop, not any(genexpr): this runs three times per logEventV2 event
+        if _truthy(value):
+            return True
+    return False
 
 
 def _truthy(value: Any) -> bool:
@@ -63,8 +68,12 @@ def _truthy(value: Any) -> bool:
 
 
 def apply_operator_fields(user_properties: Any, operators: list[tuple[str, Any]]) -> Any:
-    """logEventV2: each non-empty operator object replaces the same operator from traits."""
-    for name, obj in operators:
-        if is_compact_nonempty(obj):
-            user_properties = {**_as_object(user_properties), name: obj}
-    return user_properties
+    """logEventV2: each non-empty operator object replaces the same operator from traits.
+
+    The reference merges one operator at a time; merging them all at once gives the same keys
+    in the same order (traits first, then each new operator in turn) with one dict built.
+    """
+    replacements = {name: obj for name, obj in operators if is_compact_nonempty(obj)}
+    if not replacements:
+        return user_properties
+    return {**_as_object(user_properties), **replacements}
