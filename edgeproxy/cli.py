@@ -91,11 +91,20 @@ def cmd_spool(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from edgeproxy.delivery.spool import SpoolUnavailable, replay
+    from edgeproxy.amplitude_api import PATHS
+    from edgeproxy.delivery.spool import ReplayFilter, SpoolUnavailable, replay
 
     settings = _load(args.config)
+    if args.endpoint is not None and args.endpoint not in PATHS:
+        print(f"edgeproxy replay: --endpoint must be one of {', '.join(PATHS)}, got {args.endpoint!r}", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print(f"edgeproxy replay: --limit must be at least 1, got {args.limit}", file=sys.stderr)
+        return 2
+    selection = ReplayFilter(reasons=tuple(args.reason or ()), endpoint=args.endpoint,
+                             message_ids=tuple(args.message_id or ()), limit=args.limit)
     try:
-        count = replay(settings.data_dir / "spool.sqlite3")
+        count = replay(settings.data_dir / "spool.sqlite3", selection)
     except SpoolUnavailable as exc:
         print(f"edgeproxy replay: {exc} (delivery.data_dir is {str(settings.data_dir)!r})", file=sys.stderr)
         return 1
@@ -121,12 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     mapping.add_argument("--config", help="TOML (or JSON) config with an [amplitude] table")
     mapping.set_defaults(func=cmd_map)
 
-    spool = sub.add_parser("spool", help="show spool depth and dead letters")
+    spool = sub.add_parser("spool", help="show spool depth, oldest age and dead letters by reason (JSON)")
     spool.add_argument("--config", help="TOML config file")
     spool.set_defaults(func=cmd_spool)
 
-    replay = sub.add_parser("replay", help="queue dead letters for delivery again")
+    replay = sub.add_parser("replay", help="queue dead letters for delivery again (all, or those matching every filter)")
     replay.add_argument("--config", help="TOML config file")
+    replay.add_argument("--reason", action="append", metavar="CODE",
+                        help="a reason code as `edgeproxy spool` lists them, e.g. invalid_api_key (repeatable)")
+    replay.add_argument("--endpoint", help="only items for this Amplitude endpoint: httpapi, batch, identify, …")
+    replay.add_argument("--message-id", action="append", metavar="ID", help="only this message id (repeatable)")
+    replay.add_argument("--limit", type=int, help="at most this many, oldest first")
     replay.set_defaults(func=cmd_replay)
     return parser
 

@@ -41,3 +41,37 @@ async def test_spool_shows_depth_and_replay_requeues_dead_letters(tmp_path):
     replayed = run("replay", cwd=tmp_path)
     assert replayed.returncode == 0 and replayed.stdout.startswith("1 dead letter")
     assert orjson.loads(run("spool", cwd=tmp_path).stdout)["depth"] == 2
+
+
+async def test_replay_filters_by_reason_endpoint_and_message_id(tmp_path):
+    data = tmp_path / "data"
+    spool = Spool(data)
+    await spool.open()
+    await spool.append([SpoolItem(f"m-{i}", "httpapi", {"event_type": "A", "device_id": "d-12345"}, None, "d-12345", None, None, i)
+                        for i in range(4)]
+                       + [SpoolItem("i-1", "identify", {"user_id": "u-12345"}, None, None, "u-12345", None, 9)])
+    claimed = []
+    for group in await spool.due_groups():
+        claimed += await spool.claim(group.group_key, limit=10, max_bytes=10**6)
+    codes = {"m-0": "invalid_api_key", "m-1": "invalid_api_key", "m-2": "too_large", "m-3": "too_large",
+             "i-1": "invalid_api_key"}
+    await spool.dead_letter({c.row_id: (codes[c.message_id], f"reason for {c.message_id}") for c in claimed})
+    await spool.close()
+
+    report = orjson.loads(run("spool", cwd=tmp_path).stdout)
+    assert report["dead_by_reason"] == {"invalid_api_key": 3, "too_large": 2}
+
+    def replayed(*args: str) -> int:
+        result = run("replay", *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.split()[0])
+
+    assert replayed("--reason", "invalid_api_key", "--endpoint", "identify") == 1
+    assert replayed("--message-id", "m-2") == 1
+    assert replayed("--reason", "invalid_api_key", "--limit", "1") == 1  # m-0, the oldest
+    report = orjson.loads(run("spool", cwd=tmp_path).stdout)
+    assert {d["message_id"] for d in report["dead_letters"]} == {"m-1", "m-3"}
+    assert report["dead_by_reason"] == {"invalid_api_key": 1, "too_large": 1} and report["depth"] == 3
+    assert replayed() == 2
+    bad = run("replay", "--endpoint", "nowhere", cwd=tmp_path)
+    assert bad.returncode == 2 and "--endpoint must be one of" in bad.stderr

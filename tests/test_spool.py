@@ -15,6 +15,7 @@ import pytest
 
 from edgeproxy.delivery.spool import (
     DeadLetter,
+    ReplayFilter,
     Spool,
     SpoolItem,
     SpoolUnavailable,
@@ -341,3 +342,68 @@ async def test_acknowledged_rows_survive_sigkill(tmp_path: Path) -> None:
     stored = {e["message_id"] for e in await s.events_for_session("crash-device", limit=10**6)}
     await s.close()
     assert set(acked) <= stored
+
+
+def big_item(i: int, state_device: str = "device-1") -> SpoolItem:
+    event = {"event_type": "x", "device_id": state_device, "insert_id": f"m{i}", "event_properties": {"blob": "y" * 4000}}
+    return SpoolItem(f"m{i}", "httpapi", event, None, state_device, None, None, now_ms())
+
+
+async def test_full_spool_still_lets_the_worker_claim_and_settle(tmp_path: Path) -> None:
+    s = Spool(tmp_path, max_bytes=256 * 1024)
+    await s.open()
+    try:
+        stored = 0
+        with pytest.raises(SpoolUnavailable, match="max_spool_size"):
+            for i in range(200):
+                await s.append([big_item(i)])
+                stored += 1
+        [group] = await s.due_groups()
+        claimed = await s.claim(group.group_key, limit=1000, max_bytes=10**7)
+        assert len(claimed) == stored
+        # Acks, dead letters and retries need no new room: the worker never fails for a full spool.
+        await s.settle(ack=[c.row_id for c in claimed[:-2]], dead={claimed[-2].row_id: ("invalid_fields", "x")},
+                       retry=[([claimed[-1].row_id], now_ms(), "HTTP 503")], response=("httpapi", 200, stored, "{}"))
+        # Delivered rows are only kept for /debug: they give their room back, so appends resume.
+        await s.append([big_item(1000)])
+        stats = await s.stats()
+    finally:
+        await s.close()
+    assert (stats["depth"], stats["dead"]) == (2, 1)
+
+
+async def test_no_budget_means_no_cap(tmp_path: Path) -> None:
+    s = Spool(tmp_path, max_bytes=None)
+    await s.open()
+    await s.append([big_item(i) for i in range(100)])  # ~400 KB, more than the budgets above
+    assert (await s.stats())["depth"] == 100
+    await s.close()
+
+
+async def test_dead_letters_by_reason_and_filtered_replay(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    await s.open()
+    await s.append([make_item(i) for i in range(4)] + [make_item(9, endpoint="identify")],
+                   dead=[DeadLetter("refused", {"type": "track"}, "event name is empty", "device-1", None, now_ms())])
+    groups = {g.endpoint: g for g in await s.due_groups()}
+    events = await s.claim(groups["httpapi"].group_key, limit=10, max_bytes=10**6)
+    [ident] = await s.claim(groups["identify"].group_key, limit=10, max_bytes=10**6)
+    await s.dead_letter({
+        events[0].row_id: ("invalid_fields", "Invalid field values (time)"),
+        events[1].row_id: ("invalid_fields", "Invalid field values (time)"),
+        events[2].row_id: ("invalid_api_key", "Invalid API key"),
+        ident.row_id: ("invalid_api_key", "Invalid API key"),
+        events[3].row_id: "a bare text reason",
+    })
+    await s.close()
+    report = spool_report(tmp_path)
+    assert report["dead_by_reason"] == {"invalid_api_key": 2, "invalid_fields": 2, "mapping": 1, "other": 1}
+    assert {d["message_id"]: d["reason_code"] for d in report["dead_letters"]}["m2"] == "invalid_api_key"
+    # Filters combine; the mapping's refusal has no item and is never replayed.
+    assert replay(tmp_path, ReplayFilter(reasons=("invalid_api_key",), endpoint="identify")) == 1
+    assert replay(tmp_path, ReplayFilter(message_ids=("m0", "m2"))) == 2
+    assert replay(tmp_path, ReplayFilter(reasons=("mapping",))) == 0
+    assert replay(tmp_path, ReplayFilter(limit=1)) == 1  # the oldest: m1
+    after = spool_report(tmp_path)
+    assert after["dead_by_reason"] == {"mapping": 1, "other": 1}
+    assert after["depth"] == 4

@@ -11,7 +11,11 @@ kernel panic; FULL fsyncs the WAL at every commit and survives those too. Group 
 what makes FULL affordable: the fsync is paid per transaction, not per append. Pass
 ``synchronous="NORMAL"`` to trade power-loss safety for speed.
 
-The SQL itself (schema, states, queries) is in ``spool_sql.py``. Rows ``inflight`` when the
+Bounded: past ``max_bytes`` (``delivery.max_spool_size``) appends fail with
+SpoolUnavailable, so the edge answers 503 + Retry-After and the client keeps its events.
+
+The SQL itself (states, queries) is in ``spool_sql.py``, the schema and its migrations in
+``spool_schema.py`` (applied on open; a spool from a newer edgeproxy is refused). Rows ``inflight`` when the
 process died are made ``pending`` again by ``open()``: at-least-once delivery, with
 ``insert_id`` dedupe at Amplitude.
 """
@@ -29,10 +33,12 @@ from typing import Any, Callable, Mapping, Sequence
 import orjson
 
 from edgeproxy.delivery import spool_sql as sql
+from edgeproxy.delivery.spool_schema import SCHEMA, SchemaTooNew, migrate
 from edgeproxy.delivery.spool_sql import (
-    SCHEMA,
+    OTHER_REASON,
     ClaimedItem,
     DueGroup,
+    ReplayFilter,
     group_key,
     item_size,
     now_ms,
@@ -40,13 +46,16 @@ from edgeproxy.delivery.spool_sql import (
 from edgeproxy.metrics import Metrics
 
 __all__ = [
-    "ClaimedItem", "DeadLetter", "DueGroup", "Spool", "SpoolItem", "SpoolUnavailable",
+    "SCHEMA", "ClaimedItem", "DeadLetter", "DueGroup", "ReplayFilter", "Spool", "SpoolItem", "SpoolUnavailable",
     "group_key", "item_size", "now_ms", "replay", "spool_report",
 ]
 
 SPOOL_FILENAME = "spool.sqlite3"
 DB_SUFFIXES = frozenset({".sqlite3", ".sqlite", ".db"})
 MAX_GROUP = 1024  # operations merged into one transaction at most
+# The hard page limit sits this far above max_bytes: appends stop at max_bytes (a clear 503),
+# while the worker's updates and one in-progress append still find room.
+HARD_LIMIT_HEADROOM = 16 * 1024 * 1024
 
 
 class SpoolUnavailable(Exception):
@@ -79,7 +88,9 @@ class DeadLetter:
     received_ms: int
 
 
-def _encode_append(items: Sequence[SpoolItem], dead: Sequence[DeadLetter]) -> Callable[[sqlite3.Connection], None]:
+def _encode_append(
+    items: Sequence[SpoolItem], dead: Sequence[DeadLetter], max_bytes: int | None = None
+) -> Callable[[sqlite3.Connection], None]:
     """Encode on the caller's side (the event loop) so a bad item fails its own call only."""
     rows = []
     for it in items:
@@ -93,7 +104,12 @@ def _encode_append(items: Sequence[SpoolItem], dead: Sequence[DeadLetter]) -> Ca
         (d.message_id, orjson.dumps(d.payload), d.device_id, d.session_id, d.received_ms, d.reason, d.received_ms)
         for d in dead
     ]
-    return lambda c: sql.insert_items(c, rows, dead_rows)
+
+    def op(c: sqlite3.Connection) -> None:
+        sql.ensure_room(c, max_bytes)
+        sql.insert_items(c, rows, dead_rows)
+
+    return op
 
 
 class Spool:
@@ -111,8 +127,8 @@ class Spool:
         """``path`` is the database file (``<data_dir>/spool.sqlite3``: a name ending in
         .sqlite3, .sqlite or .db) or else the data directory to hold it.
 
-        ``max_bytes`` caps the file size (a disk budget): past it, appends raise
-        SpoolUnavailable instead of filling the disk the rest of the host needs.
+        ``max_bytes`` caps the data held (a disk budget): past it, appends raise
+        SpoolUnavailable instead of filling the disk the rest of the host needs. None: no cap.
         """
         path = Path(path)
         is_file = path.suffix in DB_SUFFIXES and not path.is_dir()
@@ -158,10 +174,11 @@ class Spool:
         if mode.lower() != "wal":
             raise sqlite3.OperationalError(f"cannot use WAL mode on {self.path} (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.executescript(SCHEMA)
+        migrate(conn, self.path)
         if self.max_bytes:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count={max(1, self.max_bytes // page_size)}")
+            hard = self.max_bytes + min(self.max_bytes, HARD_LIMIT_HEADROOM)
+            conn.execute(f"PRAGMA max_page_count={max(1, hard // page_size)}")
         return conn
 
     # ------------------------------------------------------------------ writer thread
@@ -171,6 +188,9 @@ class Spool:
         assert loop is not None
         try:
             conn = self._connect()
+        except SchemaTooNew as exc:
+            loop.call_soon_threadsafe(_settle, ready, None, SpoolUnavailable(str(exc)))
+            return
         except (sqlite3.Error, OSError) as exc:
             err = SpoolUnavailable(f"cannot open the spool {self.path}: {exc}")
             loop.call_soon_threadsafe(_settle, ready, None, err)
@@ -257,7 +277,7 @@ class Spool:
         if not items and not dead:
             return
         try:
-            op = _encode_append(items, dead)
+            op = _encode_append(items, dead, self.max_bytes)
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise ValueError(f"spool item is not JSON-serialisable: {exc}") from None
         await self._submit(op)
@@ -289,7 +309,7 @@ class Spool:
         self,
         *,
         ack: Sequence[int] = (),
-        dead: Mapping[int, str] | None = None,
+        dead: Mapping[int, str | tuple[str, str]] | None = None,
         retry: Sequence[tuple[Sequence[int], int, str]] = (),
         release: Sequence[tuple[Sequence[int], int]] = (),
         response: tuple[str, int | None, int, str] | None = None,
@@ -297,15 +317,15 @@ class Spool:
     ) -> None:
         """Apply the outcome of one request in one transaction.
 
-        ``ack``: delivered. ``dead``: row id -> reason. ``retry``: (row ids, next attempt ms,
+        ``ack``: delivered. ``dead``: row id -> (reason code, text), or a bare text. ``retry``: (row ids, next attempt ms,
         error), counting an attempt. ``release``: (row ids, not before ms) back to pending
         without counting an attempt (work claimed but not sent). ``response``: (endpoint,
         status or None, items, body excerpt) for the upstream response log.
         """
         t = now_ms() if now is None else now
-        dead = dict(dead or {})
+        reasons = {row: (r if isinstance(r, tuple) else (OTHER_REASON, r)) for row, r in (dead or {}).items()}
         await self._submit(lambda c: sql.settle(
-            c, t, ack=ack, dead=dead, retry=retry, release=release, response=response, retention=self.retention
+            c, t, ack=ack, dead=reasons, retry=retry, release=release, response=response, retention=self.retention
         ))
 
     async def ack(self, row_ids: Sequence[int]) -> None:
@@ -314,7 +334,7 @@ class Spool:
     async def retry(self, row_ids: Sequence[int], next_attempt_ms: int, error: str) -> None:
         await self.settle(retry=[(row_ids, next_attempt_ms, error)])
 
-    async def dead_letter(self, reasons: Mapping[int, str]) -> None:
+    async def dead_letter(self, reasons: Mapping[int, str | tuple[str, str]]) -> None:
         await self.settle(dead=reasons)
 
     async def release(self, row_ids: Sequence[int], not_before_ms: int = 0) -> None:
@@ -337,12 +357,19 @@ class Spool:
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self._submit(lambda c: sql.dead_letters(c, limit))
 
+    async def dead_by_reason(self) -> dict[str, int]:
+        return await self._submit(sql.dead_by_reason)
+
+    async def undelivered(self, which: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Rows ``in_flight`` or ``retrying``, oldest first (for /debug)."""
+        return await self._submit(lambda c: sql.undelivered(c, which, limit))
+
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._submit(lambda c: sql.recent_responses(c, limit))
 
-    async def replay_dead_letters(self, limit: int | None = None) -> int:
-        """Put dead letters that have an item back to pending; returns how many."""
-        return await self._submit(lambda c: sql.replay(c, limit))
+    async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
+        """Put dead letters that have an item (and match ``selection``) back to pending; returns how many."""
+        return await self._submit(lambda c: sql.replay(c, selection))
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -363,26 +390,32 @@ def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | N
 
 
 def _cli_connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    """Open an existing spool for the CLI, migrated to the current schema (safe while serving)."""
     path = Path(path)
     if path.suffix not in DB_SUFFIXES or path.is_dir():
         path = path / SPOOL_FILENAME
     if not path.exists():
         raise SpoolUnavailable(f"no spool at {path}")
-    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+        conn = sqlite3.connect(f"file:{path}", uri=True, isolation_level=None, timeout=10.0)
         conn.row_factory = sqlite3.Row
         conn.execute("SELECT 1 FROM items LIMIT 1")
+        migrate(conn, path)
+        if readonly:
+            conn.execute("PRAGMA query_only=ON")
+    except SchemaTooNew as exc:
+        raise SpoolUnavailable(str(exc)) from None
     except sqlite3.Error as exc:
         raise SpoolUnavailable(f"cannot read the spool {path}: {exc}") from None
     return conn
 
 
 def spool_report(path: Path, *, limit: int = 20) -> dict[str, Any]:
-    """``edgeproxy spool``: depth, in flight, retrying, dead letters (read-only; safe while serving)."""
+    """``edgeproxy spool``: depth, in flight, retrying, oldest age, dead letters by reason (safe while serving)."""
     conn = _cli_connect(path, readonly=True)
     try:
         report = sql.stats(conn, now_ms())
+        report["dead_by_reason"] = sql.dead_by_reason(conn)
         report["dead_letters"] = sql.dead_letters(conn, limit)
         report["recent_responses"] = sql.recent_responses(conn, limit)
         return report
@@ -390,12 +423,12 @@ def spool_report(path: Path, *, limit: int = 20) -> dict[str, Any]:
         conn.close()
 
 
-def replay(path: Path, limit: int | None = None) -> int:
-    """``edgeproxy replay``: dead letters with an item back to pending; a running worker sends them."""
+def replay(path: Path, selection: ReplayFilter | None = None) -> int:
+    """``edgeproxy replay``: matching dead letters with an item back to pending; a running worker sends them."""
     conn = _cli_connect(path, readonly=False)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        n = sql.replay(conn, limit)
+        n = sql.replay(conn, selection)
         conn.execute("COMMIT")
         return n
     except sqlite3.Error as exc:

@@ -5,7 +5,7 @@ commit, futures); this one is about the data (states, batching queries, pruning)
 function runs inside whatever transaction its caller holds, so the spool can merge many
 of them into one commit, and the CLI can call them on its own connection.
 
-Item states: ``pending`` (waiting, possibly until ``next_attempt_ms``), ``inflight``
+The schema and its versions are in ``spool_schema.py``. Item states: ``pending`` (waiting, possibly until ``next_attempt_ms``), ``inflight``
 (claimed by the worker), ``delivered`` (kept for /debug, pruned to ``retention`` rows) and
 ``dead`` (a dead letter; with no ``item`` when the mapping refused the Segment message,
 whose original is then kept in ``payload``).
@@ -22,41 +22,16 @@ from urllib.parse import quote_plus
 import orjson
 
 from edgeproxy.amplitude_api import FORM_ENDPOINTS
+from edgeproxy.delivery.spool_schema import SCHEMA
 
 RESPONSE_LOG_KEEP = 1000  # upstream responses kept for /debug
+MAPPING_REASON = "mapping"  # the dead-letter code of a Segment message the mapping refused
+OTHER_REASON = "other"  # a dead letter settled with a bare text reason
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL,
-    endpoint TEXT,
-    group_key TEXT,
-    item BLOB,
-    options BLOB,
-    payload BLOB,
-    device_id TEXT,
-    user_id TEXT,
-    session_id INTEGER,
-    received_ms INTEGER NOT NULL,
-    size INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    delivered_ms INTEGER,
-    dead_ms INTEGER
-);
-CREATE INDEX IF NOT EXISTS items_due ON items(state, group_key, next_attempt_ms, id);
-CREATE INDEX IF NOT EXISTS items_session ON items(device_id, session_id, id);
-CREATE TABLE IF NOT EXISTS responses (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time_ms INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    status INTEGER,
-    items INTEGER NOT NULL,
-    body TEXT
-);
-"""
+
+class SpoolFull(sqlite3.OperationalError):
+    """The spool holds ``max_bytes`` already: appends are refused (the edge answers 503)."""
+
 
 
 
@@ -145,10 +120,36 @@ def insert_items(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], dead_ro
         rows,
     )
     c.executemany(
-        "INSERT INTO items (message_id, payload, device_id, session_id, received_ms, last_error, dead_ms, state)"
-        " VALUES (?,?,?,?,?,?,?,'dead')",
+        "INSERT INTO items (message_id, payload, device_id, session_id, received_ms, last_error, dead_ms, state,"
+        f" dead_code) VALUES (?,?,?,?,?,?,?,'dead','{MAPPING_REASON}')",
         dead_rows,
     )
+
+
+def used_bytes(c: sqlite3.Connection) -> int:
+    """Bytes the spool's data occupies: pages in use (free pages are reused before the file grows)."""
+    pages = c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]
+    return pages * c.execute("PRAGMA page_size").fetchone()[0]
+
+
+def ensure_room(c: sqlite3.Connection, max_bytes: int | None) -> None:
+    """Refuse an append once the spool holds ``max_bytes``: the disk budget is the operator's.
+
+    Delivered rows (kept only for /debug) give their room back first. Checked before the
+    insert, so one append may overshoot by its own size; the hard page limit set at open
+    leaves headroom for that and for the worker's updates, which must never fail for room.
+    """
+    if not max_bytes:
+        return
+    used = used_bytes(c)
+    if used >= max_bytes:
+        prune_delivered(c, 0)
+        used = used_bytes(c)
+    if used >= max_bytes:
+        raise SpoolFull(
+            f"the spool is full: {used} bytes in use, delivery.max_spool_size is {max_bytes};"
+            " new events are refused (503) until delivery frees room"
+        )
 
 
 def reclaim_inflight(c: sqlite3.Connection) -> int:
@@ -195,7 +196,7 @@ def settle(
     t: int,
     *,
     ack: Sequence[int],
-    dead: Mapping[int, str],
+    dead: Mapping[int, tuple[str, str]],
     retry: Sequence[tuple[Sequence[int], int, str]],
     release: Sequence[tuple[Sequence[int], int]],
     response: tuple[str, int | None, int, str] | None,
@@ -207,8 +208,8 @@ def settle(
             (t, *chunk),
         )
     c.executemany(
-        "UPDATE items SET state='dead', dead_ms=?, last_error=?, attempts=attempts+1 WHERE id=?",
-        [(t, reason, row_id) for row_id, reason in dead.items()],
+        "UPDATE items SET state='dead', dead_ms=?, dead_code=?, last_error=?, attempts=attempts+1 WHERE id=?",
+        [(t, code, text, row_id) for row_id, (code, text) in dead.items()],
     )
     for ids, next_ms, error in retry:
         for chunk in _chunks(list(ids)):
@@ -242,6 +243,22 @@ def events_for_session(c: sqlite3.Connection, device_id: str, session_id: int | 
     return [_row_dict(r) for r in rows]
 
 
+def undelivered(c: sqlite3.Connection, which: str, limit: int) -> list[dict[str, Any]]:
+    """``in_flight`` (sent, answer awaited) or ``retrying`` (pending after a failed attempt) rows, oldest first."""
+    if which == "in_flight":
+        rows = c.execute("SELECT * FROM items WHERE state='inflight' ORDER BY id LIMIT ?", (limit,))
+    elif which == "retrying":
+        rows = c.execute("SELECT * FROM items WHERE state='pending' AND attempts > 0 ORDER BY id LIMIT ?", (limit,))
+    else:
+        raise ValueError(f"which must be 'in_flight' or 'retrying', got {which!r}")
+    out = []
+    for r in rows:
+        row = _row_dict(r)
+        row["device_id"] = r["device_id"]
+        out.append(row)
+    return out
+
+
 def prune_delivered(c: sqlite3.Connection, retention: int) -> None:
     row = c.execute(
         "SELECT id FROM items WHERE state='delivered' ORDER BY id DESC LIMIT 1 OFFSET ?", (retention,)
@@ -273,6 +290,7 @@ def dead_letters(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
             "item": _loads(r["item"]),
             "payload": _loads(r["payload"]),
             "reason": r["last_error"],
+            "reason_code": r["dead_code"],
             "device_id": r["device_id"],
             "session_id": r["session_id"],
             "attempts": r["attempts"],
@@ -290,14 +308,48 @@ def recent_responses(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     ]
 
 
-def replay(c: sqlite3.Connection, limit: int | None) -> int:
-    ids = [r[0] for r in c.execute(
-        "SELECT id FROM items WHERE state='dead' AND item IS NOT NULL ORDER BY id LIMIT ?",
-        (-1 if limit is None else limit,),
-    )]
+def dead_by_reason(c: sqlite3.Connection) -> dict[str, int]:
+    """Dead letters counted by reason code, most frequent first."""
+    rows = c.execute(
+        "SELECT COALESCE(dead_code, ?) AS code, COUNT(*) AS n FROM items WHERE state='dead'"
+        " GROUP BY code ORDER BY n DESC, code",
+        (OTHER_REASON,),
+    )
+    return {r["code"]: r["n"] for r in rows}
+
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    """Which dead letters ``replay`` puts back: every given criterion must match (none: all)."""
+
+    reasons: tuple[str, ...] = ()  # reason codes, e.g. ("invalid_api_key",)
+    endpoint: str | None = None
+    message_ids: tuple[str, ...] = ()
+    limit: int | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses, params = ["state='dead'", "item IS NOT NULL"], []  # mapping refusals have nothing to send
+        if self.reasons:
+            clauses.append(f"COALESCE(dead_code, '{OTHER_REASON}') IN ({_placeholders(len(self.reasons))})")
+            params.extend(self.reasons)
+        if self.endpoint is not None:
+            clauses.append("endpoint = ?")
+            params.append(self.endpoint)
+        if self.message_ids:
+            clauses.append(f"message_id IN ({_placeholders(len(self.message_ids))})")
+            params.extend(self.message_ids)
+        return " AND ".join(clauses), params
+
+
+def replay(c: sqlite3.Connection, selection: ReplayFilter | None = None) -> int:
+    """Dead letters matching ``selection`` back to pending with a fresh attempt count."""
+    selection = selection or ReplayFilter()
+    where, params = selection.where()
+    limit = -1 if selection.limit is None else selection.limit
+    ids = [r[0] for r in c.execute(f"SELECT id FROM items WHERE {where} ORDER BY id LIMIT ?", (*params, limit))]
     for chunk in _chunks(ids):
         c.execute(
-            f"UPDATE items SET state='pending', attempts=0, next_attempt_ms=0, dead_ms=NULL,"
+            f"UPDATE items SET state='pending', attempts=0, next_attempt_ms=0, dead_ms=NULL, dead_code=NULL,"
             f" last_error='replayed: ' || COALESCE(last_error, '') WHERE id IN ({_placeholders(len(chunk))})",
             chunk,
         )

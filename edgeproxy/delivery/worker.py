@@ -341,7 +341,7 @@ class DeliveryWorker:
         response = None if v.outcome == "sink" else (endpoint, status, len(sub), excerpt)
         await self.spool.settle(
             ack=[ids[i] for i in v.ack],
-            dead={ids[i]: self._redact(r.text) for i, r in v.dead.items()},
+            dead={ids[i]: (r.code, self._redact(r.text)) for i, r in v.dead.items()},
             retry=retry,
             response=response,
             now=t,

@@ -1,0 +1,151 @@
+"""The spool's schema and its versions: a spool written by one edgeproxy opens in the next.
+
+Why a version table and ordered migrations rather than ``CREATE TABLE IF NOT EXISTS`` alone:
+the spool outlives the process that wrote it (events wait in it across restarts and
+upgrades), so a new column or index must be added to a file that already holds undelivered
+events, exactly once, and a file written by a NEWER edgeproxy must be refused rather than
+misread (an older binary would not know what a newer column means for delivery).
+
+``schema_version`` holds one row per applied migration; the highest is the file's version.
+A spool created before versioning existed (tables present, no ``schema_version``) is
+version 1. Migrations run in one ``BEGIN IMMEDIATE`` transaction, so two processes opening
+the same file (the server and ``edgeproxy spool``) cannot apply one twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+
+class SchemaTooNew(Exception):
+    """The spool was written by a newer edgeproxy: refuse it rather than guess."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+# Version 1: the schema as first released (also what a spool without a version table holds).
+V1_STATEMENTS = (
+    """CREATE TABLE IF NOT EXISTS items (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL,
+        endpoint TEXT,
+        group_key TEXT,
+        item BLOB,
+        options BLOB,
+        payload BLOB,
+        device_id TEXT,
+        user_id TEXT,
+        session_id INTEGER,
+        received_ms INTEGER NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        delivered_ms INTEGER,
+        dead_ms INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS items_due ON items(state, group_key, next_attempt_ms, id)",
+    "CREATE INDEX IF NOT EXISTS items_session ON items(device_id, session_id, id)",
+    """CREATE TABLE IF NOT EXISTS responses (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time_ms INTEGER NOT NULL,
+        endpoint TEXT NOT NULL,
+        status INTEGER,
+        items INTEGER NOT NULL,
+        body TEXT
+    )""",
+)
+
+# Version 2: a dead letter keeps a reason CODE (invalid_fields, request_rejected, mapping…)
+# next to Amplitude's text, so `edgeproxy spool` counts dead letters by reason and
+# `edgeproxy replay --reason` selects them. Rows dead-lettered before get a code read from
+# their text where it names Amplitude's field, else "other".
+V2_STATEMENTS = (
+    "ALTER TABLE items ADD COLUMN dead_code TEXT",
+    """UPDATE items SET dead_code = CASE
+        WHEN item IS NULL THEN 'mapping'
+        WHEN last_error LIKE '%events_with_invalid_fields%' THEN 'invalid_fields'
+        WHEN last_error LIKE '%events_with_missing_fields%' THEN 'missing_fields'
+        WHEN last_error LIKE '%events_with_invalid_id_lengths%' THEN 'invalid_id_lengths'
+        WHEN last_error LIKE '%Invalid API key%' THEN 'invalid_api_key'
+        WHEN last_error LIKE '%request-level 400%' THEN 'request_rejected'
+        ELSE 'other' END
+       WHERE state = 'dead'""",
+    "CREATE INDEX IF NOT EXISTS items_dead ON items(state, dead_code, id)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "items and responses", V1_STATEMENTS),
+    Migration(2, "dead letters keep a reason code", V2_STATEMENTS),
+)
+CURRENT_VERSION = MIGRATIONS[-1].version
+
+# The latest schema as one script, for tools that build a scratch database (bench/).
+SCHEMA = ";\n".join(V1_STATEMENTS) + ";\n"
+
+_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version ("
+    " version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL, description TEXT NOT NULL)"
+)
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The file's version: 0 for an empty file, 1 for a spool from before versioning."""
+    if _has_table(conn, "schema_version"):
+        return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+    return 1 if _has_table(conn, "items") else 0
+
+
+def check_not_newer(version: int, where: object) -> None:
+    if version > CURRENT_VERSION:
+        raise SchemaTooNew(
+            f"the spool {where} has schema version {version}, but this edgeproxy knows versions up to"
+            f" {CURRENT_VERSION}: it was written by a newer edgeproxy. Run that version (the events"
+            " in it are kept), or point delivery.data_dir at another directory."
+        )
+
+
+def migrate(conn: sqlite3.Connection, where: object = "") -> tuple[int, int]:
+    """Bring the file to CURRENT_VERSION; returns (version found, version now).
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``). Raises SchemaTooNew for a
+    newer file, leaving it untouched.
+    """
+    check_not_newer(schema_version(conn), where)  # fast path, before taking the write lock
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = schema_version(conn)  # again under the lock: another process may have migrated
+        check_not_newer(found, where)
+        if found < CURRENT_VERSION:
+            conn.execute(_VERSION_TABLE)
+            if found == 1 and not conn.execute("SELECT 1 FROM schema_version").fetchone():
+                conn.execute(
+                    "INSERT INTO schema_version VALUES (1, ?, ?)",
+                    (int(time.time() * 1000), "items and responses (found without a version table)"),
+                )
+            for m in MIGRATIONS:
+                if m.version <= found:
+                    continue
+                for statement in m.statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version VALUES (?, ?, ?)", (m.version, int(time.time() * 1000), m.description)
+                )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found, CURRENT_VERSION

@@ -1,0 +1,138 @@
+"""The spool's schema survives upgrades: a version table, ordered migrations, newer files refused.
+
+The old spool is built here from the literal SQL of the first release (no version table),
+not from the module's constants, so the test keeps meaning what it says if those change.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+
+from edgeproxy.delivery.spool import ReplayFilter, Spool, SpoolUnavailable, group_key, replay, spool_report
+from edgeproxy.delivery.spool_schema import CURRENT_VERSION, MIGRATIONS
+
+RELEASE_1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    endpoint TEXT,
+    group_key TEXT,
+    item BLOB,
+    options BLOB,
+    payload BLOB,
+    device_id TEXT,
+    user_id TEXT,
+    session_id INTEGER,
+    received_ms INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    delivered_ms INTEGER,
+    dead_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS items_due ON items(state, group_key, next_attempt_ms, id);
+CREATE INDEX IF NOT EXISTS items_session ON items(device_id, session_id, id);
+CREATE TABLE IF NOT EXISTS responses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    status INTEGER,
+    items INTEGER NOT NULL,
+    body TEXT
+);
+"""
+
+
+def build_release_1_spool(path: Path) -> None:
+    """A spool as the first release left it: a pending event, an Amplitude 400 and a mapping refusal."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(RELEASE_1_SCHEMA)
+    event = orjson.dumps({"event_type": "Old", "device_id": "device-old1", "insert_id": "old-1"})
+    rows = [
+        ("old-1", "httpapi", group_key("httpapi", None), event, None, "device-old1", "pending", None),
+        ("old-2", "httpapi", group_key("httpapi", None), event, None, "device-old1", "dead",
+         "Invalid field values on some events (events_with_invalid_fields: time)"),
+        ("old-3", None, None, None, orjson.dumps({"type": "track"}), "device-old1", "dead", "event name is empty"),
+    ]
+    conn.executemany(
+        "INSERT INTO items (message_id, endpoint, group_key, item, payload, device_id, state, last_error, received_ms,"
+        " size) VALUES (?,?,?,?,?,?,?,?,1700000000000,60)",
+        [(m, e, g, i, p, d, st, err) for m, e, g, i, p, d, st, err in rows],
+    )
+    conn.close()
+
+
+def versions(path: Path) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+    finally:
+        conn.close()
+
+
+async def test_a_new_spool_records_every_version(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    await s.open()
+    await s.close()
+    assert versions(s.path) == [m.version for m in MIGRATIONS] and versions(s.path)[-1] == CURRENT_VERSION
+
+
+async def test_a_release_1_spool_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    build_release_1_spool(path)
+    s = Spool(path)
+    await s.open()
+    try:
+        [group] = await s.due_groups()
+        [claimed] = await s.claim(group.group_key, limit=10, max_bytes=10**6)
+        by_reason = await s.dead_by_reason()
+        letters = {d["message_id"]: d for d in await s.dead_letters()}
+    finally:
+        await s.close()
+    assert versions(path) == [1, 2]  # 1 recorded as found, 2 applied
+    assert claimed.message_id == "old-1" and claimed.item["insert_id"] == "old-1"
+    # Codes read from the old texts: Amplitude's field, or the mapping's refusal (no item).
+    assert by_reason == {"invalid_fields": 1, "mapping": 1}
+    assert letters["old-2"]["reason_code"] == "invalid_fields" and letters["old-3"]["reason_code"] == "mapping"
+    assert letters["old-2"]["reason"].startswith("Invalid field values")
+
+
+async def test_opening_again_applies_nothing_twice(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    build_release_1_spool(path)
+    for _ in range(2):
+        s = Spool(path)
+        await s.open()
+        await s.close()
+    assert versions(path) == [1, 2]
+
+
+def test_the_cli_migrates_a_release_1_spool_too(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    build_release_1_spool(path)
+    report = spool_report(path)
+    assert report["dead_by_reason"] == {"invalid_fields": 1, "mapping": 1} and report["depth"] == 1
+    assert replay(path, ReplayFilter(reasons=("invalid_fields",))) == 1
+    assert versions(path) == [1, 2]
+
+
+async def test_a_spool_from_a_newer_edgeproxy_is_refused_untouched(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    await s.open()
+    await s.close()
+    conn = sqlite3.connect(s.path, isolation_level=None)
+    conn.execute("INSERT INTO schema_version VALUES (?, 0, 'from the future')", (CURRENT_VERSION + 1,))
+    conn.close()
+    before = versions(s.path)
+    with pytest.raises(SpoolUnavailable, match=f"schema version {CURRENT_VERSION + 1}.*newer edgeproxy"):
+        await Spool(tmp_path).open()
+    with pytest.raises(SpoolUnavailable, match="newer edgeproxy"):
+        spool_report(tmp_path)
+    assert versions(s.path) == before
