@@ -52,7 +52,8 @@ def create_app(settings: Settings) -> web.Application:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     signing_keys = load_signing_keys(settings)
     store = open_store(settings)
-    spool = Spool(settings.data_dir / "spool.sqlite3", metrics=metrics, retention=settings.delivery.retention)
+    spool = Spool(settings.data_dir / "spool.sqlite3", metrics=metrics, retention=settings.delivery.retention,
+                  max_bytes=settings.delivery.max_spool_size)
     identity = IdentityService(settings, store, signing_keys)
     # The server never refuses events for settings the reference checks but that do not affect sending
     # (secret_key is only for Amplitude's GDPR API); `check-config` reports real problems.
@@ -123,7 +124,11 @@ def create_app(settings: Settings) -> web.Application:
         await spool.close()
         await store.close()
 
+    async def stop_accepting(_: web.Application) -> None:
+        ingest.stop_accepting()  # SIGTERM: 503 on ingest while the worker flushes (on_cleanup)
+
     app.on_startup.append(start)
+    app.on_shutdown.append(stop_accepting)
     app.on_cleanup.append(stop)
     return app
 

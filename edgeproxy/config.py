@@ -104,6 +104,9 @@ class DeliveryConfig:
     retry_max: float = 300.0
     rate_limit: float = 0.0  # events per second per project; 0 = unlimited
     retention: int = 10_000  # delivered rows kept for /debug
+    # Disk budget of the spool: past it, tracking calls get 503 + Retry-After (nothing is lost:
+    # clients keep their events). "512MB", "2GB" or a number of bytes.
+    max_spool_size: int = 1024**3
 
 
 @dataclass
@@ -161,6 +164,25 @@ DURATION_KEYS = {
     ("server", "shutdown_grace"),
 }
 
+# Keys whose values are sizes in bytes.
+SIZE_KEYS = {("delivery", "max_spool_size")}
+MIN_SPOOL_SIZE = 1024**2
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """``"512MB"``, ``"2GB"``, ``"64KiB"`` (binary units: 1 MB = 1024 KB) or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = (m.group(2) or "b")[0].lower()
+            return int(float(m.group(1)) * 1024 ** "bkmgt".index(unit))
+    raise ValueError(f"expected a size such as \"512MB\", \"2GB\" or a number of bytes, got {value!r}")
+
+
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -184,6 +206,8 @@ def _coerce(section: str, key: str, value: Any, default: Any, from_env: bool) ->
     """Coerce ``value`` to the type of ``default``; environment strings are parsed."""
     if (section, key) in DURATION_KEYS:
         return parse_duration(value)
+    if (section, key) in SIZE_KEYS:
+        return parse_size(value)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -336,6 +360,8 @@ def validate(s: Settings) -> list[str]:
         problems.append("delivery.flush_interval: must be positive")
     if s.delivery.rate_limit < 0:
         problems.append("delivery.rate_limit: must be 0 (unlimited) or positive")
+    if s.delivery.max_spool_size < MIN_SPOOL_SIZE:
+        problems.append(f"delivery.max_spool_size: must be at least 1MB, got {s.delivery.max_spool_size} bytes")
     if s.amplitude.region not in {"north_america", "europe"}:
         problems.append(f"amplitude.region: must be one of: \"north_america\" or \"europe\", got {s.amplitude.region!r}")
     if s.amplitude.endpoint_url and not re.match(r"^https?://[^/]+", s.amplitude.endpoint_url):

@@ -108,3 +108,29 @@ def test_check_config_command_lists_problems(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "edgeproxy", "check-config", "--config", str(good)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+@pytest.mark.parametrize("value,size", [("512MB", 512 * 1024**2), ("2GB", 2 * 1024**3), ("64 MiB", 64 * 1024**2),
+                                        (10_000_000, 10_000_000), ("1.5mb", 1536 * 1024)])
+def test_max_spool_size_accepts_units(tmp_path, value, size):
+    path = tmp_path / "c.toml"
+    path.write_text(f"[delivery]\nmax_spool_size = {value!r}\n".replace("'", '"'))
+    assert load_settings(path, env={}).delivery.max_spool_size == size
+    assert load_settings(None, env={"EDGEPROXY_DELIVERY__MAX_SPOOL_SIZE": str(value)}).delivery.max_spool_size == size
+
+
+def test_max_spool_size_default_and_problems(tmp_path):
+    assert load_settings(None, env={}).delivery.max_spool_size == 1024**3
+    path = tmp_path / "c.toml"
+    path.write_text('[delivery]\nmax_spool_size = "lots"\n')
+    with pytest.raises(ConfigError) as bad:
+        load_settings(path, env={})
+    assert bad.value.problems == ['delivery.max_spool_size: expected a size such as "512MB", "2GB" or a number of bytes,'
+                                  " got 'lots'"]
+    path.write_text('[delivery]\nmax_spool_size = "100KB"\n')
+    with pytest.raises(ConfigError) as small:
+        load_settings(path, env={})
+    assert small.value.problems == ["delivery.max_spool_size: must be at least 1MB, got 102400 bytes"]
+    run = subprocess.run([sys.executable, "-m", "edgeproxy", "check-config", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "delivery.max_spool_size: must be at least 1MB" in run.stdout

@@ -74,6 +74,17 @@ class IngestHandlers:
     def __init__(self, ctx: IngestContext):
         self.ctx = ctx
         self.flood = FloodGuard(ctx.settings.server.ip_rate_limit, ctx.settings.server.ip_burst)
+        self.accepting = True
+
+    def stop_accepting(self) -> None:
+        """Shutdown has begun: answer 503 + Retry-After from now on.
+
+        Why not keep accepting until the spool closes: the delivery worker is flushing within
+        the grace period, and an event taken now would only wait in the spool for the next
+        start; the client (analytics.js, the mobile libraries) keeps it and retries another
+        process instead. Requests already being handled still complete with their 200.
+        """
+        self.accepting = False
 
     def routes(self, prefix: str) -> list[web.AbstractRouteDef]:
         single = "|".join(sorted(segment.PATH_TYPES))
@@ -95,7 +106,10 @@ class IngestHandlers:
 
     async def _handle(self, request: web.Request, *, batch: bool) -> web.StreamResponse:
         wait = self.flood.retry_after(request.remote or "", time.monotonic())
-        if wait:
+        if not self.accepting:
+            response = self._unavailable("shutting down", 0, message="shutting down; retry")
+            response.force_close()  # this process is leaving: let the client reconnect elsewhere
+        elif wait:
             self.ctx.metrics.events_rejected.labels("rate_limited").inc()
             response: web.StreamResponse = _json(
                 429,
@@ -236,13 +250,14 @@ class IngestHandlers:
             self.ctx.wake_delivery()
         return stored
 
-    def _unavailable(self, reason: str, count: int) -> web.Response:
+    def _unavailable(self, reason: str, count: int, message: str = "temporarily unable to queue events; retry") -> web.Response:
         """503 + Retry-After: the client keeps the events and retries; nothing was acknowledged."""
-        log.error("answering 503: %s", reason)
+        if self.accepting:
+            log.error("answering 503: %s", reason)
         self.ctx.metrics.events_rejected.labels("unavailable").inc(count)
         return _json(
             503,
-            {"success": False, "message": "temporarily unable to queue events; retry", "code": "unavailable"},
+            {"success": False, "message": message, "code": "unavailable"},
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
