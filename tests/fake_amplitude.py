@@ -8,7 +8,9 @@ reading, so that a proxy that passes here is unlikely to fail against the real s
 
 Use it in-process (``await FakeAmplitude().start()`` or the ``fake_amplitude`` fixture) or as a
 process: ``python tests/fake_amplitude.py --port 0`` prints its base URL; ``GET /_test/ingested``
-shows what was ingested and ``POST /_test/{fail_next,drop_next,delay,reset}`` injects faults.
+shows what was ingested and ``POST /_test/{fail_next,drop_next,delay,fail_for,reset}`` injects
+faults: status sequences (``fail_next`` queues in order), dropped connections, latency, an
+outage window, plus ``set_limits`` (size limits) and ``eps_threshold`` (throttling).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -201,6 +204,7 @@ class RecordedRequest:
     body: Any = None  # parsed JSON, or the form with its JSON fields parsed
     status: int | None = None  # None: the connection was dropped
     response: bytes = b""
+    at: float = dataclasses.field(default_factory=time.monotonic)  # when it arrived (monotonic seconds)
 
 
 @dataclass(frozen=True)
@@ -282,13 +286,31 @@ class FakeAmplitude:
         """Close the connection without an answer on the next ``times`` requests."""
         self._add_fault(Fault(None, b"", "", endpoint, times, ingest))
 
+    def fail_for(self, seconds: float, status: int = 503, body: Any = None, content_type: str = "application/json",
+                 endpoint: str | None = None) -> None:
+        """An outage: answer every request (to ``endpoint``, or any) with ``status`` for ``seconds``
+        from now, then recover. Nothing sent during the outage is ingested."""
+        if not 100 <= status <= 599 or seconds < 0:
+            raise ValueError(f"fail_for: needs an HTTP status and seconds >= 0, got {status}, {seconds}")
+        if endpoint is not None and endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; use one of {sorted(ENDPOINTS)}")
+        self._outage = (self.clock() + seconds, endpoint, status, _encode_body(status, body), content_type)
+
+    def set_limits(self, endpoint: str, *, max_bytes: int | None = None, max_items: int | None = None) -> None:
+        """Tighten an endpoint's size limits (413 above them), e.g. to see batches split on a real 413."""
+        rules = self.rules[endpoint]
+        self.rules[endpoint] = dataclasses.replace(
+            rules, max_bytes=rules.max_bytes if max_bytes is None else max_bytes,
+            max_items=rules.max_items if max_items is None else max_items)
+
     def set_delay(self, seconds: float) -> None:
         """Wait this long before handling each request (0 turns it off); simulates timeouts.
         The request is still processed after the wait, as a slow server would."""
         self.delay = seconds
 
     def reset(self) -> None:
-        """Forget faults, delay, records, dedupe and throttle state (the configuration stays)."""
+        """Forget faults (outage, tightened limits), delay, records, dedupe and throttle state (the
+        constructor's configuration stays)."""
         self._eps = WindowCounter(self.throttle_window, 30)
         self._daily = WindowCounter(86_400.0, 24)  # "hourly steps" [doc AMP-BATCH]
         self.delay = 0.0
@@ -297,6 +319,8 @@ class FakeAmplitude:
         self.duplicates = 0
         self._faults: list[Fault] = []
         self._seen: set[tuple[str, str | None, str]] = set()
+        self._outage: tuple[float, str | None, int, bytes, str] | None = None
+        self.rules: dict[str, EndpointRules] = dict(ENDPOINTS)
 
     def _add_fault(self, fault: Fault) -> None:
         if fault.endpoint is not None and fault.endpoint not in ENDPOINTS:
@@ -306,6 +330,12 @@ class FakeAmplitude:
         self._faults.append(fault)
 
     def _take_fault(self, endpoint: str | None) -> Fault | None:
+        if self._outage is not None and endpoint is not None:
+            until, only, status, body, content_type = self._outage
+            if self.clock() >= until:
+                self._outage = None
+            elif only in (None, endpoint):
+                return Fault(status, body, content_type, endpoint, 1, False)
         for fault in self._faults:
             if endpoint is not None and fault.endpoint in (None, endpoint):
                 fault.times -= 1
@@ -348,7 +378,7 @@ class FakeAmplitude:
         status, content_type, body = 0, "", b""
         if fault is not None and not fault.ingest and endpoint is not None:
             with contextlib.suppress(_Reject):  # record what was sent even though it is not processed
-                record.body = _parse_body(ENDPOINTS[endpoint], request.content_type, record.raw)
+                record.body = _parse_body(self.rules[endpoint], request.content_type, record.raw)
         if fault is None or fault.ingest:
             try:
                 status, content_type, body = self._process(endpoint, request.content_type, record)
@@ -372,7 +402,7 @@ class FakeAmplitude:
         if endpoint is None:
             # The docs list "Invalid request path" among the 400 errors [doc AMP-V2 400].
             raise _Reject(400, "Invalid request path")
-        rules, raw = ENDPOINTS[endpoint], record.raw
+        rules, raw = self.rules[endpoint], record.raw
         if len(raw) > rules.max_bytes:
             raise _Reject(413, "Payload too large")
         body = record.body = _parse_body(rules, content_type, raw)
@@ -465,7 +495,7 @@ class FakeAmplitude:
     async def _control(self, request: web.Request) -> web.Response:
         """POST /_test/fail_next|drop_next|delay|reset with the method's keyword arguments as JSON."""
         actions = {"fail_next": self.fail_next, "drop_next": self.drop_next, "delay": self.set_delay,
-                   "reset": self.reset}
+                   "fail_for": self.fail_for, "reset": self.reset}
         action = actions.get(request.match_info["action"])
         try:
             kwargs = orjson.loads(await request.read() or b"{}")

@@ -400,7 +400,7 @@ async def test_control_and_inspection_routes(fake_amplitude: FakeAmplitude) -> N
     assert (await send(base, [event(0)]))[0] == 503
     assert (await send(base, [event(0)]))[0] == 200
     status, _, body = await post(base, "/_test/explode", json={})
-    assert status == 400 and "fail_next|drop_next|delay|reset" in body["error"]
+    assert status == 400 and "fail_next|drop_next|delay|fail_for|reset" in body["error"]
     assert (await post(base, "/_test/fail_next", json={"status": 42}))[0] == 400
     async with aiohttp.ClientSession() as session, session.get(base + "/_test/ingested") as resp:
         seen = await resp.json()
@@ -427,3 +427,28 @@ async def test_standalone_process_prints_url_and_serves() -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
+
+
+async def test_fail_for_is_an_outage_window_then_recovery(make_fake) -> None:
+    clock = Clock()
+    fake, base = await make_fake(api_keys=[KEY], clock=clock)
+    fake.fail_for(5.0, status=503, endpoint="httpapi")
+    assert (await send(base, [event(1)]))[0] == 503
+    assert (await send(base, [event(2)]))[0] == 503
+    assert (await post(base, "/batch", json={"api_key": KEY, "events": [event(3)]}))[0] == 200  # other endpoints up
+    clock.now += 5.0
+    assert (await send(base, [event(4)]))[0] == 200
+    assert [r.status for r in fake.requests] == [503, 503, 200, 200]
+    assert [e["insert_id"] for e in fake.events] == ["ins-3", "ins-4"]  # nothing sent in the outage was ingested
+    with pytest.raises(ValueError):
+        fake.fail_for(1.0, endpoint="nowhere")
+
+
+async def test_set_limits_gives_real_413s(fake_amplitude: FakeAmplitude) -> None:
+    fake_amplitude.set_limits("httpapi", max_items=2)
+    assert (await send(fake_amplitude.base_url, [event(1), event(2), event(3)]))[0] == 413
+    assert (await send(fake_amplitude.base_url, [event(1), event(2)]))[0] == 200
+    fake_amplitude.set_limits("httpapi", max_bytes=100)
+    assert (await send(fake_amplitude.base_url, [event(5)]))[0] == 413
+    fake_amplitude.reset()
+    assert (await send(fake_amplitude.base_url, [event(6), event(7), event(8)]))[0] == 200

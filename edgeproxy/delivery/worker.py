@@ -8,6 +8,11 @@ the halves of a 413, the unthrottled part of a 429) are sent again at once. Noth
 polls: the task sleeps on an ``asyncio.Event`` that ``wake()`` sets, with a timeout of at
 most ``flush_interval``.
 
+An outage backs off as a whole, not only per batch: after a 5xx, a timeout or a connection
+error the endpoint itself is closed for an exponentially growing, jittered delay (reset by
+the next answer that is not a server failure), so while Amplitude is down the worker sends
+one probe per delay instead of one request per flush interval for every new batch.
+
 With no ``amplitude.api_key`` the worker delivers to a LOCAL SINK (an in-memory ring of the
 request bodies it would have sent) so a newcomer sees the whole loop in /debug.
 """
@@ -86,6 +91,8 @@ class DeliveryWorker:
         self._task: asyncio.Task[None] | None = None
         self._draining = False
         self._paused: dict[tuple[str, str], int] = {}  # ("device"|"user", id) -> paused until (ms)
+        self._failures: dict[str, int] = {}  # endpoint -> consecutive server failures
+        self._closed_until: dict[str, int] = {}  # endpoint -> no request before (ms)
         self._last_stats = 0.0
         self._orphans: set[asyncio.Future[None]] = set()
         self.requests_sent = 0
@@ -182,6 +189,10 @@ class DeliveryWorker:
         ready: list[DueGroup] = []
         deadline: int | None = await self.spool.next_attempt_ms(t)
         for g in groups:
+            closed = self._closed_until.get(g.endpoint, 0)
+            if closed > t:  # the endpoint is failing: wait for its backoff, even when draining
+                deadline = closed if deadline is None else min(deadline, closed)
+                continue
             if force or g.count >= max_items(g.endpoint, self.settings.delivery.batch_size) or g.oldest_ms + flush_ms <= t:
                 ready.append(g)
             else:
@@ -194,6 +205,16 @@ class DeliveryWorker:
             if isinstance(result, BaseException):
                 raise result
         return any(results), deadline
+
+    def _note_upstream(self, endpoint: str, verdict: Verdict, t: int) -> None:
+        """Close the endpoint for a backoff after a server failure; any other answer reopens it."""
+        if verdict.outcome == "retry":
+            failures = self._failures[endpoint] = self._failures.get(endpoint, 0) + 1
+            delay = backoff_delay(failures, self.settings.delivery.retry_base, self.settings.delivery.retry_max, self._rng)
+            self._closed_until[endpoint] = t + int(delay * 1000)
+        else:
+            self._failures.pop(endpoint, None)
+            self._closed_until.pop(endpoint, None)
 
     async def _refresh_stats(self) -> None:
         if time.monotonic() - self._last_stats >= STATS_EVERY_S:
@@ -276,6 +297,12 @@ class DeliveryWorker:
         work: collections.deque[list[ClaimedItem]] = collections.deque([batch])
         while work:
             sub = work.popleft()
+            closed = self._closed_until.get(endpoint, 0)
+            if closed > now_ms():  # a sibling half just met a server failure: wait with it
+                ids = [c.row_id for c in sub]
+                await self.spool.release(ids, closed)
+                unsettled.difference_update(ids)
+                continue
             verdict = await self._send_one(endpoint, options, sub)
             resent = {sub[i].row_id for indexes in verdict.resend for i in indexes}
             unsettled.difference_update({c.row_id for c in sub} - resent)
@@ -310,6 +337,7 @@ class DeliveryWorker:
         self.requests_sent += 1
         self.metrics.delivery_latency.labels(endpoint).observe(time.monotonic() - started)
         verdict = classify(endpoint, status, body, len(sub), transport_error=transport_error)
+        self._note_upstream(endpoint, verdict, now_ms())
         excerpt = transport_error if status is None else body_excerpt(body)
         await self._apply(endpoint, sub, verdict, status, excerpt)
         return verdict
