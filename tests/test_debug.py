@@ -112,3 +112,58 @@ async def test_me_without_cookie(tmp_path, aiohttp_client):
     c = await aiohttp_client(create_app(make_settings(tmp_path)))
     data = await (await c.get("/debug/me?format=json")).json()
     assert data["device_id"] is None
+
+
+async def test_overview_shows_in_flight_retrying_dead_letters_and_upstream_answers(tmp_path, aiohttp_client, amp):
+    from fake_amplitude import TEST_API_KEY
+
+    settings = make_settings(tmp_path, amplitude__api_key=TEST_API_KEY, amplitude__endpoint_url=amp.base_url,
+                             delivery__retry_base=3600.0, delivery__retry_max=3600.0)
+    c = await aiohttp_client(create_app(settings))
+
+    async def overview() -> dict:
+        return await (await c.get("/debug?format=json")).json()
+
+    async def until(check, what: str) -> dict:
+        for _ in range(200):  # bounded: 10 s
+            data = await overview()
+            if check(data):
+                return data
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}: {data}")
+
+    # A request-level 400: the event is dead-lettered with Amplitude's reason.
+    amp.fail_next(400, body={"code": 400, "error": "Invalid JSON request body"})
+    dead_resp = await c.post("/_e/v1/t", data=orjson.dumps(track(messageId="dbg-dead", userId="user-42")))
+    assert dead_resp.status == 200
+    await until(lambda d: d["dead_letters"], "the dead letter")
+    # Amplitude hangs, then answers 503: the event is in flight, then waiting to be retried.
+    amp.fail_next(503)
+    amp.set_delay(1.0)
+    resp = await c.post("/_e/v1/t", data=orjson.dumps(track(messageId="dbg-slow", userId="user-42")))
+    assert resp.status == 200
+    flying = await until(lambda d: d["in_flight"], "the event in flight")
+    assert [e["message_id"] for e in flying["in_flight"]] == ["dbg-slow"]
+    html_flying = await (await c.get("/debug")).text()
+    data = await until(lambda d: d["retrying"], "the event to be retrying")
+    amp.set_delay(0)
+
+    [retrying] = data["retrying"]
+    assert retrying["message_id"] == "dbg-slow" and retrying["attempts"] == 1
+    assert retrying["next_attempt_ms"] > time.time() * 1000 and retrying["last_error"] == "Service Unavailable"
+    assert data["spool"]["retrying"] == 1 and data["in_flight"] == []
+    [dead] = data["dead_letters"]
+    assert dead["message_id"] == "dbg-dead" and dead["reason_code"] == "request_rejected"
+    assert data["dead_by_reason"] == {"request_rejected": 1}
+    assert [(r["status"], r["items"]) for r in data["recent_responses"]] == [(503, 1), (400, 1)]
+    assert "Invalid JSON request body" in data["recent_responses"][1]["body"]
+
+    html = await (await c.get("/debug")).text()
+    for heading in ("In flight", "Retrying", "Recent upstream responses", "Dead letters"):
+        assert f"<h2>{heading}</h2>" in html
+    assert "dbg-slow" in html_flying.split("<h2>In flight</h2>")[1].split("<h2>Retrying</h2>")[0]
+    retrying_section = html.split("<h2>Retrying</h2>")[1].split("<h2>Recent upstream responses</h2>")[0]
+    assert "dbg-slow" in retrying_section and "Service Unavailable" in retrying_section
+    dead_section = html.split("<h2>Dead letters</h2>")[1]
+    assert "dbg-dead" in dead_section and "request_rejected" in dead_section
+    assert "Invalid JSON request body" in html.split("<h2>Recent upstream responses</h2>")[1]

@@ -119,7 +119,10 @@ class DebugViews:
             "sessions": [_session_row(device_id, state) for device_id, state in sessions],
             "query": query,
             "spool": await self.spool.stats(),
+            "in_flight": await self.spool.undelivered("in_flight", limit=20),
+            "retrying": await self.spool.undelivered("retrying", limit=20),
             "recent_responses": await self.spool.recent_responses(limit=20),
+            "dead_by_reason": await self.spool.dead_by_reason(),
             "dead_letters": await self.spool.dead_letters(limit=20),
             "sink": list(self.sink)[-20:] if self.sink is not None else None,
             "counters": self.counters(),
@@ -240,6 +243,10 @@ def _render_overview(base: str, data: dict[str, Any]) -> str:
         ),
         "<h2>Spool</h2>",
         _table(["", ""], [[_e(k), _e(v)] for k, v in data["spool"].items()]),
+        "<h2>In flight</h2>",
+        _undelivered_table(data["in_flight"]),
+        "<h2>Retrying</h2>",
+        _undelivered_table(data["retrying"]),
         "<h2>Recent upstream responses</h2>",
         _table(
             ["time", "endpoint", "status", "items", "body"],
@@ -247,9 +254,11 @@ def _render_overview(base: str, data: dict[str, Any]) -> str:
               _e(r.get("items")), f"<code>{_e(str(r.get('body', ''))[:200])}</code>"] for r in data["recent_responses"]],
         ),
         "<h2>Dead letters</h2>",
+        _table(["reason", "count"], [[f"<code>{_e(code)}</code>", _e(n)] for code, n in data["dead_by_reason"].items()]),
         _table(
-            ["message id", "reason", "device id"],
-            [[f"<code>{_e(d.get('message_id'))}</code>", _e(d.get("reason")), _e(d.get("device_id"))] for d in data["dead_letters"]],
+            ["message id", "reason code", "reason", "device id"],
+            [[f"<code>{_e(d.get('message_id'))}</code>", f"<code>{_e(d.get('reason_code'))}</code>", _e(d.get("reason")),
+              _e(d.get("device_id"))] for d in data["dead_letters"]],
         ),
     ]
     if data["sink"] is not None:
@@ -259,6 +268,15 @@ def _render_overview(base: str, data: dict[str, Any]) -> str:
         ]
     parts += ["<h2>Counters</h2>", _table(["", ""], [[_e(k), _e(v)] for k, v in sorted(data["counters"].items())])]
     return "".join(parts)
+
+
+def _undelivered_table(rows: list[dict[str, Any]]) -> str:
+    """Events in flight or waiting to be retried, with why and when."""
+    return _table(
+        ["message id", "endpoint", "device id", "attempts", "next attempt", "last error"],
+        [[f"<code>{_e(r.get('message_id'))}</code>", _e(r.get("endpoint")), _e(r.get("device_id")), _e(r.get("attempts")),
+          _e(_iso(r.get("next_attempt_ms"))), _e(r.get("last_error"))] for r in rows],
+    )
 
 
 def _render_session(base: str, data: dict[str, Any]) -> str:
