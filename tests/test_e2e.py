@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import math
 import signal
 import socket
 import subprocess
@@ -93,6 +94,56 @@ async def wait_for(predicate, timeout=20.0):
     raise AssertionError("condition not met in time")
 
 
+def delivery_figures(name: str, acknowledged: set[str], amp, record_property) -> dict[str, int]:
+    """acknowledged / delivered / lost / duplicates, printed (visible with -s) and kept as test properties.
+
+    ``duplicates``: events sent again after Amplitude had ingested them (dropped by its
+    insert_id dedupe, so never double counted); ``extra``: delivered events whose client
+    never saw the 200 (the answer was cut by the crash), which the client will also resend.
+    """
+    delivered = {e["insert_id"] for e in amp.ingested("httpapi")}
+    figures = {
+        "acknowledged": len(acknowledged),
+        "delivered": len(acknowledged & delivered),
+        "lost": len(acknowledged - delivered),
+        "duplicates": amp.duplicates,
+        "extra": len(delivered - acknowledged),
+    }
+    print(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+    for key, value in figures.items():
+        record_property(f"{name}_{key}", value)
+    return figures
+
+
+async def steady_load(proxy: Proxy, acknowledged: set[str], prefix: str, *, workers: int = 4, batches: int = 60,
+                      pause: float = 0.0) -> int:
+    """Bounded load: ``workers`` clients each send ``batches`` batches of 5 events; records every 200."""
+    refused = 0
+
+    async def sender(session: aiohttp.ClientSession, worker: int) -> None:
+        nonlocal refused
+        for n in range(batches):
+            ids = [f"{prefix}-{worker}-{n}-{i}" for i in range(5)]
+            body = {"writeKey": WRITE_KEY, "batch": [
+                {"type": "track", "event": "Load", "anonymousId": f"dev-{worker}-0000", "messageId": mid,
+                 "context": {"library": {"name": "analytics-kotlin"}, "device": {"id": f"dev-{worker}-0000"}}}
+                for mid in ids]}
+            try:
+                async with session.post(proxy.base + "/_e/v1/b", data=orjson.dumps(body)) as r:
+                    if r.status == 200:
+                        acknowledged.update(ids)
+                    else:
+                        refused += 1
+            except aiohttp.ClientError:
+                return
+            if pause:
+                await asyncio.sleep(pause)
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(sender(session, w) for w in range(workers)))
+    return refused
+
+
 def ajs_event(mtype: str, n: int, anonymous_id: str, **extra):
     now = time.time()
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".000Z"
@@ -154,41 +205,57 @@ async def test_analytics_js_and_mobile_reach_amplitude(tmp_path, amp):
         assert proxy.kill(signal.SIGTERM) == 0, proxy.log.read_text()
 
 
-async def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path, amp):
+async def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path, amp, record_property):
     proxy = Proxy(tmp_path, amp.base_url)
     await proxy.start()
     acknowledged: set[str] = set()
     amp.set_delay(0.2)  # slow Amplitude: events pile up in the spool when the process dies
 
-    async def sender(session: aiohttp.ClientSession, worker: int) -> None:
-        for n in range(60):  # bounded: 4 workers x 60 batches x 5 events
-            ids = [f"crash-{worker}-{n}-{i}" for i in range(5)]
-            body = {"writeKey": WRITE_KEY, "batch": [
-                {"type": "track", "event": "Load", "anonymousId": f"dev-{worker}-0000", "messageId": mid,
-                 "context": {"library": {"name": "analytics-kotlin"}, "device": {"id": f"dev-{worker}-0000"}}}
-                for mid in ids]}
-            try:
-                async with session.post(proxy.base + "/_e/v1/b", data=orjson.dumps(body)) as r:
-                    if r.status == 200:
-                        acknowledged.update(ids)
-            except aiohttp.ClientError:
-                return
-
     async def killer() -> None:
         await wait_for(lambda: len(acknowledged) >= 300, timeout=60)
         proxy.kill(signal.SIGKILL)
 
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(killer(), *(sender(session, w) for w in range(4)))
+    # Bounded: 4 clients x 60 batches x 5 events; the kill comes in the middle.
+    await asyncio.gather(killer(), steady_load(proxy, acknowledged, "crash"))
     assert len(acknowledged) >= 300
     amp.set_delay(0)
     await proxy.start()  # same data directory: the spool is recovered
     try:
-        await wait_for(lambda: acknowledged <= {e["insert_id"] for e in amp.ingested("httpapi")}, timeout=60)
+        try:
+            await wait_for(lambda: acknowledged <= {e["insert_id"] for e in amp.ingested("httpapi")}, timeout=60)
+        finally:
+            figures = delivery_figures("kill_9", acknowledged, amp, record_property)
         delivered = [e["insert_id"] for e in amp.ingested("httpapi")]
         assert len(delivered) == len(set(delivered)), "the stand-in dedupes on insert_id like Amplitude"
+        assert figures["lost"] == 0 and figures["delivered"] == figures["acknowledged"]
     finally:
         proxy.kill(signal.SIGTERM)
+
+
+async def test_an_amplitude_outage_loses_nothing_and_is_not_hammered(tmp_path, amp, record_property):
+    """Amplitude answers 503 for 4 s under steady load, then recovers: every 200 arrives, once,
+    and the outage saw a number of requests bounded by the backoff, not one per flush."""
+    outage_s, retry_base = 4.0, 0.1  # retry_base matches the Proxy's "100ms"
+    proxy = Proxy(tmp_path, amp.base_url)
+    await proxy.start()
+    acknowledged: set[str] = set()
+    try:
+        amp.fail_for(outage_s, status=503)
+        # Bounded: 4 clients x 40 batches x 5 events, one batch per client every 50 ms (~3 s).
+        refused = await steady_load(proxy, acknowledged, "outage", batches=40, pause=0.05)
+        assert refused == 0 and len(acknowledged) == 800  # the outage is Amplitude's, not the clients'
+        await wait_for(lambda: acknowledged <= {e["insert_id"] for e in amp.ingested("httpapi")}, timeout=60)
+    finally:
+        figures = delivery_figures("outage", acknowledged, amp, record_property)
+        proxy.kill(signal.SIGTERM)
+    assert figures["lost"] == 0 and figures["duplicates"] == 0  # 503: nothing was ingested, nothing resent twice
+    failed = [r for r in amp.requests if r.status == 503]
+    # Retry k waits at least retry_base * 2^(k-1) / 2 (equal jitter), so an outage of D seconds
+    # holds at most 1 + log2(2D / retry_base + 1) requests. One per flush (100 ms) would be ~40.
+    bound = 1 + math.floor(math.log2(2 * outage_s / retry_base + 1))
+    print(f"outage: {len(failed)} requests answered 503 in {outage_s:g} s (bound {bound})")
+    record_property("outage_requests_during", len(failed))
+    assert 1 <= len(failed) <= bound, [(r.status, r.at) for r in amp.requests]
 
 
 async def test_sigterm_keeps_undelivered_events_for_the_next_start(tmp_path, amp):
