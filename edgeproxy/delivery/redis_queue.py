@@ -1,0 +1,533 @@
+"""Redis streams as the delivery queue, for several edgeproxy processes sharing one Redis.
+
+Same semantics as the SQLite spool (``queue.DeliveryQueue``); what differs is where state lives:
+
+``<prefix>q:groups``        set of group keys (endpoint + options) seen so far
+``<prefix>q:<group key>``   stream, consumer group ``delivery``: items waiting or in flight
+``<prefix>q:delayed``       sorted set of ``<group key>\\n<record>`` by due time (retries, 429 pauses)
+``<prefix>q:dead``          stream of dead letters with their reasons
+``<prefix>q:delivered``     stream capped at ``retention``: delivered items, for /debug
+``<prefix>q:responses``     stream capped at 1000: Amplitude's answers, for /debug
+
+Why this shape: every process's worker reads the same streams through one consumer group, so
+an item is handed to one worker at a time, and an item a worker holds stays in that worker's
+pending list (PEL) until its verdict lands. A process that dies (kill -9) leaves its PEL
+behind; any other worker takes it over with XAUTOCLAIM once it has been idle ``claim_idle``
+and puts it back in the stream: at-least-once, deduplicated by ``insert_id`` at Amplitude.
+
+Every verdict moves an entry out of the stream in one Lua script (``redis_lua.SETTLE``): XACK,
+and only if that acknowledged it, XDEL plus the move (to delivered, dead, delayed or back to
+the stream). So a late verdict from a worker whose entry was already taken over is a no-op,
+and an entry is never both delivered and requeued. Acknowledged entries are deleted, so a
+stream holds exactly the items not yet delivered: depth is XLEN minus the PEL.
+
+The scripts derive key names from the prefix: one Redis (or a primary with replicas), not
+Redis Cluster, like the session store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import Any, Mapping, Sequence
+
+import orjson
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError, ResponseError
+
+from edgeproxy.delivery import redis_lua as lua
+from edgeproxy.delivery.spool import ClaimedItem, DeadLetter, DueGroup, SpoolItem, SpoolUnavailable, group_key, item_size, now_ms
+from edgeproxy.metrics import Metrics
+
+log = logging.getLogger("edgeproxy.delivery")
+
+GROUP = "delivery"
+RESPONSE_LOG_KEEP = 1000
+PROMOTE_CHUNK = 1000
+RECOVER_CHUNK = 500
+DEBUG_SCAN = 5000  # entries per structure /debug reads when it looks for one device's events
+Row = tuple[str, str]  # (stream key, entry id)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def encode_record(it: SpoolItem) -> bytes:
+    """One queue entry: the item plus what batching, throttling and /debug need."""
+    encoded = orjson.dumps(it.item)
+    return orjson.dumps({
+        "message_id": it.message_id, "endpoint": it.endpoint, "group_key": group_key(it.endpoint, it.options),
+        "item": orjson.Fragment(encoded), "options": it.options, "device_id": it.device_id, "user_id": it.user_id,
+        "session_id": it.session_id, "received_ms": it.received_ms, "size": item_size(it.endpoint, encoded),
+        "attempts": 0, "last_error": None,
+    })
+
+
+def encode_refusal(d: DeadLetter) -> bytes:
+    """A message the mapping refused: a dead letter with no item (so not replayable)."""
+    return orjson.dumps({
+        "message_id": d.message_id, "endpoint": None, "group_key": None, "item": None, "payload": d.payload,
+        "device_id": d.device_id, "session_id": d.session_id, "received_ms": d.received_ms,
+        "attempts": 0, "last_error": d.reason, "dead_ms": d.received_ms,
+    })
+
+
+class RedisQueue:
+    """The delivery queue on Redis streams. One instance per process; its worker is one consumer."""
+
+    def __init__(self, redis: Redis, *, prefix: str = "edgeproxy:", metrics: Metrics | None = None,
+                 retention: int = 10_000, claim_idle: float = 60.0, min_replicas: int = 0,
+                 consumer: str | None = None, where: str = "redis") -> None:
+        self._redis = redis
+        self.prefix = prefix + "q:"
+        self.metrics = metrics
+        self.retention = max(1, retention)
+        self.claim_idle_ms = max(1, int(claim_idle * 1000))
+        self.min_replicas = min_replicas
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.path = where  # what start-up logs show (no password)
+        self._groups_key = self.prefix + "groups"
+        self._delayed = self.prefix + "delayed"
+        self._dead = self.prefix + "dead"
+        self._delivered = self.prefix + "delivered"
+        self._responses = self.prefix + "responses"
+        self._inflight: dict[Row, dict[str, Any]] = {}  # what this worker holds: row -> record
+        self._known_groups: set[str] = set()  # streams whose consumer group this process has ensured
+        self._last_recover = 0.0
+        self._closed = True
+        self._settle = redis.register_script(lua.SETTLE)
+        self._promote = redis.register_script(lua.PROMOTE)
+        self._replay = redis.register_script(lua.REPLAY)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisQueue:
+        # A bounded pool: under a burst, appends queue for a connection rather than opening
+        # thousands; bounded timeouts turn a dead Redis into 503s, not hung requests.
+        pool = BlockingConnectionPool.from_url(url, max_connections=64, timeout=5.0,
+                                               socket_timeout=5.0, socket_connect_timeout=2.0)
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        where = f"redis {parts.hostname or parts.path}{':' + str(parts.port) if parts.port else ''}"
+        return cls(Redis(connection_pool=pool), where=where, **kwargs)
+
+    def stream(self, key: str) -> str:
+        return self.prefix + key
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"cannot reach the Redis delivery queue ({self.path}): {exc}") from None
+        self._closed = False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._redis.aclose()
+
+    async def ping(self) -> bool:
+        if self._closed:
+            return False
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SpoolUnavailable("the delivery queue is closed")
+
+    # ------------------------------------------------------------------ edge side
+
+    async def append(self, items: Sequence[SpoolItem], dead: Sequence[DeadLetter] = ()) -> None:
+        """XADD every item in one MULTI/EXEC; returns once Redis has them (and, with
+        ``min_replicas``, once that many replicas do): only then does the client get its 200."""
+        if not items and not dead:
+            return
+        self._check_open()
+        try:
+            records = [(group_key(it.endpoint, it.options), encode_record(it)) for it in items]
+            refusals = [encode_refusal(d) for d in dead]
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise ValueError(f"spool item is not JSON-serialisable: {exc}") from None
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for key, data in records:
+                    pipe.xadd(self.stream(key), {"d": data})
+                if records:
+                    pipe.sadd(self._groups_key, *{key for key, _ in records})
+                for data in refusals:
+                    pipe.xadd(self._dead, {"d": data})
+                await pipe.execute()
+                if self.min_replicas:
+                    acked = await self._redis.execute_command("WAIT", self.min_replicas, 1000)
+                    if int(acked) < self.min_replicas:
+                        raise SpoolUnavailable(f"only {acked} of {self.min_replicas} Redis replicas confirmed the write")
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+
+    # ------------------------------------------------------------------ worker side
+
+    async def _ensure_group(self, key: str) -> None:
+        if key in self._known_groups:
+            return
+        try:
+            await self._redis.xgroup_create(self.stream(key), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._known_groups.add(key)
+
+    async def _group_keys(self) -> list[str]:
+        keys = sorted(_s(k) for k in await self._redis.smembers(self._groups_key))
+        for key in keys:
+            await self._ensure_group(key)
+        return keys
+
+    async def due_groups(self, now: int | None = None) -> list[DueGroup]:
+        """Moves due retries back into their streams, takes over a dead worker's items, then
+        reports each stream's undelivered count and its oldest item's ``received_ms``."""
+        t = now_ms() if now is None else now
+        self._check_open()
+        try:
+            for _ in range(100):  # bounded: at most 100k promotions per cycle
+                if await self._promote(keys=[self._delayed], args=[t, PROMOTE_CHUNK, self.prefix]) < PROMOTE_CHUNK:
+                    break
+            keys = await self._group_keys()
+            if time.monotonic() - self._last_recover >= min(5.0, self.claim_idle_ms / 2000):
+                self._last_recover = time.monotonic()
+                for key in keys:
+                    await self._recover(key)
+            return await self._undelivered(keys)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream was deleted under us (FLUSHDB): recreate next time
+                self._known_groups.clear()
+                return []
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+
+    async def _undelivered(self, keys: list[str]) -> list[DueGroup]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xlen(self.stream(key))
+                pipe.xinfo_groups(self.stream(key))
+            answers = await pipe.execute()
+        waiting: list[tuple[str, int, str]] = []
+        for i, key in enumerate(keys):
+            length, infos = answers[2 * i], answers[2 * i + 1]
+            info = next((g for g in infos if _s(g["name"]) == GROUP), None)
+            if info is None:
+                continue
+            count = int(length) - int(info["pending"])
+            if count > 0:
+                waiting.append((key, count, _s(info["last-delivered-id"])))
+        if not waiting:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, _, last in waiting:
+                pipe.xrange(self.stream(key), min=f"({last}", max="+", count=1)
+            firsts = await pipe.execute()
+        groups = []
+        for (key, count, _), first in zip(waiting, firsts):
+            if not first:
+                continue
+            rec = orjson.loads(first[0][1][b"d"])
+            groups.append(DueGroup(key, rec["endpoint"], rec["options"], count, rec["received_ms"]))
+        return groups
+
+    async def _recover(self, key: str) -> None:
+        """XAUTOCLAIM entries idle past ``claim_idle`` in any consumer's PEL and requeue them."""
+        stream, start, recovered = self.stream(key), "0-0", 0
+        for _ in range(20):  # bounded per cycle; the rest waits for the next one
+            answer = await self._redis.xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms,
+                                                  start_id=start, count=RECOVER_CHUNK)
+            start, entries = _s(answer[0]), answer[1]
+            ops: list[Any] = []
+            for entry_id, fields in entries:
+                row = (stream, _s(entry_id))
+                if row in self._inflight or not fields:
+                    continue  # our own slow batch: it stays ours
+                ops += ["requeue", stream, row[1], 0, fields[b"d"]]
+            if ops:
+                recovered += await self._run_settle(ops)
+            if start == "0-0":
+                break
+        if recovered:
+            log.warning("took over %d item(s) left in flight by a stopped edgeproxy process (%s)", recovered, key)
+
+    async def next_attempt_ms(self, now: int | None = None) -> int | None:
+        t = now_ms() if now is None else now
+        try:
+            first = await self._redis.zrangebyscore(self._delayed, f"({t}", "+inf", start=0, num=1, withscores=True)
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+        return int(first[0][1]) if first else None
+
+    async def claim(self, key: str, *, limit: int, max_bytes: int, now: int | None = None) -> list[ClaimedItem]:
+        """XREADGROUP up to ``limit`` new entries; those past the byte budget go straight back."""
+        stream = self.stream(key)
+        try:
+            await self._ensure_group(key)
+            answer = await self._redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=limit)
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+        taken: list[ClaimedItem] = []
+        back: list[Any] = []
+        total = 0
+        for entry_id, fields in (answer[0][1] if answer else []):
+            row, raw = (stream, _s(entry_id)), fields[b"d"]
+            rec = orjson.loads(raw)
+            if back or (taken and total + rec["size"] + 1 > max_bytes):
+                back += ["requeue", stream, row[1], 0, raw]
+                continue
+            total += rec["size"] + 1
+            self._inflight[row] = rec
+            taken.append(ClaimedItem(row, rec["message_id"], rec["endpoint"], rec["item"], rec["options"],  # type: ignore[arg-type]
+                                     rec["device_id"], rec["user_id"], rec["attempts"], rec["size"]))
+        if back:
+            await self._run_settle(back)
+        return taken
+
+    async def _run_settle(self, ops: list[Any]) -> int:
+        try:
+            return int(await self._settle(keys=[self._delayed, self._dead, self._delivered],
+                                          args=[GROUP, self.retention, *ops]))
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+
+    async def settle(
+        self,
+        *,
+        ack: Sequence[Any] = (),
+        dead: Mapping[Any, str] | None = None,
+        retry: Sequence[tuple[Sequence[Any], int, str]] = (),
+        release: Sequence[tuple[Sequence[Any], int]] = (),
+        response: tuple[str, int | None, int, str] | None = None,
+        now: int | None = None,
+    ) -> None:
+        """Apply one request's verdict in one script run (see the module docstring)."""
+        t = now_ms() if now is None else now
+        ops: list[Any] = []
+
+        def move(row: Row, op: str, score: int, rec: dict[str, Any]) -> None:
+            data = orjson.dumps(rec)
+            if op == "delay":
+                data = rec["group_key"].encode() + b"\n" + data
+            ops.extend([op, row[0], row[1], score, data])
+
+        held = self._inflight
+        for row in ack:
+            if row in held:
+                rec = held[row]
+                move(row, "ack", 0, {**rec, "last_error": None, "delivered_ms": t})
+        for row, reason in (dead or {}).items():
+            if row in held:
+                rec = held[row]
+                move(row, "dead", 0, {**rec, "attempts": rec["attempts"] + 1, "last_error": reason, "dead_ms": t})
+        for rows, next_ms, error in retry:
+            for row in rows:
+                if row in held:
+                    rec = held[row]
+                    move(row, "delay", next_ms, {**rec, "attempts": rec["attempts"] + 1, "last_error": error,
+                                                 "next_attempt_ms": next_ms})
+        for rows, not_before in release:
+            for row in rows:
+                if row in held:
+                    rec = held[row]
+                    if not_before > t:
+                        move(row, "delay", not_before, {**rec, "next_attempt_ms": not_before})
+                    else:
+                        move(row, "requeue", 0, rec)
+        if ops:
+            await self._run_settle(ops)
+        for row in [*ack, *(dead or {}), *(r for rows, _, _ in retry for r in rows), *(r for rows, _ in release for r in rows)]:
+            held.pop(row, None)
+        if response is not None:
+            endpoint, status, n, body = response
+            entry = orjson.dumps({"time_ms": t, "endpoint": endpoint, "status": status, "items": n, "body": body})
+            try:
+                await self._redis.xadd(self._responses, {"d": entry}, maxlen=RESPONSE_LOG_KEEP, approximate=False)
+            except (RedisError, OSError) as exc:
+                raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+
+    async def ack(self, row_ids: Sequence[Any]) -> None:
+        await self.settle(ack=row_ids)
+
+    async def retry(self, row_ids: Sequence[Any], next_attempt_ms: int, error: str) -> None:
+        await self.settle(retry=[(row_ids, next_attempt_ms, error)])
+
+    async def dead_letter(self, reasons: Mapping[Any, str]) -> None:
+        await self.settle(dead=reasons)
+
+    async def release(self, row_ids: Sequence[Any], not_before_ms: int = 0) -> None:
+        await self.settle(release=[(row_ids, not_before_ms)])
+
+    # ------------------------------------------------------------------ read side
+
+    async def stats(self) -> dict[str, Any]:
+        """Same keys as the SQLite spool. ``retrying`` counts items waiting for a retry or a
+        429 pause; ``delivered`` is the kept log (capped at ``retention``, like SQLite's)."""
+        t = now_ms()
+        try:
+            keys = sorted(_s(k) for k in await self._redis.smembers(self._groups_key))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(self._delayed)
+                pipe.xlen(self._delivered)
+                pipe.xlen(self._dead)
+                for key in keys:
+                    pipe.xlen(self.stream(key))
+                    pipe.xpending(self.stream(key), GROUP)
+                    pipe.xrange(self.stream(key), count=1)
+                answers = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+        delayed, delivered, dead = (int(a) if not isinstance(a, Exception) else 0 for a in answers[:3])
+        depth, in_flight, oldest = delayed, 0, None
+        for i in range(len(keys)):
+            length, pending, first = answers[3 + 3 * i: 6 + 3 * i]
+            in_pel = 0 if isinstance(pending, Exception) else int(pending["pending"])
+            in_flight += in_pel
+            depth += int(length) - in_pel
+            if first and not isinstance(first, Exception):
+                received = orjson.loads(first[0][1][b"d"])["received_ms"]
+                oldest = received if oldest is None else min(oldest, received)
+        result = {"depth": depth, "in_flight": in_flight, "retrying": delayed, "delivered": delivered, "dead": dead,
+                  "oldest_age_s": max(0.0, (t - oldest) / 1000) if oldest is not None else 0.0}
+        if self.metrics is not None:
+            self.metrics.spool_depth.set(depth + in_flight)
+        return result
+
+    async def events_for_session(self, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """A device's items, most recent first, with delivery state. For /debug only: it scans
+        the last ``DEBUG_SCAN`` entries of each structure rather than keeping a per-device index
+        that every event would pay for."""
+        found: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
+
+        def keep(rec: dict[str, Any], state: str, order: tuple[int, int]) -> None:
+            if rec.get("device_id") != device_id or (session_id is not None and rec.get("session_id") != session_id):
+                return
+            out = {k: rec.get(k) for k in ("message_id", "endpoint", "item", "attempts", "last_error", "received_ms")}
+            out["state"], out["delivered_ms"] = state, rec.get("delivered_ms")
+            if state == "pending" and rec.get("next_attempt_ms"):
+                out["next_attempt_ms"] = rec["next_attempt_ms"]
+            if rec.get("payload") is not None:
+                out["payload"] = rec["payload"]
+            found.append(((rec.get("received_ms") or 0, *order), out))
+
+        try:
+            for key in sorted(_s(k) for k in await self._redis.smembers(self._groups_key)):
+                stream = self.stream(key)
+                held = {_s(p["message_id"]) for p in await self._pending_ids(stream)}
+                for entry_id, fields in await self._redis.xrevrange(stream, count=DEBUG_SCAN):
+                    eid = _s(entry_id)
+                    keep(orjson.loads(fields[b"d"]), "inflight" if eid in held else "pending", _id_key(eid))
+            for member, _ in await self._redis.zrange(self._delayed, 0, DEBUG_SCAN - 1, withscores=True):
+                keep(orjson.loads(member.split(b"\n", 1)[1]), "pending", (0, 0))
+            for name, state in ((self._delivered, "delivered"), (self._dead, "dead")):
+                for entry_id, fields in await self._redis.xrevrange(name, count=DEBUG_SCAN):
+                    keep(orjson.loads(fields[b"d"]), state, _id_key(_s(entry_id)))
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+        found.sort(key=lambda pair: pair[0], reverse=True)
+        return [out for _, out in found[:limit]]
+
+    async def _pending_ids(self, stream: str) -> list[dict[str, Any]]:
+        try:
+            return await self._redis.xpending_range(stream, GROUP, min="-", max="+", count=DEBUG_SCAN)
+        except ResponseError:  # no consumer group yet
+            return []
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        try:
+            entries = await self._redis.xrevrange(self._dead, count=limit)
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+        out = []
+        for _, fields in entries:
+            rec = orjson.loads(fields[b"d"])
+            out.append({
+                "message_id": rec["message_id"], "endpoint": rec.get("endpoint"), "item": rec.get("item"),
+                "payload": rec.get("payload"), "reason": rec.get("last_error"), "device_id": rec.get("device_id"),
+                "session_id": rec.get("session_id"), "attempts": rec.get("attempts", 0),
+                "received_ms": rec.get("received_ms"), "dead_ms": rec.get("dead_ms"),
+                "replayable": rec.get("item") is not None,
+            })
+        return out
+
+    async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
+        try:
+            entries = await self._redis.xrevrange(self._responses, count=limit)
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+        return [orjson.loads(fields[b"d"]) for _, fields in entries]
+
+    async def replay_dead_letters(self, limit: int | None = None) -> int:
+        """Dead letters that have an item back into their stream (attempts reset); returns how many.
+
+        Each is moved by a script that deletes it from the dead-letter stream first, so two
+        operators replaying at once never send one twice."""
+        replayed, start = 0, "-"
+        try:
+            while limit is None or replayed < limit:
+                entries = await self._redis.xrange(self._dead, min=start, max="+", count=500)
+                if not entries:
+                    break
+                start = "(" + _s(entries[-1][0])
+                args: list[Any] = []
+                for entry_id, fields in entries:
+                    rec = orjson.loads(fields[b"d"])
+                    if rec.get("item") is None or (limit is not None and replayed + len(args) // 3 >= limit):
+                        continue
+                    again = {**rec, "attempts": 0, "last_error": f"replayed: {rec.get('last_error') or ''}",
+                             "dead_ms": None, "next_attempt_ms": None}
+                    args += [_s(entry_id), rec["group_key"], orjson.dumps(again)]
+                if args:
+                    replayed += int(await self._replay(keys=[self._dead, self._groups_key], args=[self.prefix, *args]))
+                if len(entries) < 500:
+                    break
+        except (RedisError, OSError) as exc:
+            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+        return replayed
+
+
+# ---------------------------------------------------------------- the CLI (`edgeproxy spool`, `replay`)
+
+
+async def _with_queue(url: str, fn: Any) -> Any:
+    queue = RedisQueue.from_url(url)
+    await queue.open()
+    try:
+        return await fn(queue)
+    finally:
+        await queue.close()
+
+
+def queue_report(url: str, *, limit: int = 20) -> dict[str, Any]:
+    """``edgeproxy spool`` against Redis: the same report as for the SQLite spool."""
+    async def report(q: RedisQueue) -> dict[str, Any]:
+        out = await q.stats()
+        out["dead_letters"] = await q.dead_letters(limit)
+        out["recent_responses"] = await q.recent_responses(limit)
+        return out
+
+    return asyncio.run(_with_queue(url, report))
+
+
+def queue_replay(url: str, limit: int | None = None) -> int:
+    """``edgeproxy replay`` against Redis: a running worker (any process) sends them."""
+    return asyncio.run(_with_queue(url, lambda q: q.replay_dead_letters(limit)))
