@@ -108,7 +108,7 @@ def cmd_spool(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     try:
         if settings.delivery.queue:
-            from edgeproxy.delivery.redis_queue import queue_report
+            from edgeproxy.delivery.redis_queue_views import queue_report
 
             report = queue_report(settings.delivery.queue)
         else:
@@ -126,7 +126,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     try:
         if settings.delivery.queue:
-            from edgeproxy.delivery.redis_queue import queue_replay
+            from edgeproxy.delivery.redis_queue_views import queue_replay
 
             count = queue_replay(settings.delivery.queue)
         else:

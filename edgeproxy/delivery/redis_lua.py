@@ -6,6 +6,8 @@ express. Key names below the prefix are derived in the scripts, so the queue nee
 Redis (or a primary with replicas), not Redis Cluster.
 """
 
+GROUP = "delivery"  # the one consumer group every process's worker reads through
+
 # KEYS: delayed zset, dead stream, delivered stream.
 # ARGV[1] consumer group, ARGV[2] delivered log length, then groups of five:
 #   op ("ack" | "dead" | "delay" | "requeue"), stream, entry id, score (delay: due ms), data.

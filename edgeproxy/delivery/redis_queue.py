@@ -21,13 +21,13 @@ the stream). So a late verdict from a worker whose entry was already taken over 
 and an entry is never both delivered and requeued. Acknowledged entries are deleted, so a
 stream holds exactly the items not yet delivered: depth is XLEN minus the PEL.
 
-The scripts derive key names from the prefix: one Redis (or a primary with replicas), not
+The read side (/debug's views, replay, the CLI) is in ``redis_queue_views``; the scripts are
+in ``redis_lua``. The scripts derive key names from the prefix: one Redis (or a primary with replicas), not
 Redis Cluster, like the session store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -40,26 +40,21 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
 from edgeproxy.delivery import redis_lua as lua
+from edgeproxy.delivery import redis_queue_views as views
 from edgeproxy.delivery.spool import ClaimedItem, DeadLetter, DueGroup, SpoolItem, SpoolUnavailable, group_key, item_size, now_ms
 from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy.delivery")
 
-GROUP = "delivery"
+GROUP = lua.GROUP
 RESPONSE_LOG_KEEP = 1000
 PROMOTE_CHUNK = 1000
 RECOVER_CHUNK = 500
-DEBUG_SCAN = 5000  # entries per structure /debug reads when it looks for one device's events
 Row = tuple[str, str]  # (stream key, entry id)
 
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def encode_record(it: SpoolItem) -> bytes:
@@ -88,7 +83,7 @@ class RedisQueue:
     def __init__(self, redis: Redis, *, prefix: str = "edgeproxy:", metrics: Metrics | None = None,
                  retention: int = 10_000, claim_idle: float = 60.0, min_replicas: int = 0,
                  consumer: str | None = None, where: str = "redis") -> None:
-        self._redis = redis
+        self.redis = redis
         self.prefix = prefix + "q:"
         self.metrics = metrics
         self.retention = max(1, retention)
@@ -96,11 +91,11 @@ class RedisQueue:
         self.min_replicas = min_replicas
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.path = where  # what start-up logs show (no password)
-        self._groups_key = self.prefix + "groups"
-        self._delayed = self.prefix + "delayed"
-        self._dead = self.prefix + "dead"
-        self._delivered = self.prefix + "delivered"
-        self._responses = self.prefix + "responses"
+        self.groups_key = self.prefix + "groups"
+        self.delayed_key = self.prefix + "delayed"
+        self.dead_key = self.prefix + "dead"
+        self.delivered_key = self.prefix + "delivered"
+        self.responses_key = self.prefix + "responses"
         self._inflight: dict[Row, dict[str, Any]] = {}  # what this worker holds: row -> record
         self._known_groups: set[str] = set()  # streams whose consumer group this process has ensured
         self._last_recover = 0.0
@@ -128,7 +123,7 @@ class RedisQueue:
 
     async def open(self) -> None:
         try:
-            await self._redis.ping()
+            await self.redis.ping()
         except (RedisError, OSError) as exc:
             raise SpoolUnavailable(f"cannot reach the Redis delivery queue ({self.path}): {exc}") from None
         self._closed = False
@@ -137,13 +132,13 @@ class RedisQueue:
         if self._closed:
             return
         self._closed = True
-        await self._redis.aclose()
+        await self.redis.aclose()
 
     async def ping(self) -> bool:
         if self._closed:
             return False
         try:
-            return bool(await self._redis.ping())
+            return bool(await self.redis.ping())
         except (RedisError, OSError):
             return False
 
@@ -165,16 +160,16 @@ class RedisQueue:
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise ValueError(f"spool item is not JSON-serialisable: {exc}") from None
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self.redis.pipeline(transaction=True) as pipe:
                 for key, data in records:
                     pipe.xadd(self.stream(key), {"d": data})
                 if records:
-                    pipe.sadd(self._groups_key, *{key for key, _ in records})
+                    pipe.sadd(self.groups_key, *{key for key, _ in records})
                 for data in refusals:
-                    pipe.xadd(self._dead, {"d": data})
+                    pipe.xadd(self.dead_key, {"d": data})
                 await pipe.execute()
                 if self.min_replicas:
-                    acked = await self._redis.execute_command("WAIT", self.min_replicas, 1000)
+                    acked = await self.redis.execute_command("WAIT", self.min_replicas, 1000)
                     if int(acked) < self.min_replicas:
                         raise SpoolUnavailable(f"only {acked} of {self.min_replicas} Redis replicas confirmed the write")
         except (RedisError, OSError) as exc:
@@ -186,14 +181,14 @@ class RedisQueue:
         if key in self._known_groups:
             return
         try:
-            await self._redis.xgroup_create(self.stream(key), GROUP, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.stream(key), GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._known_groups.add(key)
 
     async def _group_keys(self) -> list[str]:
-        keys = sorted(_s(k) for k in await self._redis.smembers(self._groups_key))
+        keys = sorted(_s(k) for k in await self.redis.smembers(self.groups_key))
         for key in keys:
             await self._ensure_group(key)
         return keys
@@ -205,7 +200,7 @@ class RedisQueue:
         self._check_open()
         try:
             for _ in range(100):  # bounded: at most 100k promotions per cycle
-                if await self._promote(keys=[self._delayed], args=[t, PROMOTE_CHUNK, self.prefix]) < PROMOTE_CHUNK:
+                if await self._promote(keys=[self.delayed_key], args=[t, PROMOTE_CHUNK, self.prefix]) < PROMOTE_CHUNK:
                     break
             keys = await self._group_keys()
             if time.monotonic() - self._last_recover >= min(5.0, self.claim_idle_ms / 2000):
@@ -222,7 +217,7 @@ class RedisQueue:
             raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
 
     async def _undelivered(self, keys: list[str]) -> list[DueGroup]:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.xlen(self.stream(key))
                 pipe.xinfo_groups(self.stream(key))
@@ -238,7 +233,7 @@ class RedisQueue:
                 waiting.append((key, count, _s(info["last-delivered-id"])))
         if not waiting:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             for key, _, last in waiting:
                 pipe.xrange(self.stream(key), min=f"({last}", max="+", count=1)
             firsts = await pipe.execute()
@@ -254,7 +249,7 @@ class RedisQueue:
         """XAUTOCLAIM entries idle past ``claim_idle`` in any consumer's PEL and requeue them."""
         stream, start, recovered = self.stream(key), "0-0", 0
         for _ in range(20):  # bounded per cycle; the rest waits for the next one
-            answer = await self._redis.xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms,
+            answer = await self.redis.xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms,
                                                   start_id=start, count=RECOVER_CHUNK)
             start, entries = _s(answer[0]), answer[1]
             ops: list[Any] = []
@@ -273,7 +268,7 @@ class RedisQueue:
     async def next_attempt_ms(self, now: int | None = None) -> int | None:
         t = now_ms() if now is None else now
         try:
-            first = await self._redis.zrangebyscore(self._delayed, f"({t}", "+inf", start=0, num=1, withscores=True)
+            first = await self.redis.zrangebyscore(self.delayed_key, f"({t}", "+inf", start=0, num=1, withscores=True)
         except (RedisError, OSError) as exc:
             raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
         return int(first[0][1]) if first else None
@@ -283,7 +278,7 @@ class RedisQueue:
         stream = self.stream(key)
         try:
             await self._ensure_group(key)
-            answer = await self._redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=limit)
+            answer = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=limit)
         except (RedisError, OSError) as exc:
             raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
         taken: list[ClaimedItem] = []
@@ -305,7 +300,7 @@ class RedisQueue:
 
     async def _run_settle(self, ops: list[Any]) -> int:
         try:
-            return int(await self._settle(keys=[self._delayed, self._dead, self._delivered],
+            return int(await self._settle(keys=[self.delayed_key, self.dead_key, self.delivered_key],
                                           args=[GROUP, self.retention, *ops]))
         except (RedisError, OSError) as exc:
             raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
@@ -361,7 +356,7 @@ class RedisQueue:
             endpoint, status, n, body = response
             entry = orjson.dumps({"time_ms": t, "endpoint": endpoint, "status": status, "items": n, "body": body})
             try:
-                await self._redis.xadd(self._responses, {"d": entry}, maxlen=RESPONSE_LOG_KEEP, approximate=False)
+                await self.redis.xadd(self.responses_key, {"d": entry}, maxlen=RESPONSE_LOG_KEEP, approximate=False)
             except (RedisError, OSError) as exc:
                 raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
 
@@ -384,11 +379,11 @@ class RedisQueue:
         429 pause; ``delivered`` is the kept log (capped at ``retention``, like SQLite's)."""
         t = now_ms()
         try:
-            keys = sorted(_s(k) for k in await self._redis.smembers(self._groups_key))
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(self._delayed)
-                pipe.xlen(self._delivered)
-                pipe.xlen(self._dead)
+            keys = sorted(_s(k) for k in await self.redis.smembers(self.groups_key))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(self.delayed_key)
+                pipe.xlen(self.delivered_key)
+                pipe.xlen(self.dead_key)
                 for key in keys:
                     pipe.xlen(self.stream(key))
                     pipe.xpending(self.stream(key), GROUP)
@@ -413,121 +408,13 @@ class RedisQueue:
         return result
 
     async def events_for_session(self, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """A device's items, most recent first, with delivery state. For /debug only: it scans
-        the last ``DEBUG_SCAN`` entries of each structure rather than keeping a per-device index
-        that every event would pay for."""
-        found: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
-
-        def keep(rec: dict[str, Any], state: str, order: tuple[int, int]) -> None:
-            if rec.get("device_id") != device_id or (session_id is not None and rec.get("session_id") != session_id):
-                return
-            out = {k: rec.get(k) for k in ("message_id", "endpoint", "item", "attempts", "last_error", "received_ms")}
-            out["state"], out["delivered_ms"] = state, rec.get("delivered_ms")
-            if state == "pending" and rec.get("next_attempt_ms"):
-                out["next_attempt_ms"] = rec["next_attempt_ms"]
-            if rec.get("payload") is not None:
-                out["payload"] = rec["payload"]
-            found.append(((rec.get("received_ms") or 0, *order), out))
-
-        try:
-            for key in sorted(_s(k) for k in await self._redis.smembers(self._groups_key)):
-                stream = self.stream(key)
-                held = {_s(p["message_id"]) for p in await self._pending_ids(stream)}
-                for entry_id, fields in await self._redis.xrevrange(stream, count=DEBUG_SCAN):
-                    eid = _s(entry_id)
-                    keep(orjson.loads(fields[b"d"]), "inflight" if eid in held else "pending", _id_key(eid))
-            for member, _ in await self._redis.zrange(self._delayed, 0, DEBUG_SCAN - 1, withscores=True):
-                keep(orjson.loads(member.split(b"\n", 1)[1]), "pending", (0, 0))
-            for name, state in ((self._delivered, "delivered"), (self._dead, "dead")):
-                for entry_id, fields in await self._redis.xrevrange(name, count=DEBUG_SCAN):
-                    keep(orjson.loads(fields[b"d"]), state, _id_key(_s(entry_id)))
-        except (RedisError, OSError) as exc:
-            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
-        found.sort(key=lambda pair: pair[0], reverse=True)
-        return [out for _, out in found[:limit]]
-
-    async def _pending_ids(self, stream: str) -> list[dict[str, Any]]:
-        try:
-            return await self._redis.xpending_range(stream, GROUP, min="-", max="+", count=DEBUG_SCAN)
-        except ResponseError:  # no consumer group yet
-            return []
+        return await views.events_for_session(self, device_id, session_id, limit)
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        try:
-            entries = await self._redis.xrevrange(self._dead, count=limit)
-        except (RedisError, OSError) as exc:
-            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
-        out = []
-        for _, fields in entries:
-            rec = orjson.loads(fields[b"d"])
-            out.append({
-                "message_id": rec["message_id"], "endpoint": rec.get("endpoint"), "item": rec.get("item"),
-                "payload": rec.get("payload"), "reason": rec.get("last_error"), "device_id": rec.get("device_id"),
-                "session_id": rec.get("session_id"), "attempts": rec.get("attempts", 0),
-                "received_ms": rec.get("received_ms"), "dead_ms": rec.get("dead_ms"),
-                "replayable": rec.get("item") is not None,
-            })
-        return out
+        return await views.dead_letters(self, limit)
 
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
-        try:
-            entries = await self._redis.xrevrange(self._responses, count=limit)
-        except (RedisError, OSError) as exc:
-            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
-        return [orjson.loads(fields[b"d"]) for _, fields in entries]
+        return await views.recent_responses(self, limit)
 
     async def replay_dead_letters(self, limit: int | None = None) -> int:
-        """Dead letters that have an item back into their stream (attempts reset); returns how many.
-
-        Each is moved by a script that deletes it from the dead-letter stream first, so two
-        operators replaying at once never send one twice."""
-        replayed, start = 0, "-"
-        try:
-            while limit is None or replayed < limit:
-                entries = await self._redis.xrange(self._dead, min=start, max="+", count=500)
-                if not entries:
-                    break
-                start = "(" + _s(entries[-1][0])
-                args: list[Any] = []
-                for entry_id, fields in entries:
-                    rec = orjson.loads(fields[b"d"])
-                    if rec.get("item") is None or (limit is not None and replayed + len(args) // 3 >= limit):
-                        continue
-                    again = {**rec, "attempts": 0, "last_error": f"replayed: {rec.get('last_error') or ''}",
-                             "dead_ms": None, "next_attempt_ms": None}
-                    args += [_s(entry_id), rec["group_key"], orjson.dumps(again)]
-                if args:
-                    replayed += int(await self._replay(keys=[self._dead, self._groups_key], args=[self.prefix, *args]))
-                if len(entries) < 500:
-                    break
-        except (RedisError, OSError) as exc:
-            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
-        return replayed
-
-
-# ---------------------------------------------------------------- the CLI (`edgeproxy spool`, `replay`)
-
-
-async def _with_queue(url: str, fn: Any) -> Any:
-    queue = RedisQueue.from_url(url)
-    await queue.open()
-    try:
-        return await fn(queue)
-    finally:
-        await queue.close()
-
-
-def queue_report(url: str, *, limit: int = 20) -> dict[str, Any]:
-    """``edgeproxy spool`` against Redis: the same report as for the SQLite spool."""
-    async def report(q: RedisQueue) -> dict[str, Any]:
-        out = await q.stats()
-        out["dead_letters"] = await q.dead_letters(limit)
-        out["recent_responses"] = await q.recent_responses(limit)
-        return out
-
-    return asyncio.run(_with_queue(url, report))
-
-
-def queue_replay(url: str, limit: int | None = None) -> int:
-    """``edgeproxy replay`` against Redis: a running worker (any process) sends them."""
-    return asyncio.run(_with_queue(url, lambda q: q.replay_dead_letters(limit)))
+        return await views.replay_dead_letters(self, limit)
