@@ -14,7 +14,7 @@ from aiohttp import web
 
 from edgeproxy import segment
 from edgeproxy.config import Settings
-from edgeproxy.delivery.spool import Spool
+from edgeproxy.delivery.queue import DeliveryQueue, describe, open_queue
 from edgeproxy.delivery.worker import DeliveryWorker
 from edgeproxy.edge.cdn import setup_cdn
 from edgeproxy.edge.cookies_out import set_cookies
@@ -34,7 +34,7 @@ log = logging.getLogger("edgeproxy")
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
-SPOOL = web.AppKey("spool", Spool)
+SPOOL = web.AppKey("spool", DeliveryQueue)
 WORKER = web.AppKey("worker", DeliveryWorker)
 IDENTITY = web.AppKey("identity", IdentityService)
 
@@ -52,8 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     signing_keys = load_signing_keys(settings)
     store = open_store(settings)
-    spool = Spool(settings.data_dir / "spool.sqlite3", metrics=metrics, retention=settings.delivery.retention,
-                  max_bytes=settings.delivery.max_spool_size)
+    spool = open_queue(settings, metrics)
     identity = IdentityService(settings, store, signing_keys)
     # The server never refuses events for settings the reference checks but that do not affect sending
     # (secret_key is only for Amplitude's GDPR API); `check-config` reports real problems.
@@ -113,7 +112,7 @@ def create_app(settings: Settings) -> web.Application:
             "edgeproxy ready: prefix %s, sessions %s, spool %s, delivery %s",
             prefix,
             "memory" if settings.sessions.store == "memory" else "redis",
-            spool.path,
+            describe(settings),
             "local sink (no amplitude.api_key)" if not settings.amplitude.api_key else "Amplitude",
         )
 

@@ -25,6 +25,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.server.host = args.host
     if args.port:
         settings.server.port = args.port
+    if args.workers != 1:
+        return _serve_workers(args, settings)
     from aiohttp import web
 
     from edgeproxy import logs
@@ -48,13 +50,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         web.run_app(app, host=host, port=port, shutdown_timeout=settings.server.shutdown_grace, print=None,
-                    access_log=None, handle_signals=True)
+                    access_log=None, handle_signals=True, reuse_port=args.reuse_port or None)
     except (OSError, SpoolUnavailable, RuntimeError) as exc:
         # Start-up problems an operator can fix (data_dir, port in use, signing key file): one
         # clear line, not a traceback.
         print(f"edgeproxy: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """Several serving processes on one port (see ``supervisor``); Redis is required for them."""
+    from edgeproxy.supervisor import check_workers, supervise
+
+    problems = check_workers(settings, args.workers)
+    if problems:
+        print(f"edgeproxy: cannot run {args.workers} workers:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    child = [sys.executable, "-m", "edgeproxy", "serve", "--reuse-port"]
+    for flag, value in (("--config", args.config), ("--host", args.host), ("--port", args.port)):
+        if value:
+            child += [flag, str(value)]
+    return supervise(child, args.workers, settings.server.shutdown_grace)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -75,6 +94,12 @@ def cmd_map(args: argparse.Namespace) -> int:
     return run_map(args.config, sys.stdin, sys.stdout)
 
 
+def _queue_hint(settings: Settings) -> str:
+    if settings.delivery.queue:
+        return "delivery.queue is a Redis URL: is that Redis running?"
+    return f"delivery.data_dir is {str(settings.data_dir)!r}"
+
+
 def cmd_spool(args: argparse.Namespace) -> int:
     import orjson
 
@@ -82,9 +107,14 @@ def cmd_spool(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     try:
-        report = spool_report(settings.data_dir / "spool.sqlite3")
+        if settings.delivery.queue:
+            from edgeproxy.delivery.redis_queue_views import queue_report
+
+            report = queue_report(settings.delivery.queue)
+        else:
+            report = spool_report(settings.data_dir / "spool.sqlite3")
     except SpoolUnavailable as exc:
-        print(f"edgeproxy spool: {exc} (delivery.data_dir is {str(settings.data_dir)!r})", file=sys.stderr)
+        print(f"edgeproxy spool: {exc} ({_queue_hint(settings)})", file=sys.stderr)
         return 1
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
     return 0
@@ -104,9 +134,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     selection = ReplayFilter(reasons=tuple(args.reason or ()), endpoint=args.endpoint,
                              message_ids=tuple(args.message_id or ()), limit=args.limit)
     try:
-        count = replay(settings.data_dir / "spool.sqlite3", selection)
+        if settings.delivery.queue:
+            from edgeproxy.delivery.redis_queue_views import queue_replay
+
+            if selection.reasons or selection.endpoint or selection.message_ids:
+                print("edgeproxy replay: --reason, --endpoint and --message-id filter the SQLite spool only;"
+                      " with delivery.queue on Redis, replay all (optionally --limit)", file=sys.stderr)
+                return 2
+            count = queue_replay(settings.delivery.queue, selection.limit)
+        else:
+            count = replay(settings.data_dir / "spool.sqlite3", selection)
     except SpoolUnavailable as exc:
-        print(f"edgeproxy replay: {exc} (delivery.data_dir is {str(settings.data_dir)!r})", file=sys.stderr)
+        print(f"edgeproxy replay: {exc} ({_queue_hint(settings)})", file=sys.stderr)
         return 1
     print(f"{count} dead letter(s) queued again for delivery")
     return 0
@@ -120,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (defaults apply without one)")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="serving processes sharing the port (SO_REUSEPORT); more than 1 needs Redis for "
+                            "sessions.store and delivery.queue")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for --workers children
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and list every problem")

@@ -107,6 +107,10 @@ class DeliveryConfig:
     # Disk budget of the spool: past it, tracking calls get 503 + Retry-After (nothing is lost:
     # clients keep their events). "512MB", "2GB" or a number of bytes.
     max_spool_size: int = 1024**3
+    # Empty: the SQLite spool in data_dir. A redis:// URL: Redis streams shared by every process.
+    queue: str = ""
+    claim_idle: float = 60.0  # Redis queue: a stopped process's in-flight items are taken over after this
+    queue_min_replicas: int = 0  # Redis queue: replicas that must confirm an append (WAIT) before the 200
 
 
 @dataclass
@@ -160,6 +164,7 @@ DURATION_KEYS = {
     ("delivery", "request_timeout"),
     ("delivery", "retry_base"),
     ("delivery", "retry_max"),
+    ("delivery", "claim_idle"),
     ("origin", "timeout"),
     ("server", "shutdown_grace"),
 }
@@ -358,6 +363,12 @@ def validate(s: Settings) -> list[str]:
         problems.append(f"delivery.batch_size: must be between 1 and 2000 (Amplitude's limit), got {s.delivery.batch_size}")
     if s.delivery.flush_interval <= 0:
         problems.append("delivery.flush_interval: must be positive")
+    if s.delivery.queue and not s.delivery.queue.startswith(("redis://", "rediss://", "unix://")):
+        problems.append(f"delivery.queue: must be empty (the SQLite spool) or a redis:// URL, got {s.delivery.queue!r}")
+    if s.delivery.claim_idle <= 0:
+        problems.append("delivery.claim_idle: must be positive (longer than one delivery request takes)")
+    if s.delivery.queue_min_replicas < 0:
+        problems.append("delivery.queue_min_replicas: must be 0 or more")
     if s.delivery.rate_limit < 0:
         problems.append("delivery.rate_limit: must be 0 (unlimited) or positive")
     if s.delivery.max_spool_size < MIN_SPOOL_SIZE:

@@ -14,7 +14,8 @@ import time
 from typing import Callable
 
 from edgeproxy.config import Settings
-from edgeproxy.delivery.spool import DeadLetter, Spool, SpoolItem, SpoolUnavailable
+from edgeproxy.delivery.queue import DeliveryQueue
+from edgeproxy.delivery.spool import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.identity.session_events import session_message
 from edgeproxy.identity.store import SessionStore, StoreUnavailable
 from edgeproxy.mapping import Mapper
@@ -26,7 +27,7 @@ CLAIM_LIMIT = 500
 
 
 class SessionSweeper:
-    def __init__(self, store: SessionStore, mapper: Mapper, spool: Spool, settings: Settings, *,
+    def __init__(self, store: SessionStore, mapper: Mapper, spool: DeliveryQueue, settings: Settings, *,
                  wake: Callable[[], None] | None = None, clock: Callable[[], float] = time.time):
         self.store = store
         self.mapper = mapper

@@ -17,3 +17,19 @@ async def amp():
     await fake.start()
     yield fake
     await fake.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory):
+    """One redis-server for the whole run; tests keep apart by key prefix (``unique_prefix``)."""
+    from redis_server import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("shared-redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def unique_prefix(request) -> str:
+    import secrets
+
+    return f"t{secrets.token_hex(4)}:"

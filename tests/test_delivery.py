@@ -253,12 +253,36 @@ async def until(condition, what: str, *, tries: int = 500, pause: float = 0.02) 
     raise AssertionError(f"timed out waiting for: {what}")
 
 
+QUEUE_BACKENDS = {"queue": "sqlite"}  # set per test by the queue_backend fixture
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Every worker test (each builds a Rig) runs against both queue backends."""
+    if "Rig" in metafunc.function.__code__.co_names:
+        metafunc.parametrize("queue_backend", ["sqlite", "redis"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def queue_backend(request):
+    backend = getattr(request, "param", "sqlite")
+    QUEUE_BACKENDS["queue"] = backend
+    if backend == "redis":
+        QUEUE_BACKENDS["url"] = request.getfixturevalue("shared_redis")
+        QUEUE_BACKENDS["prefix"] = request.getfixturevalue("unique_prefix")
+    return backend
+
+
 class Rig:
-    """A spool, a worker and metrics wired together, with helpers to read the outcome."""
+    """A queue (SQLite or Redis), a worker and metrics wired together, with helpers to read the outcome."""
 
     def __init__(self, tmp_path: Path, settings: Settings) -> None:
         self.metrics = Metrics()
-        self.spool = Spool(tmp_path, metrics=self.metrics)
+        if QUEUE_BACKENDS["queue"] == "redis":
+            from edgeproxy.delivery.redis_queue import RedisQueue
+
+            self.spool = RedisQueue.from_url(QUEUE_BACKENDS["url"], prefix=QUEUE_BACKENDS["prefix"], metrics=self.metrics)
+        else:
+            self.spool = Spool(tmp_path, metrics=self.metrics)
         self.settings = settings
         self.worker = DeliveryWorker(self.spool, settings, self.metrics)
 

@@ -78,3 +78,46 @@ async def test_idle_sweep_ends_the_session_of_a_visitor_who_left(tmp_path, aioht
     assert [e["event_type"] for e in amp.ingested("httpapi")].count("session_end") == 1
     live = await (await c.get("/debug?format=json")).json()
     assert live["sessions"] == []
+
+
+async def test_two_sweepers_on_one_redis_end_each_session_once(shared_redis, unique_prefix, monkeypatch):
+    """Every process runs a sweeper; the store's atomic claim makes the cluster emit one end each."""
+    from edgeproxy.config import Settings
+    from edgeproxy.delivery.redis_queue import RedisQueue
+    from edgeproxy.identity.redis_store import RedisSessionStore
+    from edgeproxy.mapping import Mapper
+    from edgeproxy import session_sweep
+    from edgeproxy.session_sweep import SessionSweeper
+
+    monkeypatch.setattr(session_sweep, "CLAIM_LIMIT", 20)  # many small claims, so the sweepers interleave
+
+    settings = Settings()
+    settings.sessions.session_events = True
+    settings.sessions.timeout = 60.0
+    t0 = int(time.time() * 1000) - 120_000  # idle for two minutes: past the timeout, inside the store's ttl
+    mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
+    handles = []
+    for _ in range(2):  # two processes: their own connections to the store and to the queue
+        store = RedisSessionStore.from_url(shared_redis, timeout_ms=60_000, prefix=unique_prefix)
+        queue = RedisQueue.from_url(shared_redis, prefix=unique_prefix)
+        await queue.open()
+        handles.append((store, queue, SessionSweeper(store, mapper, queue, settings)))
+    try:
+        devices = [f"left-{i}" for i in range(300)]
+        for i, device in enumerate(devices):
+            state = SessionState(t0 + i, t0 + i, 1, None, t0 + i)
+            await handles[0][0].update(device, lambda _s, state=state: state)
+        rounds = [sweeper.run_once() for _ in range(3) for _, _, sweeper in handles]
+        ended = await asyncio.gather(*rounds)
+        assert sum(ended) == 300
+        assert all(n > 0 for n in ended[:2]), f"both sweepers took part: {ended}"
+        queued = await handles[0][1].stats()
+        assert queued["depth"] == 300
+        groups = await handles[0][1].due_groups()
+        items = await handles[0][1].claim(groups[0].group_key, limit=1000, max_bytes=10**7)
+        assert sorted(c.device_id for c in items) == sorted(devices)  # one end event per session
+        assert {c.item["event_type"] for c in items} == {"session_end"}
+    finally:
+        for store, queue, _ in handles:
+            await queue.close()
+            await store.close()

@@ -1,4 +1,9 @@
-"""The SQLite spool: durability, group commit, reclaim after a crash, errors as SpoolUnavailable."""
+"""The delivery queue: durability, group commit, reclaim after a crash, errors as SpoolUnavailable.
+
+The behaviour tests run against both backends (the ``make_queue`` fixture: the SQLite spool
+and Redis streams on a real redis-server); SQLite specifics (WAL, files, group commit) use
+``sqlite_spool`` or build a ``Spool`` directly. Redis specifics are in test_redis_queue.py.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from edgeproxy.delivery.spool import (
     replay,
     spool_report,
 )
+from edgeproxy.delivery.redis_queue import RedisQueue
 from edgeproxy.metrics import Metrics
 
 
@@ -33,21 +39,43 @@ def make_item(i: int, *, endpoint: str = "httpapi", device: str = "device-1", se
     return SpoolItem(f"m{i}", endpoint, event, options, device, None, session, now_ms())
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def make_queue(request, tmp_path: Path):
+    """``make_queue(**options)``: a new handle on the same queue data, as a restarted process gets."""
+    if request.param == "sqlite":
+        def make(**options):
+            return Spool(tmp_path, **options)  # a directory: the file is <dir>/spool.sqlite3
+    else:
+        url, prefix = request.getfixturevalue("shared_redis"), request.getfixturevalue("unique_prefix")
+
+        def make(**options):
+            return RedisQueue.from_url(url, prefix=prefix, **options)
+    make.backend = request.param
+    return make
+
+
 @pytest.fixture
-async def spool(tmp_path: Path):
+async def spool(make_queue):
+    s = make_queue()
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sqlite_spool(tmp_path: Path):
     s = Spool(tmp_path / "spool.sqlite3")
     await s.open()
     yield s
     await s.close()
 
 
-async def test_append_is_durable_across_a_new_instance(tmp_path: Path) -> None:
-    s = Spool(tmp_path)  # a directory: the file is <dir>/spool.sqlite3
+async def test_append_is_durable_across_a_new_instance(make_queue) -> None:
+    s = make_queue()
     await s.open()
     await s.append([make_item(i) for i in range(3)])
     await s.close()
-    assert (tmp_path / "spool.sqlite3").exists()
-    again = Spool(tmp_path / "spool.sqlite3")
+    again = make_queue()
     await again.open()
     events = await again.events_for_session("device-1")
     await again.close()
@@ -62,14 +90,23 @@ def test_path_is_a_file_or_a_data_directory(tmp_path: Path) -> None:
     assert Spool(tmp_path / "queue.db").path == tmp_path / "queue.db"
 
 
-async def test_wal_mode_and_full_sync(spool: Spool) -> None:
+async def test_wal_mode_and_full_sync(sqlite_spool: Spool) -> None:
+    spool = sqlite_spool
     conn = sqlite3.connect(spool.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
     assert spool.synchronous == "FULL"
 
 
-async def test_concurrent_appends_share_transactions(spool: Spool) -> None:
+async def test_concurrent_appends_all_land(spool) -> None:
+    await asyncio.gather(*(spool.append([make_item(i)]) for i in range(200)))
+    assert (await spool.stats())["depth"] == 200
+    [group] = await spool.due_groups()
+    assert group.count == 200
+
+
+async def test_concurrent_appends_share_transactions(sqlite_spool: Spool) -> None:
+    spool = sqlite_spool
     before = spool.transactions
     await asyncio.gather(*(spool.append([make_item(i)]) for i in range(200)))
     used = spool.transactions - before
@@ -77,7 +114,8 @@ async def test_concurrent_appends_share_transactions(spool: Spool) -> None:
     assert (await spool.stats())["depth"] == 200
 
 
-async def test_one_failing_operation_does_not_fail_its_group(spool: Spool) -> None:
+async def test_one_failing_operation_does_not_fail_its_group(sqlite_spool: Spool) -> None:
+    spool = sqlite_spool
     def boom(conn):
         conn.execute("INSERT INTO items (message_id, received_ms, state) VALUES ('x', 0, 'pending')")
         raise RuntimeError("bad operation")
@@ -171,8 +209,8 @@ async def test_release_returns_rows_without_counting_an_attempt(spool: Spool) ->
     assert (e["state"], e["attempts"]) == ("pending", 0)
 
 
-async def test_delivered_rows_are_pruned_to_retention(tmp_path: Path) -> None:
-    s = Spool(tmp_path, retention=5)
+async def test_delivered_rows_are_pruned_to_retention(make_queue) -> None:
+    s = make_queue(retention=5)
     await s.open()
     await s.append([make_item(i) for i in range(12)])
     [group] = await s.due_groups()
@@ -207,9 +245,9 @@ async def test_events_for_one_session(spool: Spool) -> None:
     assert [e["message_id"] for e in await spool.events_for_session("device-1", limit=1)] == ["m2"]
 
 
-async def test_stats_reports_depth_and_sets_the_gauge(tmp_path: Path) -> None:
+async def test_stats_reports_depth_and_sets_the_gauge(make_queue) -> None:
     metrics = Metrics()
-    s = Spool(tmp_path, metrics=metrics)
+    s = make_queue(metrics=metrics)
     await s.open()
     await s.append([make_item(i) for i in range(4)])
     stats = await s.stats()
@@ -218,8 +256,8 @@ async def test_stats_reports_depth_and_sets_the_gauge(tmp_path: Path) -> None:
     assert metrics.registry.get_sample_value("edgeproxy_spool_depth") == 4
 
 
-async def test_closed_spool_raises_unavailable(tmp_path: Path) -> None:
-    s = Spool(tmp_path)
+async def test_closed_spool_raises_unavailable(make_queue) -> None:
+    s = make_queue()
     with pytest.raises(SpoolUnavailable):
         await s.append([make_item(1)])  # never opened
     await s.open()

@@ -24,7 +24,7 @@ import collections
 import logging
 import random
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import aiohttp
 
@@ -35,11 +35,13 @@ from edgeproxy.delivery.ratelimit import RateLimiter
 from edgeproxy.delivery.spool import (
     ClaimedItem,
     DueGroup,
-    Spool,
     SpoolUnavailable,
     now_ms,
 )
 from edgeproxy.metrics import Metrics
+
+if TYPE_CHECKING:
+    from edgeproxy.delivery.queue import DeliveryQueue
 
 log = logging.getLogger("edgeproxy.delivery")
 
@@ -71,7 +73,7 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: DeliveryQueue,
         settings: Settings,
         metrics: Metrics,
         *,

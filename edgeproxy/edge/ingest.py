@@ -21,7 +21,8 @@ from aiohttp.web import RequestPayloadError
 
 from edgeproxy import segment
 from edgeproxy.config import Settings
-from edgeproxy.delivery.spool import DeadLetter, Spool, SpoolItem, SpoolUnavailable
+from edgeproxy.delivery.queue import DeliveryQueue
+from edgeproxy.delivery.spool import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.edge.cookies_out import set_cookies
 from edgeproxy.edge.cors import cors_headers, preflight
 from edgeproxy.edge.flood import FloodGuard, retry_after_header
@@ -45,7 +46,7 @@ class IngestContext:
     settings: Settings
     identity: IdentityService
     mapper: Mapper
-    spool: Spool
+    spool: DeliveryQueue
     metrics: Metrics
     wake_delivery: Callable[[], None] | None = None  # nudges the delivery worker after an append
 

@@ -7,6 +7,7 @@ to a process whose spool cannot take them).
 
 from __future__ import annotations
 
+import os
 from typing import Awaitable, Callable
 
 import orjson
@@ -20,7 +21,8 @@ Check = Callable[[], Awaitable[bool]]
 def ops_routes(*, healthz: str, readyz: str, metrics_path: str, checks: dict[str, Check], metrics: Metrics,
                refresh: Callable[[], Awaitable[None]] | None = None) -> list[web.RouteDef]:
     async def health(_: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"status": "ok"}), content_type="application/json")
+        # The pid says which of several worker processes (`serve --workers N`) answered.
+        return web.Response(body=orjson.dumps({"status": "ok", "pid": os.getpid()}), content_type="application/json")
 
     async def ready(_: web.Request) -> web.Response:
         results: dict[str, bool] = {}

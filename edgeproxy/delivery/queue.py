@@ -1,0 +1,94 @@
+"""The delivery queue interface: what the edge, the session sweep, the worker and /debug use.
+
+Two backends stand behind it, like the session store's: the embedded SQLite spool
+(``spool.Spool``, the default: no server needed) and Redis streams (``redis_queue.RedisQueue``,
+for several edgeproxy processes sharing one queue). The worker and the edge see only this
+Protocol, so both backends run the same behaviour tests.
+
+Row ids are opaque: an ``int`` (SQLite row) or a ``(stream, entry id)`` tuple (Redis). The
+worker only hashes them and hands them back to ``settle``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
+
+from edgeproxy.delivery.spool import ClaimedItem, DeadLetter, DueGroup, Spool, SpoolItem
+from edgeproxy.metrics import Metrics
+
+RowId = Hashable
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@runtime_checkable
+class DeliveryQueue(Protocol):
+    async def open(self) -> None:
+        """Connect or create; raise ``SpoolUnavailable`` with a clear reason when it cannot."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    # edge side
+    async def append(self, items: Sequence[SpoolItem], dead: Sequence[DeadLetter] = ()) -> None:
+        """Durable when this returns: only then may the client get its 200."""
+
+    # worker side
+    async def due_groups(self, now: int | None = None) -> list[DueGroup]: ...
+
+    async def next_attempt_ms(self, now: int | None = None) -> int | None: ...
+
+    async def claim(self, key: str, *, limit: int, max_bytes: int, now: int | None = None) -> list[ClaimedItem]: ...
+
+    async def settle(
+        self,
+        *,
+        ack: Sequence[Any] = (),
+        dead: Mapping[Any, str] | None = None,
+        retry: Sequence[tuple[Sequence[Any], int, str]] = (),
+        release: Sequence[tuple[Sequence[Any], int]] = (),
+        response: tuple[str, int | None, int, str] | None = None,
+        now: int | None = None,
+    ) -> None: ...
+
+    async def release(self, row_ids: Sequence[Any], not_before_ms: int = 0) -> None: ...
+
+    # read side (/debug, CLI)
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def events_for_session(self, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]: ...
+
+    async def replay_dead_letters(self, limit: int | None = None) -> int: ...
+
+
+def is_redis_url(value: str) -> bool:
+    return value.startswith(REDIS_SCHEMES)
+
+
+def open_queue(settings: Any, metrics: Metrics | None = None) -> DeliveryQueue:
+    """The queue ``[delivery] queue`` names: empty for the SQLite spool in ``data_dir``, or a Redis URL."""
+    d = settings.delivery
+    if d.queue and is_redis_url(d.queue):
+        from edgeproxy.delivery.redis_queue import RedisQueue
+
+        return RedisQueue.from_url(d.queue, metrics=metrics, retention=d.retention, claim_idle=d.claim_idle,
+                                   min_replicas=d.queue_min_replicas)
+    if d.queue:
+        raise ValueError(f"delivery.queue: must be empty (the SQLite spool) or a redis:// URL, got {d.queue!r}")
+    return Spool(settings.data_dir / "spool.sqlite3", metrics=metrics, retention=d.retention, max_bytes=d.max_spool_size)
+
+
+def describe(settings: Any) -> str:
+    """Where the queue lives, for start-up logs (never the URL's password)."""
+    d = settings.delivery
+    if d.queue:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(d.queue)
+        return f"Redis stream at {parts.hostname or parts.path}{':' + str(parts.port) if parts.port else ''}"
+    return str(settings.data_dir / "spool.sqlite3")
