@@ -1,190 +1,52 @@
-"""Real Chromium running the real analytics.js (npm @segment/analytics-next) through edgeproxy.
+"""Real Chromium running the real analytics.js (npm @segment/analytics-next) through edgeproxy:
+the visitor's identity.
 
-Two set-ups, both with `edgeproxy serve` as a subprocess and the Amplitude stand-in:
-
-* the built-in demo site (no origin configured);
-* a website of its own (``browser_support.OriginSite``) behind the proxy, its pages carrying
-  no analytics code: edgeproxy injects the snippet, serves analytics.js, its settings, its
-  lazy chunks and the session plugin first-party, and sets the identity cookies. Chromium
-  maps ``*.example.test`` to 127.0.0.1 so ``www.`` and ``shop.example.test`` are two sites
-  sharing the cookie domain ``example.test`` (plain http, so ``secure_cookies = false``).
-
-One browser serves the whole module (each test has its own context, i.e. its own cookies
-and storage); every wait is bounded.
+Two set-ups, both `edgeproxy serve` as a subprocess delivering to the Amplitude stand-in: the
+built-in demo site (no origin configured), and a website of its own
+(``browser_support.OriginSite``) whose pages carry no analytics code: edgeproxy injects the
+snippet, serves analytics.js, its settings, its lazy chunks and the session plugin
+first-party, and sets the identity cookies. What is asserted is what a site owner needs: the
+server's device and session ids on every event, kept across reloads, tabs and subdomains,
+through a Safari-style storage wipe, rotated after idleness, and with the plugin blocked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
-import pytest
-import pytest_asyncio
-from browser_support import (
-    BIG_BYTES,
-    HELD_FIRST,
-    HELD_REST,
-    BrowserLog,
-    FakeSegmentCdn,
-    OriginSite,
-    client_session_id,
-    format_cookies,
+from browser_fixtures import (  # noqa: F401  (amp, chromium, context, make_proxy, site: pytest fixtures)
+    BROWSER_MARKS,
+    COOKIE_DOMAIN,
+    EVENTS_WAIT,
+    READY,
+    SERVER_COOKIES,
+    UMD,
+    WAIT_MS,
+    amp,
+    chromium,
+    context,
+    cookies_of,
+    device_ids,
+    make_proxy,
+    open_page,
+    session_ids,
+    shop,
+    site,
+    start_proxy,
+    wait_events,
+    www,
 )
-from fake_amplitude import TEST_API_KEY, FakeAmplitude
+from browser_support import BrowserLog, OriginSite, client_session_id, format_cookies
+from fake_amplitude import FakeAmplitude
 from test_e2e import WRITE_KEY, Proxy, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-UMD = ROOT / "tests" / "js" / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 # Two subdomains of one cookie domain, both reaching the proxy on 127.0.0.1.
-                 "--host-resolver-rules=MAP *.example.test 127.0.0.1"]
-COOKIE_DOMAIN = "example.test"
-READY = "window.analytics && window.analytics.initialized === true"
-WAIT_MS = 20_000  # any one browser wait
-EVENTS_WAIT = 30.0  # events reaching the Amplitude stand-in
-SERVER_COOKIES = ("_ep_did", "_ep_sess", "analytics_session_id", "analytics_session_id.last_access")
+pytestmark = BROWSER_MARKS
+
 FOUR_HUNDRED_DAYS = 400 * 86400
-
-playwright_api = pytest.importorskip("playwright.async_api", reason="playwright is a test dependency (make test)")
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)"),
-    pytest.mark.skipif(not UMD.is_dir(), reason="tests/js has no node_modules (make test runs npm ci there)"),
-    pytest.mark.asyncio(loop_scope="module"),
-]
-
-
-# ---------------------------------------------------------------- fixtures
-
-
-async def start_proxy(home: Path, amp_url: str, **config: str) -> Proxy:
-    """`edgeproxy serve` on a free port; a port taken in between (other test runs share the
-    machine) means another port, at most three times."""
-    for attempt in range(3):
-        proxy = Proxy(home, amp_url, **config)
-        try:
-            await proxy.start()
-            return proxy
-        except AssertionError as exc:
-            if proxy.proc is not None and proxy.proc.poll() is None:
-                proxy.kill()  # started but never became healthy: do not leave it running
-            if "address already in use" not in str(exc) or attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def chromium() -> AsyncIterator[Any]:
-    """One headless Debian Chromium for the module (never a downloaded browser)."""
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def amp() -> AsyncIterator[FakeAmplitude]:
-    """The Amplitude stand-in, one per test, on the module's event loop (conftest's is per test)."""
-    fake = FakeAmplitude(api_keys={TEST_API_KEY})
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def site() -> AsyncIterator[OriginSite]:
-    origin = OriginSite()
-    await origin.start()
-    yield origin
-    await origin.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def make_proxy(tmp_path: Path, amp: FakeAmplitude, site: OriginSite) -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
-    """Start `edgeproxy serve` in front of ``site``; extra ``section__key`` settings as TOML values."""
-    started: list[Proxy] = []
-
-    async def make(**extra: str) -> Proxy:
-        config = {
-            "origin__url": f'"{site.url}"',
-            "origin__inject_snippet": "true",
-            "cdn__analytics_js_dir": f'"{UMD}"',
-            "sessions__cookie_domain": f'"{COOKIE_DOMAIN}"',
-            **extra,
-        }
-        home = tmp_path / f"proxy{len(started)}"
-        home.mkdir()
-        proxy = await start_proxy(home, amp.base_url, **config)
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        if proxy.proc is not None and proxy.proc.poll() is None:
-            proxy.kill(15)
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def context(chromium: Any) -> AsyncIterator[Any]:
-    """A fresh browser profile (cookies, localStorage) with bounded default waits."""
-    ctx = await chromium.new_context()
-    ctx.set_default_timeout(WAIT_MS)
-    ctx.set_default_navigation_timeout(WAIT_MS)
-    yield ctx
-    await ctx.close()
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def www(proxy: Proxy, path: str = "/") -> str:
-    return f"http://www.{COOKIE_DOMAIN}:{proxy.port}{path}"
-
-
-def shop(proxy: Proxy, path: str = "/shop") -> str:
-    return f"http://shop.{COOKIE_DOMAIN}:{proxy.port}{path}"
-
-
-async def open_page(context: Any, url: str) -> Any:
-    """A new tab on ``url`` with analytics.js initialised (its page() call is then queued)."""
-    page = await context.new_page()
-    response = await page.goto(url)
-    assert response is not None and response.status == 200, url
-    await page.wait_for_function(READY, timeout=WAIT_MS)
-    return page
-
-
-async def cookies_of(context: Any, url: str) -> dict[str, dict[str, Any]]:
-    return {c["name"]: c for c in await context.cookies(url)}
-
-
-async def run_js(page: Any, script: str, timeout: float = 15.0) -> Any:
-    """``page.evaluate`` with a bound: Playwright itself waits for a promise forever."""
-    return await asyncio.wait_for(page.evaluate(script), timeout)
-
-
-def events(amp: FakeAmplitude) -> list[dict[str, Any]]:
-    return amp.ingested("httpapi")
-
-
-async def wait_events(amp: FakeAmplitude, count: int) -> list[dict[str, Any]]:
-    await wait_for(lambda: len(events(amp)) >= count, timeout=EVENTS_WAIT)
-    return events(amp)
-
-
-def session_ids(items: list[dict[str, Any]]) -> set[int]:
-    return {e["session_id"] for e in items}
-
-
-def device_ids(items: list[dict[str, Any]]) -> set[str]:
-    return {e["device_id"] for e in items}
 
 
 # ---------------------------------------------------------------- the built-in demo site
@@ -394,108 +256,3 @@ async def test_with_the_plugin_blocked_the_server_still_stamps_the_session(
     assert len(calls) == 3 and all(client_session_id(b) is None for b in calls.values())
     assert device_ids(items) == {anonymous_id}
     assert session_ids(items) == {int(cookies["analytics_session_id"]["value"])}
-
-
-async def test_streaming_websocket_and_origin_down_through_the_proxy(
-    make_proxy: Callable[..., Awaitable[Proxy]], site: OriginSite, context: Any
-) -> None:
-    proxy = await make_proxy()
-    page = await open_page(context, www(proxy, "/"))
-
-    echo = await run_js(page, """() => new Promise((resolve, reject) => {
-        const ws = new WebSocket(`ws://${location.host}/ws`);
-        ws.onopen = () => ws.send('hello through the proxy');
-        ws.onmessage = (m) => { resolve(m.data); ws.close(); };
-        ws.onerror = () => reject(new Error('websocket failed'));
-        setTimeout(() => reject(new Error('no echo in 10 s')), 10000);
-    })""")
-    assert echo == "echo:hello through the proxy"
-
-    # The origin holds its answer after the first chunk: only a streaming proxy delivers that chunk.
-    first = await run_js(page, """async () => {
-        const response = await fetch('/held');
-        window.heldReader = response.body.getReader();
-        const chunk = await window.heldReader.read();
-        return new TextDecoder().decode(chunk.value);
-    }""")
-    assert first == HELD_FIRST and not site.held_finished
-    assert await run_js(page, "fetch('/release').then(r => r.text())") == "released"
-    rest = await run_js(page, """async () => {
-        let text = '';
-        for (;;) {
-            const chunk = await window.heldReader.read();
-            if (chunk.done) return text;
-            text += new TextDecoder().decode(chunk.value);
-        }
-    }""")
-    assert rest == HELD_REST and site.held_finished
-
-    big = await run_js(page, """async () => {
-        const bytes = new Uint8Array(await (await fetch('/big')).arrayBuffer());
-        let wrong = 0;
-        for (let i = 0; i < bytes.length; i++) if (bytes[i] !== (i & 255)) wrong++;
-        return {length: bytes.length, wrong};
-    }""")
-    assert big == {"length": BIG_BYTES, "wrong": 0}
-
-    await site.stop()
-    down = await page.goto(www(proxy, "/second"))
-    assert down is not None and down.status == 502
-    assert "502 Bad Gateway" in await page.title()
-
-
-async def test_default_secure_cookies_work_on_plain_http_localhost(
-    make_proxy: Callable[..., Awaitable[Proxy]], amp: FakeAmplitude, context: Any
-) -> None:
-    """A developer keeps the default ``secure_cookies = true``: Chromium treats http://localhost
-    as a secure context, so the Secure cookies are stored and sent and the loop still closes."""
-    proxy = await make_proxy(sessions__secure_cookies="true", sessions__cookie_domain='""')
-    local = f"http://localhost:{proxy.port}"
-    page = await open_page(context, local + "/")
-    await page.click("#buy")
-    items = await wait_events(amp, 2)
-    anonymous_id = await page.evaluate("analytics.user().anonymousId()")
-    jar = await cookies_of(context, local)
-    assert all(jar[name]["secure"] is True and jar[name]["domain"] == "localhost" for name in SERVER_COOKIES), jar
-    assert device_ids(items) == {anonymous_id}
-    assert session_ids(items) == {int(jar["analytics_session_id"]["value"])}
-
-
-async def test_analytics_js_from_an_upstream_cdn_is_fetched_once_and_survives_its_outage(
-    make_proxy: Callable[..., Awaitable[Proxy]], amp: FakeAmplitude, chromium: Any, context: Any
-) -> None:
-    cdn = FakeSegmentCdn(UMD)
-    await cdn.start()
-    try:
-        proxy = await make_proxy(cdn__analytics_js_dir='""', cdn__upstream=f'"{cdn.url}"')
-        library_path = f"/analytics.js/v1/{WRITE_KEY}/analytics.min.js"
-
-        # The CDN is down: the site still works (it is the origin's page), analytics.js is absent.
-        cdn.failing = True
-        page = await context.new_page()
-        async with page.expect_response(lambda r: r.url.endswith(library_path), timeout=WAIT_MS) as library:
-            landing = await page.goto(www(proxy, "/"))
-        assert landing is not None and landing.status == 200
-        assert (await library.value).status == 502
-        assert await page.evaluate("Array.isArray(window.analytics) && !window.analytics.initialized")
-
-        # It recovers: the failure was not cached, and the bundle comes with the CDN's write key.
-        cdn.failing = False
-        await page.reload()
-        await page.wait_for_function(READY, timeout=WAIT_MS)
-        assert await page.evaluate("window.analyticsWriteKey") == WRITE_KEY
-        await page.click("#buy")
-        # Another browser profile (its own HTTP cache): the proxy answers from its cache.
-        other = await chromium.new_context()
-        try:
-            other.set_default_timeout(WAIT_MS)
-            await open_page(other, www(proxy, "/second"))
-            items = await wait_events(amp, 3)
-        finally:
-            await other.close()
-        assert sorted(e["event_type"] for e in items).count("Buy Clicked") == 1
-        assert cdn.hits[library_path] == 2  # the failed fetch and the one that is now cached
-        chunks = {path: n for path, n in cdn.hits.items() if path.startswith("/analytics-next/bundles/")}
-        assert chunks and set(chunks.values()) == {1}, cdn.hits
-    finally:
-        await cdn.stop()
