@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from browser_support import OriginSite
 from fake_amplitude import TEST_API_KEY, FakeAmplitude
-from test_e2e import Proxy, wait_for
+from test_e2e import WRITE_KEY, Proxy, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UMD = ROOT / "tests" / "js" / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"
@@ -83,7 +83,7 @@ async def amp() -> AsyncIterator[FakeAmplitude]:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def site() -> AsyncIterator[OriginSite]:
-    origin = OriginSite()
+    origin = OriginSite(write_key=WRITE_KEY)
     await origin.start()
     yield origin
     await origin.stop()

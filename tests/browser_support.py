@@ -33,6 +33,22 @@ PAGE = """<!doctype html>
 """
 TITLES = {"/": "Home", "/second": "Second", "/shop": "Shop"}
 
+# Segment's published snippet (5.2.0) as a site owner has it, with one edit: the bundle's URL
+# points at the proxy's prefix instead of https://cdn.segment.com. Nothing else is told
+# about the proxy: analytics.min.js itself makes the chunks, settings and plugin first-party.
+OWN_SNIPPET_PAGE = """<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>Own snippet</title>
+<script>
+!function(){var i="analytics",analytics=window[i]=window[i]||[];if(!analytics.initialize)if(analytics.invoked)window.console&&console.error&&console.error("Segment snippet included twice.");else{analytics.invoked=!0;analytics.methods=["trackSubmit","trackClick","trackLink","trackForm","pageview","identify","reset","group","track","ready","alias","debug","page","screen","once","off","on","addSourceMiddleware","addIntegrationMiddleware","setAnonymousId","addDestinationMiddleware","register"];analytics.factory=function(e){return function(){if(window[i].initialized)return window[i][e].apply(window[i],arguments);var n=Array.prototype.slice.call(arguments);if(["track","screen","alias","group","page","identify"].indexOf(e)>-1){var c=document.querySelector("link[rel='canonical']");n.push({__t:"bpc",c:c&&c.getAttribute("href")||void 0,p:location.pathname,u:location.href,s:location.search,t:document.title,r:document.referrer})}n.unshift(e);analytics.push(n);return analytics}};for(var n=0;n<analytics.methods.length;n++){var key=analytics.methods[n];analytics[key]=analytics.factory(key)}analytics.load=function(key,n){var t=document.createElement("script");t.type="text/javascript";t.async=!0;t.setAttribute("data-global-segment-analytics-key",i);t.src="/_e/analytics.js/v1/" + key + "/analytics.min.js";var r=document.getElementsByTagName("script")[0];r.parentNode.insertBefore(t,r);analytics._loadOptions=n};analytics._writeKey="WRITE_KEY";;analytics.SNIPPET_VERSION="5.2.0";
+analytics.load("WRITE_KEY");
+analytics.page();
+}}();
+</script></head>
+<body><h1>Own snippet</h1>
+<button id=buy onclick="analytics.track('Buy Clicked', {page: 'Own snippet'})">Buy</button>
+</body></html>
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,7 +68,8 @@ class SeenRequest:
 class OriginSite:
     """The website behind the proxy, on 127.0.0.1 at a port of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, write_key: str = "") -> None:
+        self.write_key = write_key  # for the page that carries its own snippet
         self.requests: list[SeenRequest] = []
         self.release = asyncio.Event()
         self.held_finished = False
@@ -63,6 +80,7 @@ class OriginSite:
         app = web.Application()
         for path in TITLES:
             app.router.add_get(path, self._page)
+        app.router.add_get("/own", self._own)
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/held", self._held)
         app.router.add_get("/release", self._release)
@@ -88,6 +106,11 @@ class OriginSite:
     async def _page(self, request: web.Request) -> web.Response:
         self._record(request)
         return web.Response(text=PAGE.format(title=TITLES[request.path]), content_type="text/html",
+                            headers={"Cache-Control": "no-store"})
+
+    async def _own(self, request: web.Request) -> web.Response:
+        self._record(request)
+        return web.Response(text=OWN_SNIPPET_PAGE.replace("WRITE_KEY", self.write_key), content_type="text/html",
                             headers={"Cache-Control": "no-store"})
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:

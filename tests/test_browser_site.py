@@ -29,7 +29,7 @@ from browser_fixtures import (  # noqa: F401  (amp, chromium, context, make_prox
     wait_events,
     www,
 )
-from browser_support import BIG_BYTES, HELD_FIRST, HELD_REST, FakeSegmentCdn, OriginSite
+from browser_support import BIG_BYTES, HELD_FIRST, HELD_REST, BrowserLog, FakeSegmentCdn, OriginSite
 from fake_amplitude import FakeAmplitude
 from test_e2e import WRITE_KEY, Proxy
 
@@ -139,3 +139,28 @@ async def test_analytics_js_from_an_upstream_cdn_is_fetched_once_and_survives_it
         assert chunks and set(chunks.values()) == {1}, cdn.hits
     finally:
         await cdn.stop()
+
+
+async def test_a_site_keeping_its_own_segment_snippet_only_changes_the_bundle_url(
+    make_proxy: Callable[..., Awaitable[Proxy]], amp: FakeAmplitude, context: Any
+) -> None:
+    """No injection: the page has Segment's snippet with the bundle's URL pointed at the prefix."""
+    proxy = await make_proxy(origin__inject_snippet="false")
+    seen = BrowserLog()
+    seen.attach(context)
+    plain = await context.new_page()
+    await plain.goto(www(proxy, "/"))
+    assert await plain.evaluate("typeof window.analytics") == "undefined"  # nothing injected
+
+    page = await open_page(context, www(proxy, "/own"))
+    await page.click("#buy")
+    items = await wait_events(amp, 2)
+    anonymous_id = await page.evaluate("analytics.user().anonymousId()")
+    jar = await cookies_of(context, www(proxy))
+    assert len(items) == 2 and "Buy Clicked" in {e["event_type"] for e in items}
+    assert device_ids(items) == {anonymous_id}
+    assert session_ids(items) == {int(jar["analytics_session_id"]["value"])}
+    # The chunks, the settings and the plugin followed the bundle: all first-party.
+    urls = seen.urls()
+    assert all(u.startswith(www(proxy, "/")) for u in urls), urls
+    assert any("/_e/analytics-next/bundles/" in u for u in urls) and any("/_e/p/" in u for u in urls)
