@@ -133,17 +133,26 @@
   }
 
   function makePlugin(sessionLength, store) {
-    function enrich(ctx) {
-      var event = ctx && ctx.event;
-      if (!event) return ctx;
+    function stamp(event) {
       var now = Date.now();
       var id = resolveSession(store, now, sessionLength);
       store.set(SESSION_KEY, id);
       store.set(ACCESS_KEY, now);
-      var integrations = event.integrations || (event.integrations = {});
+      var integrations = event.integrations;
+      if (integrations === undefined || integrations === null) integrations = event.integrations = {};
+      if (typeof integrations !== "object") return; // not ours to repair; the server stamps the event
       // As Segment's plugin: events that switch every destination off keep it off.
       if (integrations.All !== false || integrations[INTEGRATION]) {
         integrations[INTEGRATION] = { session_id: id };
+      }
+    }
+    // Never throws: analytics.js logs a throwing plugin as a plugin error on each event, and
+    // the server stamps the session anyway, so an event we cannot enrich goes out as it is.
+    function enrich(ctx) {
+      try {
+        if (ctx && ctx.event) stamp(ctx.event);
+      } catch (e) {
+        /* frozen or odd event: leave it unchanged */
       }
       return ctx;
     }

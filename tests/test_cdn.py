@@ -233,6 +233,16 @@ async def test_analytics_js_from_local_dir(client_for, umd):
         assert (await get(client, f"/_e/analytics-next/bundles/{missing}")).status == 404, missing
 
 
+async def test_local_copy_gets_the_write_key_substituted_like_segments_cdn(client_for, umd):
+    """npm's standalone.js carries the ``__WRITE_KEY__`` placeholder; cdn.segment.com replaces it per key."""
+    (umd / "standalone.js").write_text('try{window.analyticsWriteKey="__WRITE_KEY__"}catch(t){}/* __WRITE_KEY__ */')
+    client = await client_for(make_settings(analytics_js_dir=str(umd)))
+    for key in (KEY, "other-key"):
+        text = await (await get(client, f"/_e/analytics.js/v1/{key}/analytics.min.js")).text()
+        assert text.endswith(f'try{{window.analyticsWriteKey="{key}"}}catch(t){{}}/* {key} */'), text
+        assert "__WRITE_KEY__" not in text
+
+
 async def test_local_gzip_sibling_is_served_as_is(client_for, umd):
     client = await client_for(make_settings(analytics_js_dir=str(umd)))
     name = "ajs-destination.bundle.40628baed746e9904edc.js"
@@ -410,7 +420,9 @@ async def test_real_analytics_next_dist_is_served_with_its_chunks(client_for):
     text = await resp.text()
     assert text.startswith('window.analytics&&(window.analytics._cdn=window.analytics._cdn||"http://site.test/_e");')
     real = (REAL_UMD / "standalone.js").read_text()
-    assert text.endswith(real)
+    assert 'window.analyticsWriteKey="__WRITE_KEY__"' in real
+    assert text.endswith(real.replace("__WRITE_KEY__", KEY))
+    assert f'window.analyticsWriteKey="{KEY}"' in text
     # The bundle reads analytics._cdn and loads its chunks from <cdn>/analytics-next/bundles/.
     assert "._cdn" in real and '"/analytics-next/bundles/"' in real
     chunks = sorted(p.name for p in REAL_UMD.glob("*.bundle.*.js"))

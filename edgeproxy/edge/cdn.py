@@ -47,6 +47,8 @@ VARY_HOST = "Accept-Encoding, Host, X-Forwarded-Host, X-Forwarded-Proto, Forward
 MAX_VARIANTS = 64  # (host, write key) variants of analytics.min.js kept compressed
 MAX_UPSTREAM_FILES = 256
 MAX_UPSTREAM_BYTES = 8 * 1024 * 1024  # analytics.min.js is ~112 KB; refuse anything absurd
+# The literal inside analytics.js's standalone build that Segment's CDN replaces with the write key.
+WRITE_KEY_PLACEHOLDER = b"__WRITE_KEY__"
 
 
 class UpstreamError(Exception):
@@ -159,6 +161,18 @@ def build_settings(*, write_key: str, api_host: str, protocol: str, plugin_url: 
     }
 
 
+def substitute_write_key(body: bytes, write_key: str) -> bytes:
+    """Put the write key where Segment's CDN puts it: every ``__WRITE_KEY__`` in the bundle.
+
+    The standalone build starts with ``window.analyticsWriteKey="__WRITE_KEY__"`` and prefers
+    that value to ``analytics._writeKey`` and to the script-src guess; its own "was it
+    substituted?" check spells the placeholder as a join, so a plain text replacement of every
+    occurrence is exactly what the CDN does. Only local copies need it (an upstream CDN already
+    did it); ``write_key`` matched ``SAFE_NAME``, so it is safe inside a JavaScript string.
+    """
+    return body.replace(WRITE_KEY_PLACEHOLDER, write_key.encode())
+
+
 def cdn_prelude(base_url: str) -> bytes:
     """Prepended to analytics.min.js: make chunks and settings come from this proxy.
 
@@ -214,7 +228,13 @@ class LibrarySource:
         return path.read_bytes() if path is not None else None
 
     async def _fetch(self, path: str) -> bytes | None:
-        """Fetch once; concurrent requests for one file share one upstream request."""
+        """Fetch once; concurrent requests for one file share one upstream request.
+
+        Why not aiocache's ``SimpleMemoryCache``: it has no size bound (this cache is an LRU
+        of at most ``MAX_UPSTREAM_FILES`` bodies, and with no write-key list any key names a
+        new file), and its stampede guard polls a lease, where here every concurrent request
+        awaits the one future, which also hands all of them the same upstream error, uncached.
+        """
         if path in self._cache:
             self._cache.move_to_end(path)
             return self._cache[path]
@@ -330,7 +350,7 @@ class CdnHandlers:
         if base is None:
             return json_error(400, "the Host header is not a valid host[:port]")
         scheme, host, host_prefix = base
-        key = (scheme, host, "" if self.library.is_local else write_key)
+        key = (scheme, host, write_key)
         asset = self._variants.get(key)
         if asset is None:
             body = await self._guard(lambda: self.library.standalone(write_key))
@@ -338,6 +358,8 @@ class CdnHandlers:
                 return body
             if body is None:
                 return json_error(404, "analytics.js not found (standalone.js missing from cdn.analytics_js_dir, or upstream 404)")
+            if self.library.is_local:
+                body = substitute_write_key(body, write_key)
             asset = Asset.of(cdn_prelude(f"{scheme}://{host_prefix}") + body, "application/javascript")
             self._variants[key] = asset
             while len(self._variants) > MAX_VARIANTS:

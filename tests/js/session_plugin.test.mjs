@@ -176,3 +176,16 @@ test("works when localStorage throws (private mode): memory keeps the session", 
   clock.now = T0 + 10 * MIN;
   assert.equal(send(plugin).integrations["Actions Amplitude"].session_id, T0);
 });
+
+test("never throws: integrations that cannot take a session id leave the event as it was", () => {
+  const { window } = browser({ cookies: { analytics_session_id: "1700000000000" } });
+  const plugin = onePlugin(window, settings());
+  for (const odd of ["junk", 5, true, Object.freeze({})]) {
+    assert.equal(send(plugin, "track", odd).integrations, odd);
+  }
+  const frozen = { event: Object.freeze({ type: "page" }) };
+  assert.equal(plugin.page(frozen), frozen);
+  assert.equal(frozen.event.integrations, undefined);
+  // and the next ordinary event is enriched as usual
+  assert.equal(send(plugin).integrations["Actions Amplitude"].session_id, 1700000000000);
+});
