@@ -130,6 +130,23 @@ async def test_one_failing_operation_does_not_fail_its_group(sqlite_spool: Spool
     assert (await spool.stats())["depth"] == 2
 
 
+async def test_appends_merged_into_one_insert_still_fail_alone(sqlite_spool: Spool) -> None:
+    """Appends queued together are inserted together; if that fails, each is tried on its own."""
+    spool = sqlite_spool
+    bad = make_item(99)
+    object.__setattr__(bad, "message_id", None)  # NOT NULL: fails inside SQLite, not while encoding
+    before = spool.transactions
+    results = await asyncio.gather(
+        *(spool.append([make_item(i)]) for i in range(3)), spool.append([bad]), spool.append([make_item(3), make_item(4)]),
+        return_exceptions=True,
+    )
+    assert results[:3] == [None, None, None] and results[4] is None
+    assert isinstance(results[3], SpoolUnavailable) and "NOT NULL" in str(results[3])
+    ids = sorted(e["message_id"] for e in await spool.events_for_session("device-1"))
+    assert ids == ["m0", "m1", "m2", "m3", "m4"]
+    assert spool.transactions - before <= 2  # merged, not one transaction per append
+
+
 async def test_claim_marks_inflight_and_reopen_reclaims(tmp_path: Path) -> None:
     s = Spool(tmp_path)
     await s.open()

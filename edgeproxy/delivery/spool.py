@@ -88,9 +88,21 @@ class DeadLetter:
     received_ms: int
 
 
-def _encode_append(
-    items: Sequence[SpoolItem], dead: Sequence[DeadLetter], max_bytes: int | None = None
-) -> Callable[[sqlite3.Connection], None]:
+@dataclass(frozen=True)
+class _Append:
+    """One caller's encoded rows. The writer merges every append of a transaction into one
+    room check and a few multi-row INSERTs (see ``Spool._execute``)."""
+
+    rows: list[tuple[Any, ...]]
+    dead_rows: list[tuple[Any, ...]]
+    max_bytes: int | None
+
+    def __call__(self, c: sqlite3.Connection) -> None:
+        sql.ensure_room(c, self.max_bytes)
+        sql.insert_items(c, self.rows, self.dead_rows)
+
+
+def _encode_append(items: Sequence[SpoolItem], dead: Sequence[DeadLetter], max_bytes: int | None = None) -> _Append:
     """Encode on the caller's side (the event loop) so a bad item fails its own call only."""
     rows = []
     for it in items:
@@ -104,12 +116,13 @@ def _encode_append(
         (d.message_id, orjson.dumps(d.payload), d.device_id, d.session_id, d.received_ms, d.reason, d.received_ms)
         for d in dead
     ]
+    return _Append(rows, dead_rows, max_bytes)
 
-    def op(c: sqlite3.Connection) -> None:
-        sql.ensure_room(c, max_bytes)
-        sql.insert_items(c, rows, dead_rows)
 
-    return op
+def _append_all(c: sqlite3.Connection, appends: Sequence[_Append]) -> None:
+    """Every append of one transaction at once: one room check, then the rows together."""
+    sql.ensure_room(c, appends[0].max_bytes)
+    sql.insert_items(c, [r for a in appends for r in a.rows], [r for a in appends for r in a.dead_rows])
 
 
 class Spool:
@@ -227,25 +240,25 @@ class Spool:
                     loop.call_soon_threadsafe(_settle, job[1], None, SpoolUnavailable("the spool is closed"))
 
     def _execute(self, conn: sqlite3.Connection, jobs: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> None:
-        """Run the jobs in one transaction, each under a savepoint, then COMMIT once."""
+        """Run the jobs in one transaction, then COMMIT once.
+
+        Appends (the hot path: one per tracking call) go first, all together; should that
+        fail (e.g. the spool is full) they are retried one by one like every other
+        operation: each under its own savepoint, so one bad operation never fails its
+        neighbours.
+        """
         loop = self._loop
         assert loop is not None
-        results: list[tuple[Any, BaseException | None]] = []
+        results: list[tuple[Any, BaseException | None] | None] = [None] * len(jobs)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, _ in jobs:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = fn(conn)
-                except Exception as exc:  # one bad operation must not fail its neighbours…
-                    if not conn.in_transaction:
-                        raise  # …unless SQLite rolled the whole transaction back (disk full, I/O error)
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((result, None))
+            appends = [i for i, (fn, _) in enumerate(jobs) if isinstance(fn, _Append)]
+            if len(appends) > 1 and self._run_one(conn, lambda c: _append_all(c, [jobs[i][0] for i in appends]))[1] is None:
+                for i in appends:
+                    results[i] = (None, None)
+            for i, (fn, _) in enumerate(jobs):
+                if results[i] is None:
+                    results[i] = self._run_one(conn, fn)
             conn.execute("COMMIT")
             self.transactions += 1
             self.operations += len(jobs)
@@ -257,11 +270,27 @@ class Spool:
                 pass
             results = [(None, exc)] * len(jobs)
         outcomes = []
-        for (_, fut), (result, exc) in zip(jobs, results):
+        for (_, fut), outcome in zip(jobs, results):
+            result, exc = outcome if outcome is not None else (None, None)
             if isinstance(exc, sqlite3.Error):
                 exc = SpoolUnavailable(f"spool write failed: {exc}")
             outcomes.append((fut, result, exc))
         loop.call_soon_threadsafe(_settle_all, outcomes)  # one loop wake-up per transaction
+
+    @staticmethod
+    def _run_one(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:
+        """``fn`` under a savepoint: its failure is rolled back and returned, not raised…"""
+        conn.execute("SAVEPOINT op")
+        try:
+            result = fn(conn)
+        except Exception as exc:
+            if not conn.in_transaction:
+                raise  # …unless SQLite rolled the whole transaction back (disk full, I/O error)
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return None, exc
+        conn.execute("RELEASE op")
+        return result, None
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._closed or self._loop is None:
