@@ -98,7 +98,7 @@ def create_app(settings: Settings) -> web.Application:
 
     def on_html(request: web.Request, response: web.StreamResponse) -> None:
         """The first page view owns a device id: set the device cookie on HTML responses."""
-        jar = identity.read_cookies(request.cookies)
+        jar = identity.read_cookie_header(request.headers.get("Cookie"))
         set_cookies(response, identity.page_cookies(jar, int(time.time() * 1000)))
 
     setup_origin(app, settings, on_html=on_html)

@@ -14,7 +14,7 @@ from hypothesis import strategies as hst
 
 from edgeproxy.config import Settings
 from edgeproxy.identity.cookies import CookieCodec
-from edgeproxy.identity.service import CookieIdentity, IdentityService, event_time_ms
+from edgeproxy.identity.service import DEVICE_COOKIE_REFRESH_MS, CookieIdentity, IdentityService, event_time_ms
 from edgeproxy.identity.store import MemorySessionStore
 
 T0 = 1_780_000_000_000
@@ -384,10 +384,25 @@ async def test_provisional_page_id_is_kept_when_the_event_has_no_anonymous_id(se
 
 async def test_page_cookie_keeps_an_existing_id_and_touches_no_session(service):
     jar = service.read_cookies(cookies_of(service, CookieIdentity(device_id="edge-1"), T0))
-    [spec] = service.page_cookies(jar, T0)
+    assert service.page_cookies(jar, T0) == []  # fresh and unchanged: nothing to re-send
+    [spec] = service.page_cookies(jar, T0 + DEVICE_COOKIE_REFRESH_MS)  # a day on: renewed, same id
     assert service.read_cookies({spec.name: spec.value}).device_id == "edge-1"
     assert not service.read_cookies({spec.name: spec.value}).provisional
     assert await service.store.list_sessions() == []
+
+
+async def test_an_unchanged_device_cookie_is_re_sent_only_once_a_day(service):
+    """Each response re-signed the device cookie before; now only when it changed or aged."""
+    jar = service.read_cookies(cookies_of(service, CookieIdentity(device_id="edge-1"), T0))
+    await service.process(web(anon="edge-1"), jar, T0)
+    names = [c.name for c in service.response_cookies(jar, T0 + 1000)]
+    assert "_ep_did" not in names and "_ep_sess" in names  # the session cookie changes every event
+    day_later = [c for c in service.response_cookies(jar, T0 + DEVICE_COOKIE_REFRESH_MS) if c.name == "_ep_did"]
+    assert len(day_later) == 1 and service.read_cookies({"_ep_did": day_later[0].value}).device_id == "edge-1"
+    provisional = service.read_cookies(cookies_of(service, CookieIdentity(device_id="page-1", provisional=True), T0))
+    await service.process(web(anon="anon-9"), provisional, T0)  # the first event's anonymousId replaces it
+    [changed] = [c for c in service.response_cookies(provisional, T0) if c.name == "_ep_did"]
+    assert service.read_cookies({"_ep_did": changed.value}).device_id == "anon-9"
 
 
 # --- restarts, replicas and concurrency ---------------------------------------------------------------------
@@ -479,7 +494,7 @@ def test_any_visit_stamps_consistent_never_future_sessions(steps):
             jar = service.read_cookies(cookies)
             m = web(t=now + skew)
             r = await service.process(m, jar, now)
-            cookies = cookies_of(service, jar, now)
+            cookies = {**cookies, **cookies_of(service, jar, now)}  # a browser keeps what is not re-sent
             assert stamped(m) == r.session.session_id <= min(now, r.session.last_event_ms)
             assert r.device_id == "anon-1"
             starts += r.started

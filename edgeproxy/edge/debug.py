@@ -139,7 +139,7 @@ class DebugViews:
     async def me(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
             return self._deny(request)
-        jar = self.identity.read_cookies(request.cookies)
+        jar = self.identity.read_cookie_header(request.headers.get("Cookie"))
         device_id = getattr(jar, "device_id", None)
         if not device_id:
             data = {"device_id": None, "message": "no edgeproxy device cookie on this request"}

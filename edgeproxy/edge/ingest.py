@@ -179,7 +179,7 @@ class IngestHandlers:
             envelope = segment.Envelope()
             path_type = segment.PATH_TYPES[request.match_info["kind"]]
 
-        jar = ctx.identity.read_cookies(request.cookies)
+        jar = ctx.identity.read_cookie_header(request.headers.get("Cookie"))
         now_ms = int(received.timestamp() * 1000)
         accepted: list[Accepted] = []
         rejected: list[dict[str, Any]] = []

@@ -35,6 +35,7 @@ from edgeproxy.identity.cookies import (
     CookieCodec,
     CookiePolicy,
     CookieSpec,
+    cookie_values,
     load_signing_keys,
     valid_device_id,
 )
@@ -54,6 +55,7 @@ from edgeproxy.identity.sessions import (
 from edgeproxy.identity.store import SessionStore, open_store
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+DEVICE_COOKIE_REFRESH_MS = 86_400_000  # a device cookie older than a day is re-signed (its Max-Age renewed)
 _ONE_MS = timedelta(milliseconds=1)
 
 
@@ -65,6 +67,9 @@ class CookieIdentity:
     session: SessionState | None = None
     provisional: bool = False  # issued on a page before any event: the first anonymousId replaces it
     has_edge_cookies: bool = False  # the request carried a valid device cookie (its events are web)
+    # What the request's device cookie said and when it was signed: re-sent only if that changed or aged.
+    cookie_device: tuple[str, bool] | None = None
+    cookie_signed_at: int = 0
 
 
 @dataclass
@@ -134,6 +139,7 @@ class IdentityService:
     ):
         self.store = store
         self.policy = CookiePolicy.from_settings(settings)
+        self._cookie_names = frozenset({self.policy.device_cookie, self.policy.session_cookie})
         self.codec = CookieCodec(signing_keys, max_age_s=settings.sessions.device_cookie_max_age, clock=clock)
         self.timeout_ms = int(settings.sessions.timeout * 1000)
         self.stamp_non_web = bool(settings.sessions.stamp_non_web)
@@ -145,12 +151,17 @@ class IdentityService:
 
     def read_cookies(self, cookies: Mapping[str, str]) -> CookieIdentity:
         """Verify the request's cookies; anything invalid reads as absent."""
-        device = self.codec.load_device(cookies.get(self.policy.device_cookie))
+        device = self.codec.load_device_signed(cookies.get(self.policy.device_cookie))
         if device is None:
             return CookieIdentity()
-        device_id, provisional = device
+        device_id, provisional, signed_at = device
         session = self.codec.load_session(cookies.get(self.policy.session_cookie), device_id)
-        return CookieIdentity(device_id=device_id, session=session, provisional=provisional, has_edge_cookies=True)
+        return CookieIdentity(device_id=device_id, session=session, provisional=provisional, has_edge_cookies=True,
+                              cookie_device=(device_id, provisional), cookie_signed_at=signed_at)
+
+    def read_cookie_header(self, header: str | None) -> CookieIdentity:
+        """``read_cookies`` from a raw ``Cookie`` header, looking only at our two cookies."""
+        return self.read_cookies(cookie_values(header, self._cookie_names))
 
     async def process(self, message: dict[str, Any], jar: CookieIdentity, now_ms: int) -> IdentityResult:
         """Resolve the device, touch its session and stamp the message (see module doc)."""
@@ -231,12 +242,16 @@ class IdentityService:
         """Cookies for a tracking response: device, session and the readable pair.
 
         A session already over at ``now_ms`` is not re-issued (the next event starts a new
-        one anyway); the device cookie is always refreshed.
+        one anyway). The device cookie is re-sent when it changed or was signed more than
+        ``DEVICE_COOKIE_REFRESH_MS`` ago (which renews its Max-Age): re-signing an unchanged
+        cookie on every call would cost a signature and a header per event for nothing.
         """
         if jar.device_id is None:
             return []
         policy = self.policy
-        cookies = [policy.signed(policy.device_cookie, self.codec.dump_device(jar.device_id, provisional=jar.provisional))]
+        cookies = []
+        if self._device_cookie_due(jar, now_ms):
+            cookies.append(policy.signed(policy.device_cookie, self.codec.dump_device(jar.device_id, provisional=jar.provisional)))
         session = jar.session
         if session is not None and now_ms - session.last_event_ms <= self.timeout_ms:
             cookies.append(policy.signed(policy.session_cookie, self.codec.dump_session(jar.device_id, session)))
@@ -245,7 +260,8 @@ class IdentityService:
         return cookies
 
     def page_cookies(self, jar: CookieIdentity, now_ms: int) -> list[CookieSpec]:
-        """The device cookie for an HTML page response, so the first page view owns an id.
+        """The device cookie for an HTML page response, so the first page view owns an id
+        (re-sent on later pages under the same rule as ``response_cookies``).
 
         No session is touched (a page load is not an event). A visitor without a cookie gets
         a provisional id. (``now_ms`` keeps the signature parallel to ``response_cookies``.)
@@ -253,4 +269,11 @@ class IdentityService:
         if jar.device_id is None:
             jar.device_id = str(uuid.uuid4())
             jar.provisional = True
+        if not self._device_cookie_due(jar, now_ms):
+            return []
         return [self.policy.signed(self.policy.device_cookie, self.codec.dump_device(jar.device_id, provisional=jar.provisional))]
+
+    @staticmethod
+    def _device_cookie_due(jar: CookieIdentity, now_ms: int) -> bool:
+        """The device cookie must be (re-)sent: new, changed, or signed over a day ago."""
+        return jar.cookie_device != (jar.device_id, jar.provisional) or now_ms - jar.cookie_signed_at * 1000 >= DEVICE_COOKIE_REFRESH_MS
