@@ -137,11 +137,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if settings.delivery.queue:
             from edgeproxy.delivery.redis_queue_views import queue_replay
 
-            if selection.reasons or selection.endpoint or selection.message_ids:
-                print("edgeproxy replay: --reason, --endpoint and --message-id filter the SQLite spool only;"
-                      " with delivery.queue on Redis, replay all (optionally --limit)", file=sys.stderr)
-                return 2
-            count = queue_replay(settings.delivery.queue, selection.limit)
+            count = queue_replay(settings.delivery.queue, selection)
         else:
             count = replay(settings.data_dir / "spool.sqlite3", selection)
     except SpoolUnavailable as exc:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import orjson
+import pytest
+from redis_server import redis_server
 from test_ingest import make_settings, track
 
 from edgeproxy.app import create_app
@@ -114,12 +117,21 @@ async def test_me_without_cookie(tmp_path, aiohttp_client):
     assert data["device_id"] is None
 
 
-async def test_overview_shows_in_flight_retrying_dead_letters_and_upstream_answers(tmp_path, aiohttp_client, amp):
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_overview_shows_in_flight_retrying_dead_letters_and_upstream_answers(tmp_path, aiohttp_client, amp, backend):
     from fake_amplitude import TEST_API_KEY
 
-    settings = make_settings(tmp_path, amplitude__api_key=TEST_API_KEY, amplitude__endpoint_url=amp.base_url,
-                             delivery__retry_base=3600.0, delivery__retry_max=3600.0)
-    c = await aiohttp_client(create_app(settings))
+    # Redis: a server of its own, since the app's queue uses the default key prefix.
+    with redis_server(tmp_path) if backend == "redis" else contextlib.nullcontext("") as queue_url:
+        settings = make_settings(tmp_path, amplitude__api_key=TEST_API_KEY, amplitude__endpoint_url=amp.base_url,
+                                 delivery__retry_base=3600.0, delivery__retry_max=3600.0, delivery__queue=queue_url)
+        c = await aiohttp_client(create_app(settings))
+        await _overview_scenario(c, amp)
+        await c.close()  # while Redis is still up: the worker stops cleanly
+
+
+async def _overview_scenario(c, amp) -> None:
+    """A dead letter, then an event in flight, then waiting for a retry: each in its /debug section."""
 
     async def overview() -> dict:
         return await (await c.get("/debug?format=json")).json()

@@ -2,7 +2,8 @@
 
 The behaviours it shares with the SQLite spool are tested against both backends in
 test_spool.py and test_delivery.py; here is what only a shared queue has: a consumer killed
-with items in flight, a late verdict after a takeover, the CLI, and Redis being unreachable.
+with items in flight, a late verdict after a takeover, which process holds what, the CLI,
+and Redis being unreachable.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from redis_server import free_port, redis_server
 from test_delivery import event, make_settings, until
 
 from edgeproxy.delivery.redis_queue import RedisQueue
-from edgeproxy.delivery.spool import SpoolItem, SpoolUnavailable, now_ms
+from edgeproxy.delivery.spool import ReplayFilter, SpoolItem, SpoolUnavailable, now_ms
 from edgeproxy.delivery.worker import DeliveryWorker
 from edgeproxy.metrics import Metrics
 
@@ -145,6 +146,60 @@ async def test_min_replicas_not_met_refuses_the_append(shared_redis: str, unique
         await queue.close()
 
 
+async def test_in_flight_names_the_process_holding_each_item_and_retrying_is_the_delayed_set(
+    shared_redis: str, unique_prefix: str
+) -> None:
+    first = RedisQueue.from_url(shared_redis, prefix=unique_prefix, consumer="proc-a")
+    second = RedisQueue.from_url(shared_redis, prefix=unique_prefix, consumer="proc-b")
+    await first.open()
+    await second.open()
+    try:
+        await first.append([event(i) for i in range(4)])
+        [group] = await first.due_groups()
+        [a0, a1] = await first.claim(group.group_key, limit=2, max_bytes=10**6)
+        [b2, b3] = await second.claim(group.group_key, limit=2, max_bytes=10**6)
+        flying = await second.undelivered("in_flight")
+        assert [(e["message_id"], e["consumer"]) for e in flying] == [
+            (a0.message_id, "proc-a"), (a1.message_id, "proc-a"), (b2.message_id, "proc-b"), (b3.message_id, "proc-b")]
+        t = now_ms()
+        # A retry after a failure, and an item held (never sent) until a 429 pause ends: both
+        # wait for a due time, which is what Redis's ``retrying`` counts; soonest first.
+        await first.settle(retry=[([a0.row_id], t + 90_000, "HTTP 503")], release=[([a1.row_id], t + 30_000)])
+        await second.settle(ack=[b2.row_id])
+        waiting = await second.undelivered("retrying")
+        assert [(e["message_id"], e["attempts"], e["next_attempt_ms"]) for e in waiting] == [
+            (a1.message_id, 0, t + 30_000), (a0.message_id, 1, t + 90_000)]
+        assert [e["message_id"] for e in await first.undelivered("retrying", limit=1)] == [a1.message_id]
+        assert [e["consumer"] for e in await first.undelivered("in_flight")] == ["proc-b"]
+        stats = await first.stats()
+        assert (stats["in_flight"], stats["retrying"], stats["delivered"]) == (1, 2, 1)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_dead_letters_from_before_reason_codes_count_as_other(shared_redis: str, unique_prefix: str) -> None:
+    """A record dead-lettered by an edgeproxy without codes (only ``last_error``) stays readable and replayable."""
+    queue = RedisQueue.from_url(shared_redis, prefix=unique_prefix)
+    await queue.open()
+    try:
+        await queue.append([event(1)])
+        [group] = await queue.due_groups()
+        [held] = await queue.claim(group.group_key, limit=1, max_bytes=10**6)
+        await queue.dead_letter({held.row_id: ("invalid_fields", "Invalid field values (time)")})
+        [(entry_id, fields)] = await queue.redis.xrange(queue.dead_key)
+        old = orjson.loads(fields[b"d"])
+        del old["dead_code"]
+        await queue.redis.xdel(queue.dead_key, entry_id)
+        await queue.redis.xadd(queue.dead_key, {"d": orjson.dumps(old)})
+        [letter] = await queue.dead_letters()
+        assert (letter["reason_code"], letter["reason"]) == ("other", "Invalid field values (time)")
+        assert await queue.dead_by_reason() == {"other": 1}
+        assert await queue.replay_dead_letters(ReplayFilter(reasons=("other",))) == 1
+    finally:
+        await queue.close()
+
+
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgeproxy", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
@@ -155,20 +210,40 @@ async def test_cli_spool_and_replay_read_the_redis_queue(tmp_path: Path) -> None
         config.write_text(f'[delivery]\nqueue = "{url}"\ndata_dir = "{tmp_path / "data"}"\n')
         queue = RedisQueue.from_url(url)  # the default prefix, as `edgeproxy serve` uses
         await queue.open()
-        item = SpoolItem("m-1", "httpapi", {"event_type": "A", "device_id": "d-12345"}, None, "d-12345", None, None, now_ms())
-        await queue.append([item, SpoolItem("m-2", "httpapi", {"event_type": "B"}, None, "d-12345", None, None, now_ms())])
-        [group] = await queue.due_groups()
-        [first] = await queue.claim(group.group_key, limit=1, max_bytes=10**6)
-        await queue.dead_letter({first.row_id: "invalid_fields: event_type"})
+        items = [SpoolItem(f"m-{i}", "httpapi", {"event_type": "A", "device_id": "d-12345"}, None, "d-12345", None, None,
+                           now_ms()) for i in range(4)]
+        items.append(SpoolItem("i-1", "identify", {"user_id": "u-12345"}, None, None, "u-12345", None, now_ms()))
+        await queue.append([*items, SpoolItem("m-9", "httpapi", {"event_type": "B"}, None, "d-12345", None, None, now_ms())])
+        claimed = []
+        for group in await queue.due_groups():
+            claimed += await queue.claim(group.group_key, limit=5 if group.endpoint == "httpapi" else 1, max_bytes=10**6)
+        assert len(claimed) == 6
+        codes = {"m-0": "invalid_api_key", "m-1": "invalid_api_key", "m-2": "too_large", "m-3": "too_large",
+                 "i-1": "invalid_api_key"}
+        await queue.dead_letter({c.row_id: (codes[c.message_id], f"reason for {c.message_id}")
+                                 for c in claimed if c.message_id in codes})
+        await queue.release([c.row_id for c in claimed if c.message_id not in codes])
 
         report = orjson.loads(run("spool", "--config", str(config), cwd=tmp_path).stdout)
-        assert (report["depth"], report["dead"]) == (1, 1)
-        assert report["dead_letters"][0]["reason"] == "invalid_fields: event_type"
+        assert (report["depth"], report["dead"]) == (1, 5)
+        assert report["dead_by_reason"] == {"invalid_api_key": 3, "too_large": 2}
+        assert {(d["reason_code"], d["reason"]) for d in report["dead_letters"]} >= {("too_large", "reason for m-2")}
 
-        replayed = run("replay", "--config", str(config), cwd=tmp_path)
-        assert replayed.returncode == 0 and replayed.stdout.startswith("1 dead letter")
-        assert (await queue.stats())["depth"] == 2
-        assert run("replay", "--config", str(config), cwd=tmp_path).stdout.startswith("0 dead letter")
+        def replayed(*args: str) -> int:
+            result = run("replay", "--config", str(config), *args, cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.endswith("dead letter(s) queued again for delivery\n")
+            return int(result.stdout.split()[0])
+
+        assert replayed("--reason", "invalid_api_key", "--endpoint", "identify") == 1
+        assert replayed("--message-id", "m-2") == 1
+        assert replayed("--reason", "invalid_api_key", "--limit", "1") == 1  # the oldest dead letter matching
+        report = orjson.loads(run("spool", "--config", str(config), cwd=tmp_path).stdout)
+        assert {d["message_id"] for d in report["dead_letters"]} == {"m-1", "m-3"}
+        assert report["dead_by_reason"] == {"invalid_api_key": 1, "too_large": 1} and report["depth"] == 4
+        assert replayed() == 2
+        assert replayed() == 0
+        assert (await queue.stats())["depth"] == 6
         await queue.close()
     down = run("spool", "--config", str(config), cwd=tmp_path)
     assert down.returncode == 1 and "Redis" in down.stderr and "Traceback" not in down.stderr

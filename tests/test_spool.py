@@ -462,3 +462,70 @@ async def test_dead_letters_by_reason_and_filtered_replay(tmp_path: Path) -> Non
     after = spool_report(tmp_path)
     assert after["dead_by_reason"] == {"mapping": 1, "other": 1}
     assert after["depth"] == 4
+
+
+async def dead_letter_mix(q) -> None:
+    """Five dead letters with codes (one a bare text: "other") and a mapping refusal, on any queue."""
+    await q.append([make_item(i) for i in range(4)] + [make_item(9, endpoint="identify")],
+                   dead=[DeadLetter("refused", {"type": "track"}, "event name is empty", "device-1", None, now_ms())])
+    groups = {g.endpoint: g for g in await q.due_groups()}
+    events = await q.claim(groups["httpapi"].group_key, limit=10, max_bytes=10**6)
+    [ident] = await q.claim(groups["identify"].group_key, limit=10, max_bytes=10**6)
+    await q.dead_letter({
+        events[0].row_id: ("invalid_fields", "Invalid field values (time)"),
+        events[1].row_id: ("invalid_fields", "Invalid field values (time)"),
+        events[2].row_id: ("invalid_api_key", "Invalid API key"),
+        ident.row_id: ("invalid_api_key", "Invalid API key"),
+        events[3].row_id: "a bare text reason",
+    })
+
+
+async def test_dead_letters_keep_the_reason_code_apart_from_its_text(spool) -> None:
+    await dead_letter_mix(spool)
+    letters = {d["message_id"]: d for d in await spool.dead_letters()}
+    assert {m: (d["reason_code"], d["reason"]) for m, d in letters.items()} == {
+        "m0": ("invalid_fields", "Invalid field values (time)"), "m1": ("invalid_fields", "Invalid field values (time)"),
+        "m2": ("invalid_api_key", "Invalid API key"), "m9": ("invalid_api_key", "Invalid API key"),
+        "m3": ("other", "a bare text reason"), "refused": ("mapping", "event name is empty")}
+    by_reason = await spool.dead_by_reason()
+    assert list(by_reason.items()) == [("invalid_api_key", 2), ("invalid_fields", 2), ("mapping", 1), ("other", 1)]
+    assert (await spool.stats())["dead"] == 6
+
+
+async def test_replay_filters_by_reason_endpoint_message_id_and_limit(spool) -> None:
+    await dead_letter_mix(spool)
+    assert await spool.replay_dead_letters(ReplayFilter(reasons=("invalid_api_key",), endpoint="identify")) == 1
+    assert await spool.replay_dead_letters(ReplayFilter(message_ids=("m0", "m2"))) == 2
+    assert await spool.replay_dead_letters(ReplayFilter(reasons=("mapping",))) == 0  # nothing to send
+    assert await spool.replay_dead_letters(ReplayFilter(reasons=("no_such_code",))) == 0
+    assert await spool.replay_dead_letters(ReplayFilter(limit=1)) == 1  # the oldest left: m1, not m3
+    assert await spool.dead_by_reason() == {"mapping": 1, "other": 1}
+    assert {d["message_id"] for d in await spool.dead_letters()} == {"m3", "refused"}
+    stats = await spool.stats()
+    assert (stats["depth"], stats["dead"]) == (4, 2)
+    again = {e["message_id"]: e for e in await spool.events_for_session("device-1") if e["state"] == "pending"}
+    assert set(again) == {"m0", "m1", "m2", "m9"}
+    assert again["m1"]["attempts"] == 0 and again["m1"]["last_error"] == "replayed: Invalid field values (time)"
+    assert await spool.replay_dead_letters() == 1  # m3: the refusal stays
+    assert await spool.dead_by_reason() == {"mapping": 1}
+
+
+async def test_in_flight_and_retrying_views(spool) -> None:
+    await spool.append([make_item(i) for i in range(5)])
+    [group] = await spool.due_groups()
+    claimed = await spool.claim(group.group_key, limit=10, max_bytes=10**6)
+    later = now_ms() + 60_000
+    await spool.settle(ack=[claimed[4].row_id], retry=[([claimed[3].row_id], later, "HTTP 503")])
+    flying = await spool.undelivered("in_flight", limit=2)
+    assert [(e["message_id"], e["state"], e["attempts"]) for e in flying] == [("m0", "inflight", 0), ("m1", "inflight", 0)]
+    assert flying[0]["device_id"] == "device-1" and flying[0]["endpoint"] == "httpapi"
+    assert flying[0]["item"]["event_type"] == "e0"
+    assert [e["message_id"] for e in await spool.undelivered("in_flight")] == ["m0", "m1", "m2"]
+    [waiting] = await spool.undelivered("retrying")
+    assert (waiting["message_id"], waiting["state"], waiting["attempts"]) == ("m3", "pending", 1)
+    assert (waiting["last_error"], waiting["next_attempt_ms"], waiting["device_id"]) == ("HTTP 503", later, "device-1")
+    assert (await spool.stats())["retrying"] == 1
+    await spool.release([c.row_id for c in claimed[:3]])
+    assert await spool.undelivered("in_flight") == []
+    with pytest.raises(ValueError):
+        await spool.undelivered("dead")

@@ -7,13 +7,17 @@ Protocol, so both backends run the same behaviour tests.
 
 Row ids are opaque: an ``int`` (SQLite row) or a ``(stream, entry id)`` tuple (Redis). The
 worker only hashes them and hands them back to ``settle``.
+
+Every method /debug, the worker or the CLI calls is declared here, so a backend that lacks
+one (or takes other parameters) fails tests/test_queue_protocol.py rather than a page at
+run time.
 """
 
 from __future__ import annotations
 
 from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
-from edgeproxy.delivery.spool import ClaimedItem, DeadLetter, DueGroup, Spool, SpoolItem
+from edgeproxy.delivery.spool import ClaimedItem, DeadLetter, DueGroup, ReplayFilter, Spool, SpoolItem
 from edgeproxy.metrics import Metrics
 
 RowId = Hashable
@@ -45,12 +49,14 @@ class DeliveryQueue(Protocol):
         self,
         *,
         ack: Sequence[Any] = (),
-        dead: Mapping[Any, str] | None = None,
+        dead: Mapping[Any, str | tuple[str, str]] | None = None,
         retry: Sequence[tuple[Sequence[Any], int, str]] = (),
         release: Sequence[tuple[Sequence[Any], int]] = (),
         response: tuple[str, int | None, int, str] | None = None,
         now: int | None = None,
-    ) -> None: ...
+    ) -> None:
+        """One request's verdict at once. ``dead``: row -> (reason code, text), or a bare text
+        (code "other"); the code is what dead letters are counted and replayed by."""
 
     async def release(self, row_ids: Sequence[Any], not_before_ms: int = 0) -> None: ...
 
@@ -59,11 +65,19 @@ class DeliveryQueue(Protocol):
 
     async def events_for_session(self, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
 
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Most recent first; each with ``reason`` (text) and ``reason_code``."""
+
+    async def dead_by_reason(self) -> dict[str, int]:
+        """Dead letters counted by reason code, most frequent first."""
+
+    async def undelivered(self, which: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Items ``"in_flight"`` (sent, answer awaited) or ``"retrying"`` (waiting to be sent again)."""
 
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]: ...
 
-    async def replay_dead_letters(self, limit: int | None = None) -> int: ...
+    async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
+        """Dead letters with an item that match ``selection`` back to be delivered; returns how many."""
 
 
 def is_redis_url(value: str) -> bool:

@@ -5,7 +5,7 @@ Same semantics as the SQLite spool (``queue.DeliveryQueue``); what differs is wh
 ``<prefix>q:groups``        set of group keys (endpoint + options) seen so far
 ``<prefix>q:<group key>``   stream, consumer group ``delivery``: items waiting or in flight
 ``<prefix>q:delayed``       sorted set of ``<group key>\\n<record>`` by due time (retries, 429 pauses)
-``<prefix>q:dead``          stream of dead letters with their reasons
+``<prefix>q:dead``          stream of dead letters with their reasons (code and text)
 ``<prefix>q:delivered``     stream capped at ``retention``: delivered items, for /debug
 ``<prefix>q:responses``     stream capped at 1000: Amplitude's answers, for /debug
 
@@ -41,7 +41,18 @@ from redis.exceptions import RedisError, ResponseError
 
 from edgeproxy.delivery import redis_lua as lua
 from edgeproxy.delivery import redis_queue_views as views
-from edgeproxy.delivery.spool import ClaimedItem, DeadLetter, DueGroup, SpoolItem, SpoolUnavailable, group_key, item_size, now_ms
+from edgeproxy.delivery.spool import (
+    ClaimedItem,
+    DeadLetter,
+    DueGroup,
+    ReplayFilter,
+    SpoolItem,
+    SpoolUnavailable,
+    group_key,
+    item_size,
+    now_ms,
+)
+from edgeproxy.delivery.spool_sql import MAPPING_REASON, OTHER_REASON
 from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy.delivery")
@@ -73,8 +84,18 @@ def encode_refusal(d: DeadLetter) -> bytes:
     return orjson.dumps({
         "message_id": d.message_id, "endpoint": None, "group_key": None, "item": None, "payload": d.payload,
         "device_id": d.device_id, "session_id": d.session_id, "received_ms": d.received_ms,
-        "attempts": 0, "last_error": d.reason, "dead_ms": d.received_ms,
+        "attempts": 0, "last_error": d.reason, "dead_code": MAPPING_REASON, "dead_ms": d.received_ms,
     })
+
+
+def dead_reason(reason: str | tuple[str, str]) -> tuple[str, str]:
+    """``(code, text)`` from what ``settle(dead=...)`` accepts: the pair, or a bare text (code "other").
+
+    The code is what operators count and filter dead letters by (``dead_by_reason``, replay
+    ``--reason``); the text is what they read. Records keep them apart, as ``dead_code`` and
+    ``last_error``, like the SQLite spool's columns.
+    """
+    return reason if isinstance(reason, tuple) else (OTHER_REASON, reason)
 
 
 class RedisQueue:
@@ -309,13 +330,15 @@ class RedisQueue:
         self,
         *,
         ack: Sequence[Any] = (),
-        dead: Mapping[Any, str] | None = None,
+        dead: Mapping[Any, str | tuple[str, str]] | None = None,
         retry: Sequence[tuple[Sequence[Any], int, str]] = (),
         release: Sequence[tuple[Sequence[Any], int]] = (),
         response: tuple[str, int | None, int, str] | None = None,
         now: int | None = None,
     ) -> None:
-        """Apply one request's verdict in one script run (see the module docstring)."""
+        """Apply one request's verdict in one script run (see the module docstring).
+
+        ``dead``: row -> (reason code, text), or a bare text (code "other")."""
         t = now_ms() if now is None else now
         ops: list[Any] = []
 
@@ -333,7 +356,9 @@ class RedisQueue:
         for row, reason in (dead or {}).items():
             if row in held:
                 rec = held[row]
-                move(row, "dead", 0, {**rec, "attempts": rec["attempts"] + 1, "last_error": reason, "dead_ms": t})
+                code, text = dead_reason(reason)
+                move(row, "dead", 0, {**rec, "attempts": rec["attempts"] + 1, "last_error": text, "dead_code": code,
+                                      "dead_ms": t})
         for rows, next_ms, error in retry:
             for row in rows:
                 if row in held:
@@ -366,7 +391,7 @@ class RedisQueue:
     async def retry(self, row_ids: Sequence[Any], next_attempt_ms: int, error: str) -> None:
         await self.settle(retry=[(row_ids, next_attempt_ms, error)])
 
-    async def dead_letter(self, reasons: Mapping[Any, str]) -> None:
+    async def dead_letter(self, reasons: Mapping[Any, str | tuple[str, str]]) -> None:
         await self.settle(dead=reasons)
 
     async def release(self, row_ids: Sequence[Any], not_before_ms: int = 0) -> None:
@@ -413,8 +438,16 @@ class RedisQueue:
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return await views.dead_letters(self, limit)
 
+    async def dead_by_reason(self) -> dict[str, int]:
+        return await views.dead_by_reason(self)
+
+    async def undelivered(self, which: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Items ``in_flight`` (in any worker's pending list) or ``retrying`` (waiting for a due time)."""
+        return await views.undelivered(self, which, limit)
+
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
         return await views.recent_responses(self, limit)
 
-    async def replay_dead_letters(self, limit: int | None = None) -> int:
-        return await views.replay_dead_letters(self, limit)
+    async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
+        """Dead letters that have an item (and match ``selection``) back into their stream; returns how many."""
+        return await views.replay_dead_letters(self, selection)

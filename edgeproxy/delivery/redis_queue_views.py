@@ -2,23 +2,30 @@
 
 Apart from ``redis_queue`` because none of it is on the hot path: these read (or, for replay,
 move) entries on an operator's request, and may scan, where the queue itself never does.
+Counting dead letters by reason and filtering a replay scan the dead-letter stream whole
+(in chunks): exact, at a cost paid only when an operator asks, like the SQLite spool's
+GROUP BY over its dead rows, rather than a counter every dead letter would have to keep
+in step.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from edgeproxy.delivery.redis_lua import GROUP
-from edgeproxy.delivery.spool import SpoolUnavailable
+from edgeproxy.delivery.spool import ReplayFilter, SpoolUnavailable
+from edgeproxy.delivery.spool_sql import OTHER_REASON
 
 if TYPE_CHECKING:
     from edgeproxy.delivery.redis_queue import RedisQueue
 
 DEBUG_SCAN = 5000  # entries per structure /debug reads when it looks for one device's events
+DEAD_CHUNK = 500  # dead letters read per round trip when scanning the dead-letter stream
+UNDELIVERED = ("in_flight", "retrying")
 
 
 def _s(value: bytes | str) -> str:
@@ -65,14 +72,21 @@ async def events_for_session(q: RedisQueue, device_id: str, session_id: int | No
     return [out for _, out in found[:limit]]
 
 
-async def _pending_ids(q: RedisQueue, stream: str) -> list[dict[str, Any]]:
+async def _pending_ids(q: RedisQueue, stream: str, count: int = DEBUG_SCAN) -> list[dict[str, Any]]:
+    """The stream's pending list (entries some worker holds), oldest first."""
     try:
-        return await q.redis.xpending_range(stream, GROUP, min="-", max="+", count=DEBUG_SCAN)
+        return await q.redis.xpending_range(stream, GROUP, min="-", max="+", count=count)
     except ResponseError:  # no consumer group yet
         return []
 
 
+def _reason_code(rec: dict[str, Any]) -> str:
+    """A dead letter's reason code; records written before codes existed count as "other"."""
+    return rec.get("dead_code") or OTHER_REASON
+
+
 async def dead_letters(q: RedisQueue, limit: int = 100) -> list[dict[str, Any]]:
+    """The most recent dead letters first, with the reason's code and text (as the SQLite spool's)."""
     try:
         entries = await q.redis.xrevrange(q.dead_key, count=limit)
     except (RedisError, OSError) as exc:
@@ -82,11 +96,92 @@ async def dead_letters(q: RedisQueue, limit: int = 100) -> list[dict[str, Any]]:
         rec = orjson.loads(fields[b"d"])
         out.append({
             "message_id": rec["message_id"], "endpoint": rec.get("endpoint"), "item": rec.get("item"),
-            "payload": rec.get("payload"), "reason": rec.get("last_error"), "device_id": rec.get("device_id"),
-            "session_id": rec.get("session_id"), "attempts": rec.get("attempts", 0),
+            "payload": rec.get("payload"), "reason": rec.get("last_error"), "reason_code": _reason_code(rec),
+            "device_id": rec.get("device_id"), "session_id": rec.get("session_id"), "attempts": rec.get("attempts", 0),
             "received_ms": rec.get("received_ms"), "dead_ms": rec.get("dead_ms"),
             "replayable": rec.get("item") is not None,
         })
+    return out
+
+
+async def _scan_dead(q: RedisQueue) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+    """The dead-letter stream oldest first, a chunk of (entry id, record) per round trip.
+
+    Resumes after the last id it saw, so entries a concurrent replay deletes are simply not
+    met again, and ones dead-lettered meanwhile are met at the end."""
+    start = "-"
+    while True:
+        entries = await q.redis.xrange(q.dead_key, min=start, max="+", count=DEAD_CHUNK)
+        if not entries:
+            return
+        start = "(" + _s(entries[-1][0])
+        yield [(_s(entry_id), orjson.loads(fields[b"d"])) for entry_id, fields in entries]
+        if len(entries) < DEAD_CHUNK:
+            return
+
+
+async def dead_by_reason(q: RedisQueue) -> dict[str, int]:
+    """Dead letters counted by reason code, most frequent first (ties by code), like the SQLite spool."""
+    counts: dict[str, int] = {}
+    try:
+        async for chunk in _scan_dead(q):
+            for _, rec in chunk:
+                code = _reason_code(rec)
+                counts[code] = counts.get(code, 0) + 1
+    except (RedisError, OSError) as exc:
+        raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+    return dict(sorted(counts.items(), key=lambda pair: (-pair[1], pair[0])))
+
+
+def _undelivered_row(rec: dict[str, Any], state: str) -> dict[str, Any]:
+    """The fields /debug's in-flight and retrying tables show, as the SQLite spool's rows carry them."""
+    out = {k: rec.get(k) for k in ("message_id", "endpoint", "item", "attempts", "last_error", "received_ms", "device_id")}
+    out["state"], out["delivered_ms"] = state, None
+    return out
+
+
+async def undelivered(q: RedisQueue, which: str, limit: int = 20) -> list[dict[str, Any]]:
+    """``in_flight``: entries in any worker's pending list, oldest first, with the consumer
+    holding each. ``retrying``: the delayed set (retries waiting out their backoff and items
+    held by a 429 pause), soonest due first, with ``next_attempt_ms``: the items ``stats()``
+    counts as retrying."""
+    if which not in UNDELIVERED:
+        raise ValueError(f"which must be 'in_flight' or 'retrying', got {which!r}")
+    if limit < 1:
+        return []
+    try:
+        if which == "retrying":
+            out = []
+            for member, score in await q.redis.zrange(q.delayed_key, 0, limit - 1, withscores=True):
+                row = _undelivered_row(orjson.loads(member.split(b"\n", 1)[1]), "pending")
+                row["next_attempt_ms"] = int(score)
+                out.append(row)
+            return out
+        return await _in_flight(q, limit)
+    except (RedisError, OSError) as exc:
+        raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+
+
+async def _in_flight(q: RedisQueue, limit: int) -> list[dict[str, Any]]:
+    held: list[tuple[tuple[int, int], str, str, str]] = []  # (order, stream, entry id, consumer)
+    for key in sorted(_s(k) for k in await q.redis.smembers(q.groups_key)):
+        stream = q.stream(key)
+        for p in await _pending_ids(q, stream, count=limit):
+            eid = _s(p["message_id"])
+            held.append((_id_key(eid), stream, eid, _s(p["consumer"])))
+    held = sorted(held)[:limit]
+    if not held:
+        return []
+    async with q.redis.pipeline(transaction=False) as pipe:
+        for _, stream, eid, _ in held:
+            pipe.xrange(stream, min=eid, max=eid, count=1)
+        entries = await pipe.execute()
+    out = []
+    for (_, _, _, consumer), found in zip(held, entries):
+        if found:  # else settled between the two reads
+            row = _undelivered_row(orjson.loads(found[0][1][b"d"]), "inflight")
+            row["consumer"] = consumer
+            out.append(row)
     return out
 
 
@@ -98,29 +193,41 @@ async def recent_responses(q: RedisQueue, limit: int = 50) -> list[dict[str, Any
     return [orjson.loads(fields[b"d"]) for _, fields in entries]
 
 
-async def replay_dead_letters(q: RedisQueue, limit: int | None = None) -> int:
-    """Dead letters that have an item back into their stream (attempts reset); returns how many.
+def replay_matches(rec: dict[str, Any], selection: ReplayFilter) -> bool:
+    """Whether ``replay`` puts this dead letter back: it has an item (a mapping refusal has
+    nothing to send) and meets every criterion given, as ``ReplayFilter.where`` does in SQL."""
+    if rec.get("item") is None:
+        return False
+    if selection.reasons and _reason_code(rec) not in selection.reasons:
+        return False
+    if selection.endpoint is not None and rec.get("endpoint") != selection.endpoint:
+        return False
+    return not selection.message_ids or rec.get("message_id") in selection.message_ids
+
+
+async def replay_dead_letters(q: RedisQueue, selection: ReplayFilter | None = None) -> int:
+    """Dead letters matching ``selection`` back into their stream (attempts reset), oldest
+    first up to its ``limit``; returns how many.
 
     Each is moved by a script that deletes it from the dead-letter stream first, so two
     operators replaying at once never send one twice."""
-    replayed, start = 0, "-"
+    selection = selection or ReplayFilter()
+    limit = selection.limit
+    replayed = 0
     try:
-        while limit is None or replayed < limit:
-            entries = await q.redis.xrange(q.dead_key, min=start, max="+", count=500)
-            if not entries:
-                break
-            start = "(" + _s(entries[-1][0])
+        async for chunk in _scan_dead(q):
             args: list[Any] = []
-            for entry_id, fields in entries:
-                rec = orjson.loads(fields[b"d"])
-                if rec.get("item") is None or (limit is not None and replayed + len(args) // 3 >= limit):
+            for entry_id, rec in chunk:
+                if limit is not None and replayed + len(args) // 3 >= limit:
+                    break
+                if not replay_matches(rec, selection):
                     continue
                 again = {**rec, "attempts": 0, "last_error": f"replayed: {rec.get('last_error') or ''}",
-                         "dead_ms": None, "next_attempt_ms": None}
-                args += [_s(entry_id), rec["group_key"], orjson.dumps(again)]
+                         "dead_ms": None, "dead_code": None, "next_attempt_ms": None}
+                args += [entry_id, rec["group_key"], orjson.dumps(again)]
             if args:
                 replayed += int(await q._replay(keys=[q.dead_key, q.groups_key], args=[q.prefix, *args]))
-            if len(entries) < 500:
+            if limit is not None and replayed >= limit:
                 break
     except (RedisError, OSError) as exc:
         raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
@@ -145,6 +252,7 @@ def queue_report(url: str, *, limit: int = 20) -> dict[str, Any]:
     """``edgeproxy spool`` against Redis: the same report as for the SQLite spool."""
     async def report(q: Any) -> dict[str, Any]:
         out = await q.stats()
+        out["dead_by_reason"] = await q.dead_by_reason()
         out["dead_letters"] = await q.dead_letters(limit)
         out["recent_responses"] = await q.recent_responses(limit)
         return out
@@ -152,6 +260,6 @@ def queue_report(url: str, *, limit: int = 20) -> dict[str, Any]:
     return asyncio.run(_with_queue(url, report))
 
 
-def queue_replay(url: str, limit: int | None = None) -> int:
+def queue_replay(url: str, selection: ReplayFilter | None = None) -> int:
     """``edgeproxy replay`` against Redis: a running worker (any process) sends them."""
-    return asyncio.run(_with_queue(url, lambda q: q.replay_dead_letters(limit)))
+    return asyncio.run(_with_queue(url, lambda q: q.replay_dead_letters(selection)))
