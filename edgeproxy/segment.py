@@ -72,7 +72,8 @@ def parse_iso(value: Any, field: str) -> datetime:
 
 def format_iso(moment: datetime) -> str:
     """Segment's timestamp format: UTC, millisecond precision, ``Z``."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat is twice as fast as strftime and always writes four year digits; "+00:00" -> "Z".
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def write_key_from_basic(header: str | None) -> str | None:

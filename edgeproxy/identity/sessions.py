@@ -11,7 +11,7 @@ timeout. Events that arrive late (event time before the latest seen) never rotat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 # The integration key under which Segment's plugins (web and mobile) carry the session id.
@@ -206,16 +206,17 @@ def touch(
             ),
             True,
         )
-    common = {
-        "user_id": user_id if user_id is not None else state.user_id,
-        "library": library if library is not None else state.library,
-        "user_agent": user_agent if user_agent is not None else state.user_agent,
-        "first_seen": min(state.first_seen, t_ms),
-    }
+    # Built directly, not with dataclasses.replace: this runs on every event and replace()
+    # costs several times the constructor.
+    user_id = user_id if user_id is not None else state.user_id
+    library = library if library is not None else state.library
+    user_agent = user_agent if user_agent is not None else state.user_agent
+    first_seen = min(state.first_seen, t_ms)
     if t_ms - state.last_event_ms > timeout_ms:
-        return replace(state, session_id=t_ms, last_event_ms=t_ms, event_count=1, **common), True
+        return SessionState(t_ms, t_ms, 1, user_id, first_seen, library, user_agent), True
     return (
-        replace(state, last_event_ms=max(state.last_event_ms, t_ms), event_count=state.event_count + 1, **common),
+        SessionState(state.session_id, max(state.last_event_ms, t_ms), state.event_count + 1, user_id, first_seen,
+                     library, user_agent),
         False,
     )
 
@@ -233,21 +234,18 @@ def reconcile(stored: SessionState | None, carried: SessionState | None) -> Sess
     if stored is None:
         return carried
     if carried.session_id > stored.session_id:
-        return replace(
-            carried,
-            user_id=carried.user_id or stored.user_id,
-            library=carried.library or stored.library,
-            user_agent=carried.user_agent or stored.user_agent,
-            first_seen=min(stored.first_seen, carried.first_seen),
+        return SessionState(
+            carried.session_id, carried.last_event_ms, carried.event_count, carried.user_id or stored.user_id,
+            min(stored.first_seen, carried.first_seen), carried.library or stored.library,
+            carried.user_agent or stored.user_agent,
         )
     if carried.session_id == stored.session_id and (
         carried.last_event_ms > stored.last_event_ms or carried.event_count > stored.event_count
     ):
-        return replace(
-            stored,
-            last_event_ms=max(stored.last_event_ms, carried.last_event_ms),
-            event_count=max(stored.event_count, carried.event_count),
-            first_seen=min(stored.first_seen, carried.first_seen),
+        return SessionState(
+            stored.session_id, max(stored.last_event_ms, carried.last_event_ms),
+            max(stored.event_count, carried.event_count), stored.user_id, min(stored.first_seen, carried.first_seen),
+            stored.library, stored.user_agent,
         )
     return stored
 
