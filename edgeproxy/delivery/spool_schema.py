@@ -82,9 +82,17 @@ V2_STATEMENTS = (
     "CREATE INDEX IF NOT EXISTS items_dead ON items(state, dead_code, id)",
 )
 
+# Version 3: the dead-letter index covers dead rows only. As a full index over
+# (state, dead_code, id) every append and every state change of every event paid for it.
+V3_STATEMENTS = (
+    "DROP INDEX IF EXISTS items_dead",
+    "CREATE INDEX IF NOT EXISTS items_dead ON items(dead_code, id) WHERE state = 'dead'",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "items and responses", V1_STATEMENTS),
     Migration(2, "dead letters keep a reason code", V2_STATEMENTS),
+    Migration(3, "the dead-letter index covers dead rows only", V3_STATEMENTS),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 
