@@ -17,7 +17,7 @@ from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue, describe, open_queue
 from edgeproxy.delivery.worker import DeliveryWorker
 from edgeproxy.edge.cdn import setup_cdn
-from edgeproxy.edge.cookies_out import set_cookies
+from edgeproxy.edge.cookies_out import set_cookies, shared_cacheable
 from edgeproxy.edge.debug import DebugViews
 from edgeproxy.edge.forwarded import forwarded_middleware
 from edgeproxy.edge.ingest import IngestContext, IngestHandlers
@@ -97,7 +97,10 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(debug.routes())
 
     def on_html(request: web.Request, response: web.StreamResponse) -> None:
-        """The first page view owns a device id: set the device cookie on HTML responses."""
+        """The first page view owns a device id: set the device cookie on HTML responses
+        (not on pages a shared cache may store: every visitor would get the same id)."""
+        if shared_cacheable(response.headers):
+            return
         jar = identity.read_cookie_header(request.headers.get("Cookie"))
         set_cookies(response, identity.page_cookies(jar, int(time.time() * 1000)))
 
