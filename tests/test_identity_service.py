@@ -405,6 +405,19 @@ async def test_an_unchanged_device_cookie_is_re_sent_only_once_a_day(service):
     assert service.read_cookies({"_ep_did": changed.value}).device_id == "anon-9"
 
 
+async def test_sessions_share_one_copy_of_each_user_agent(service):
+    """Stored sessions keep the user agent; equal strings from different requests become one object."""
+    ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+    states = []
+    for i in range(3):
+        m = web(anon=f"anon-{i}")
+        m["context"]["userAgent"] = "".join(ua)  # a new, equal string per request, as parsed from JSON
+        states.append((await service.process(m, CookieIdentity(), T0)).session)
+    assert states[0].user_agent == ua
+    assert states[0].user_agent is states[1].user_agent is states[2].user_agent
+    assert states[0].library is states[2].library
+
+
 # --- restarts, replicas and concurrency ---------------------------------------------------------------------
 
 

@@ -55,6 +55,7 @@ from edgeproxy.identity.sessions import (
 from edgeproxy.identity.store import SessionStore, open_store
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+SHARED_STRINGS = 10_000  # distinct user agents kept as one object each (see _shared)
 DEVICE_COOKIE_REFRESH_MS = 86_400_000  # a device cookie older than a day is re-signed (its Max-Age renewed)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -140,6 +141,7 @@ class IdentityService:
         self.store = store
         self.policy = CookiePolicy.from_settings(settings)
         self._cookie_names = frozenset({self.policy.device_cookie, self.policy.session_cookie})
+        self._strings: dict[str, str] = {}
         self.codec = CookieCodec(signing_keys, max_age_s=settings.sessions.device_cookie_max_age, clock=clock)
         self.timeout_ms = int(settings.sessions.timeout * 1000)
         self.stamp_non_web = bool(settings.sessions.stamp_non_web)
@@ -208,6 +210,21 @@ class IdentityService:
         stamp_session_id(message, new.session_id)
         return IdentityResult(device_id=None, session=new, started=started, mismatch=False, web=False, ended=ended)
 
+    def _shared(self, text: str | None) -> str | None:
+        """One string object per distinct user agent or library name.
+
+        Every stored session keeps its visitor's user agent; parsed from each request, equal
+        strings would each take ~200 bytes, while most visitors share a few dozen.
+        """
+        if text is None:
+            return None
+        shared = self._strings.get(text)
+        if shared is None:
+            if len(self._strings) >= SHARED_STRINGS:
+                self._strings.clear()
+            shared = self._strings[text] = text
+        return shared
+
     async def _touch(
         self,
         key: str,
@@ -217,8 +234,8 @@ class IdentityService:
         adopt: int | None,
     ) -> tuple[SessionState, bool, SessionState | None]:
         user_id = _non_blank(message.get("userId"))
-        library = library_name(message)
-        user_agent = _user_agent(message)
+        library = self._shared(library_name(message))
+        user_agent = self._shared(_user_agent(message))
         started = False
 
         def apply(old: SessionState | None) -> SessionState:

@@ -30,9 +30,12 @@ MIN_EPOCH_MS = 1_000_000_000_000
 WEB_LIBRARY = "analytics.js"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionState:
-    """What the server knows about one device's current session."""
+    """What the server knows about one device's current session.
+
+    Slotted: the memory store holds one per live visitor (a third of the size with a dict).
+    """
 
     session_id: int  # epoch ms of the session's first event (Amplitude's definition)
     last_event_ms: int  # latest event time seen in this session
