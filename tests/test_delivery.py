@@ -211,6 +211,7 @@ def test_rate_limiter_spaces_reservations() -> None:
 
 import asyncio  # noqa: E402
 import logging  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from fake_amplitude import FakeAmplitude  # noqa: E402
@@ -241,23 +242,31 @@ def make_settings(base_url: str, tmp_path: Path, *, api_key: str = "test-key", *
     return s
 
 
-async def until(condition, what: str, *, tries: int = 500, pause: float = 0.02) -> None:
-    """Poll a condition, bounded in count and time (10 s by default): a hang becomes a failure."""
-    for _ in range(tries):
+async def until(condition, what: str, *, timeout: float = 60.0, pause: float = 0.02) -> None:
+    """Poll a condition until it holds, failing after ``timeout`` seconds: a hang becomes a
+    failure, while a slow (shared, loaded) machine only makes the wait longer. The bound is
+    generous because it is never what a test measures."""
+    deadline = time.monotonic() + timeout
+    while True:
         result = condition()
         if asyncio.iscoroutine(result):
             result = await result
         if result:
             return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for: {what}")
         await asyncio.sleep(pause)
-    raise AssertionError(f"timed out waiting for: {what}")
 
 
-QUEUE_BACKENDS = {"queue": "sqlite"}  # set per test by the queue_backend fixture
+# The queue the current test's Rig uses; the queue_backend fixture sets it and clears it
+# after the test, so no test can build a Rig on another test's Redis keys.
+QUEUE_BACKENDS: dict[str, str] = {}
 
 
 def pytest_generate_tests(metafunc) -> None:
-    """Every worker test (each builds a Rig) runs against both queue backends."""
+    """Every worker test (each builds a Rig) runs against both queue backends.
+
+    A module whose tests build a Rig imports this hook and the ``queue_backend`` fixture."""
     if "Rig" in metafunc.function.__code__.co_names:
         metafunc.parametrize("queue_backend", ["sqlite", "redis"], indirect=True)
 
@@ -269,7 +278,8 @@ def queue_backend(request):
     if backend == "redis":
         QUEUE_BACKENDS["url"] = request.getfixturevalue("shared_redis")
         QUEUE_BACKENDS["prefix"] = request.getfixturevalue("unique_prefix")
-    return backend
+    yield backend
+    QUEUE_BACKENDS.clear()
 
 
 class Rig:
@@ -277,6 +287,8 @@ class Rig:
 
     def __init__(self, tmp_path: Path, settings: Settings) -> None:
         self.metrics = Metrics()
+        if "queue" not in QUEUE_BACKENDS:
+            raise RuntimeError("a Rig needs the queue_backend fixture: import it and pytest_generate_tests from test_delivery")
         if QUEUE_BACKENDS["queue"] == "redis":
             from edgeproxy.delivery.redis_queue import RedisQueue
 
