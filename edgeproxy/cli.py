@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from typing import Sequence
 
@@ -49,6 +50,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"tracking API at {settings.server.prefix}/v1/…)",
             flush=True,
         )
+        # Everything built so far (modules, mapping plans, parsers' tables) lives as long as the
+        # process: moved out of the collector's reach, full collections stop walking it.
+        gc.freeze()
         web.run_app(app, host=host, port=port, shutdown_timeout=settings.server.shutdown_grace, print=None,
                     access_log=None, handle_signals=True, reuse_port=args.reuse_port or None)
     except (OSError, SpoolUnavailable, RuntimeError) as exc:
