@@ -299,7 +299,7 @@ def dead_letters(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
             "item": _loads(r["item"]),
             "payload": _loads(r["payload"]),
             "reason": r["last_error"],
-            "reason_code": r["dead_code"],
+            "reason_code": r["dead_code"] or OTHER_REASON,
             "device_id": r["device_id"],
             "session_id": r["session_id"],
             "attempts": r["attempts"],
