@@ -1,0 +1,221 @@
+"""Measurements that need no HTTP load: session memory and the delivery path's CPU per event.
+
+Each runs in a fresh process (``python bench/_inproc.py NAME …`` prints one JSON object), so
+the orchestrating benchmark's own allocations and threads never leak into the figure, and
+pinned to the server core like the servers under test.
+
+- ``memory-store``: tracemalloc's traced bytes of a MemorySessionStore holding N live
+  sessions, built through its public ``touch()`` (or ``update()``) with ``sessions.touch`` as the edge does.
+  Each session has its own device id (a UUID); user agents come from a pool of 50 distinct
+  strings, shared as the identity service shares equal strings (``IdentityService._shared``).
+- ``memory-redis``: Redis ``INFO memory`` used_memory after minus before N sessions written
+  through RedisSessionStore's ``touch()`` (or ``update()``): state key plus index entry.
+- ``forwarding``: fill a fresh SQLite spool with N mapped analytics.js track events
+  (Spool.append, not timed), then run DeliveryWorker against the local 200 responder until
+  every event is acknowledged; CPU = time.process_time() of the whole process (event loop,
+  the spool's writer thread, HTTP client) divided by N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, uninstalled
+
+TIMEOUT_MS = 30 * 60 * 1000
+LIBRARY = "analytics.js"
+USER_AGENT = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/131.0.0.0 Safari/537.36")
+CONCURRENCY = 64  # concurrent Redis updates in flight (like requests in flight on a busy edge)
+
+
+AGENTS = [USER_AGENT.replace("131.0.0.0", f"{100 + i}.0.0.0") for i in range(50)]  # a site sees a few dozen
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()  # as `edgeproxy serve` does
+    except ImportError:  # pragma: no cover
+        pass
+
+
+async def write_session(store: Any, device_id: str, t_ms: int) -> None:
+    """One event for ``device_id`` through the store's public API, as the identity service calls it.
+
+    Both API generations are supported: ``touch(device_id, TouchRequest)`` (declarative, one
+    Redis round trip) and the older ``update(device_id, fn)`` with ``sessions.touch``.
+    """
+    agent = AGENTS[t_ms % len(AGENTS)]
+    if hasattr(store, "touch"):
+        from edgeproxy.identity.store import TouchRequest
+
+        await store.touch(device_id, TouchRequest(t_ms=t_ms, timeout_ms=TIMEOUT_MS, library=LIBRARY, user_agent=agent))
+    else:
+        from edgeproxy.identity.sessions import touch
+
+        await store.update(device_id, lambda state: touch(state, t_ms, TIMEOUT_MS, library=LIBRARY, user_agent=agent)[0])
+
+
+async def memory_store(sessions: int) -> dict[str, Any]:
+    from edgeproxy.identity.store import MemorySessionStore
+
+    ids = [str(uuid.uuid4()) for _ in range(sessions)]  # the ids exist before: a request carries them
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    store = MemorySessionStore(timeout_ms=TIMEOUT_MS, max_sessions=sessions * 2)
+    t0 = int(time.time() * 1000)
+    for i, device_id in enumerate(ids):
+        await write_session(store, device_id, t0 + i)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    # The device id strings are part of what the store holds (the request that brought them is gone).
+    ids_bytes = sum(sys.getsizeof(i) for i in ids)
+    assert len(store) == sessions
+    return {"sessions": sessions, "bytes": after - before + ids_bytes}
+
+
+async def _redis_used_memory(redis: Any) -> int:
+    info = await redis.info("memory")
+    return int(info["used_memory"])
+
+
+async def memory_redis(url: str, sessions: int) -> dict[str, Any]:
+    from redis.asyncio import Redis
+
+    from edgeproxy.identity.redis_store import RedisSessionStore
+
+    redis = Redis.from_url(url)
+    store = RedisSessionStore(redis, timeout_ms=TIMEOUT_MS, prefix="bench:")
+    await redis.flushdb()
+    before = await _redis_used_memory(redis)
+    t0 = int(time.time() * 1000)
+    started = time.perf_counter()
+    queue = iter(range(sessions))
+
+    async def writer() -> None:
+        for i in queue:
+            await write_session(store, str(uuid.uuid4()), t0 + i)
+
+    await asyncio.gather(*(writer() for _ in range(CONCURRENCY)))
+    elapsed = time.perf_counter() - started
+    after = await _redis_used_memory(redis)
+    keys = await redis.dbsize()
+    await redis.flushdb()
+    await redis.aclose()
+    return {"sessions": sessions, "bytes": after - before, "keys": keys, "updates_per_s": sessions / elapsed}
+
+
+def _messages(n: int) -> list[dict[str, Any]]:
+    """``n`` analytics.js track calls of 1,000 visitors, each with its own message id."""
+    from _wrk import track_event  # the same event the HTTP benchmark posts
+
+    t = time.time()
+    visitors = [str(uuid.uuid4()) for _ in range(min(n, 1000))]
+    return [track_event(visitors[i % len(visitors)], f"ajs-next-{uuid.uuid4()}", t + i / 1000, seq=i) for i in range(n)]
+
+
+def thread_cpu_s() -> dict[int, float]:
+    """CPU seconds of each thread of this process (Linux /proc), by native thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
+async def forwarding(endpoint_url: str, events: int) -> dict[str, Any]:
+    from edgeproxy.config import Settings
+    from edgeproxy.delivery import DeliveryWorker, Spool
+    from edgeproxy.delivery.spool import now_ms
+    from edgeproxy.mapping import Mapper
+    from edgeproxy.metrics import Metrics
+    from edgeproxy.pipeline import spool_records
+
+    settings = Settings()
+    settings.amplitude.api_key = "bench-dummy-api-key"
+    settings.amplitude.endpoint_url = endpoint_url
+    mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
+    with tempfile.TemporaryDirectory(prefix="edgeproxy-bench-fwd-") as tmp:
+        metrics = Metrics()
+        spool = Spool(Path(tmp), metrics=metrics, retention=settings.delivery.retention)
+        await spool.open()
+        worker = DeliveryWorker(spool, settings, metrics)
+        try:
+            received = now_ms()
+            pending = []
+            for msg in _messages(events):
+                items, dead = spool_records(mapper, msg, device_id=msg["anonymousId"], session_id=received, received_ms=received)
+                assert items and not dead, dead
+                pending.extend(items)
+            for start in range(0, len(pending), 100):  # ~ what group commit merges under load
+                await spool.append(pending[start:start + 100])
+            gc.collect()
+            delivered = lambda: metrics.registry.get_sample_value(  # noqa: E731
+                "edgeproxy_delivered_items_total", {"endpoint": "httpapi"}) or 0.0
+            threads0 = thread_cpu_s()
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            await worker.start()
+            deadline = time.monotonic() + 120
+            while delivered() < len(pending):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"forwarding: only {delivered():.0f} of {len(pending)} delivered after 120 s")
+                await asyncio.sleep(0.01)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            threads1 = thread_cpu_s()
+            # Where the CPU went: the event loop (worker, HTTP client) or the spool's SQLite thread.
+            writer = spool._thread.native_id if spool._thread is not None else None
+            split = {tid: threads1[tid] - threads0.get(tid, 0.0) for tid in threads1}
+            loop_s = split.get(threading.main_thread().native_id, 0.0)
+            writer_s = split.get(writer, 0.0) if writer is not None else 0.0
+            requests = worker.requests_sent
+        finally:
+            await worker.stop(grace=5)
+            await spool.close()
+    return {"events": len(pending), "cpu_s": cpu, "wall_s": wall, "requests": requests,
+            "event_loop_cpu_s": loop_s, "spool_thread_cpu_s": writer_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("memory-store")
+    m.add_argument("--sessions", type=int, default=100_000)
+    r = sub.add_parser("memory-redis")
+    r.add_argument("--url", required=True)
+    r.add_argument("--sessions", type=int, default=100_000)
+    f = sub.add_parser("forwarding")
+    f.add_argument("--endpoint-url", required=True)
+    f.add_argument("--events", type=int, default=20_000)
+    args = parser.parse_args()
+    _install_uvloop()
+    if args.what == "memory-store":
+        result = asyncio.run(memory_store(args.sessions))
+    elif args.what == "memory-redis":
+        result = asyncio.run(memory_redis(args.url, args.sessions))
+    else:
+        result = asyncio.run(forwarding(args.endpoint_url, args.events))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
