@@ -96,7 +96,7 @@ async def test_a_release_1_spool_is_migrated_and_keeps_its_events(tmp_path: Path
         letters = {d["message_id"]: d for d in await s.dead_letters()}
     finally:
         await s.close()
-    assert versions(path) == [1, 2, 3]  # 1 recorded as found, 2 and 3 applied
+    assert versions(path) == [1, 2, 3, 4]  # 1 recorded as found, the rest applied
     assert claimed.message_id == "old-1" and claimed.item["insert_id"] == "old-1"
     # Codes read from the old texts: Amplitude's field, or the mapping's refusal (no item).
     assert by_reason == {"invalid_fields": 1, "mapping": 1}
@@ -111,7 +111,7 @@ async def test_opening_again_applies_nothing_twice(tmp_path: Path) -> None:
         s = Spool(path)
         await s.open()
         await s.close()
-    assert versions(path) == [1, 2, 3]
+    assert versions(path) == [1, 2, 3, 4]
 
 
 def test_the_cli_migrates_a_release_1_spool_too(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_the_cli_migrates_a_release_1_spool_too(tmp_path: Path) -> None:
     report = spool_report(path)
     assert report["dead_by_reason"] == {"invalid_fields": 1, "mapping": 1} and report["depth"] == 1
     assert replay(path, ReplayFilter(reasons=("invalid_fields",))) == 1
-    assert versions(path) == [1, 2, 3]
+    assert versions(path) == [1, 2, 3, 4]
 
 
 async def test_a_spool_from_a_newer_edgeproxy_is_refused_untouched(tmp_path: Path) -> None:
@@ -152,3 +152,16 @@ async def test_the_dead_letter_index_covers_dead_rows_only(tmp_path: Path) -> No
     conn.close()
     assert "WHERE state = 'dead'" in sql
     assert "items_dead" in plan  # the dead-letter queries still use it
+
+
+async def test_a_claim_reads_the_backlog_in_order_without_sorting_it(tmp_path: Path) -> None:
+    """Version 4: claiming the oldest rows of a big backlog walks the index, no temp sort."""
+    s = Spool(tmp_path / "spool.sqlite3")
+    await s.open()
+    await s.close()
+    conn = sqlite3.connect(tmp_path / "spool.sqlite3")
+    plan = " ".join(r[-1] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM items WHERE state='pending' AND group_key='g' AND next_attempt_ms <= 5"
+        " ORDER BY id LIMIT 500"))
+    conn.close()
+    assert "items_due" in plan and "TEMP B-TREE" not in plan
