@@ -1,8 +1,8 @@
-"""Microseconds per session update: aiocache's memory backend versus edgeproxy's store.
+"""Microseconds per session touch: aiocache's memory backend versus edgeproxy's store.
 
 Why this exists: aiocache's SimpleMemoryCache schedules one event-loop timer per key when
 a ttl is given (and cancels the previous one on every set), which was reported at ~37 µs
-per set. A session update is a read-modify-write on every tracking event, so the choice of
+per set. A session touch is a read-modify-write on every tracking event, so the choice of
 backend is measured, not guessed.
 
 Each variant performs the same work per event: read the device's state, apply
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from aiocache import SimpleMemoryCache  # noqa: E402
 
 from edgeproxy.identity.sessions import touch  # noqa: E402
-from edgeproxy.identity.store import MemorySessionStore, ttl_for  # noqa: E402
+from edgeproxy.identity.store import MemorySessionStore, TouchRequest, ttl_for  # noqa: E402
 
 TIMEOUT_MS = 30 * 60 * 1000
 T0 = 1_780_000_000_000
@@ -61,7 +61,7 @@ async def bench_aiocache_set_only(updates: int, devices: int) -> float:
 async def bench_store(store, updates: int, devices: int) -> float:
     start = time.perf_counter()
     for i in range(updates):
-        await store.update(f"device-{i % devices}", lambda s, t=T0 + i: touch(s, t, TIMEOUT_MS)[0])
+        await store.touch(f"device-{i % devices}", TouchRequest(T0 + i, TIMEOUT_MS))
     return (time.perf_counter() - start) / updates * 1e6
 
 
@@ -76,7 +76,7 @@ async def main() -> None:
     variants = {
         "aiocache SimpleMemoryCache get+touch+set(ttl)": lambda: bench_aiocache(args.updates, args.devices),
         "aiocache SimpleMemoryCache set(ttl) only": lambda: bench_aiocache_set_only(args.updates, args.devices),
-        "edgeproxy MemorySessionStore.update(touch)": lambda: bench_store(
+        "edgeproxy MemorySessionStore.touch": lambda: bench_store(
             MemorySessionStore(timeout_ms=TIMEOUT_MS), args.updates, args.devices
         ),
     }
@@ -91,7 +91,7 @@ async def main() -> None:
             finally:
                 await store.close()
 
-        variants["edgeproxy RedisSessionStore.update(touch) (WATCH/MULTI)"] = redis_variant
+        variants["edgeproxy RedisSessionStore.touch (one EVALSHA)"] = redis_variant
 
     print(f"{args.updates} updates over {args.devices} devices, best of {args.rounds} rounds")
     results = {}
@@ -101,8 +101,8 @@ async def main() -> None:
             gc.collect()
             best = min(best, await run())
         results[name] = best
-        print(f"  {name:<58} {best:8.2f} µs/update")
-    ours = results["edgeproxy MemorySessionStore.update(touch)"]
+        print(f"  {name:<58} {best:8.2f} µs/touch")
+    ours = results["edgeproxy MemorySessionStore.touch"]
     theirs = results["aiocache SimpleMemoryCache get+touch+set(ttl)"]
     print(f"  aiocache / edgeproxy memory store: {theirs / ours:.1f}x")
 

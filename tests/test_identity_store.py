@@ -16,14 +16,17 @@ from datetime import datetime, timezone
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from edgeproxy.config import Settings
 from edgeproxy.identity.redis_store import RedisSessionStore
 from edgeproxy.identity.service import CookieIdentity, IdentityService
-from edgeproxy.identity.sessions import SessionState, touch
+from edgeproxy.identity.sessions import SessionState
 from edgeproxy.identity.store import (
     MemorySessionStore,
     SessionStore,
+    StoreUnavailable,
+    TouchRequest,
     open_store,
     ttl_for,
 )
@@ -46,6 +49,11 @@ class Clock:
 
 def st(session_id=T0, last=None, count=1, user=None) -> SessionState:
     return SessionState(session_id, session_id if last is None else last, count, user, session_id)
+
+
+def at(t=T0, **fields) -> TouchRequest:
+    """An event at ``t`` (a new device gets ``st(t)``)."""
+    return TouchRequest(t, TIMEOUT, **fields)
 
 
 def free_port() -> int:
@@ -116,45 +124,70 @@ async def backend(request):
 # --- the contract ----------------------------------------------------------------------------------
 
 
-async def test_update_returns_old_and_new(backend):
+async def test_touch_returns_old_new_and_started(backend):
     make, _, _ = backend
     store = make()
     assert await store.get("d1") is None
-    old, new = await store.update("d1", lambda s: st() if s is None else replace(s, event_count=s.event_count + 1))
-    assert old is None and new == st()
-    old, new = await store.update("d1", lambda s: replace(s, event_count=s.event_count + 1))
-    assert old == st() and new.event_count == 2
+    assert await store.touch("d1", at()) == (None, st(), True)
+    old, new, started = await store.touch("d1", at(T0 + 5, user_id="u"))
+    assert (old, new, started) == (st(), SessionState(T0, T0 + 5, 2, "u", T0), False)
     assert await store.get("d1") == new
     assert await store.get("d2") is None
+    old, new, started = await store.touch("d1", at(T0 + 5 + TIMEOUT + 1))  # idle past the timeout
+    assert old.session_id == T0 and new == SessionState(T0 + 5 + TIMEOUT + 1, T0 + 5 + TIMEOUT + 1, 1, "u", T0)
+    assert started
+
+
+async def test_touch_reconciles_the_carried_state_and_adopts_a_client_id(backend):
+    make, _, _ = backend
+    store = make()
+    old, new, started = await store.touch("new", at(T0 + 10, adopt_session_id=T0))
+    assert (old, new.session_id, new.first_seen, started) == (None, T0, T0, True)
+    cookie = SessionState(T0 + MIN, T0 + 2 * MIN, 7, "u", T0 - MIN)  # a newer session than the store's
+    old, new, started = await store.touch("new", at(T0 + 2 * MIN, carried=cookie))
+    assert old.session_id == T0 and new == SessionState(T0 + MIN, T0 + 2 * MIN, 8, "u", T0 - MIN)
+    assert not started
 
 
 async def test_states_round_trip_every_field(backend):
     make, _, _ = backend
     store = make()
-    full = SessionState(T0, T0 + 5, 9, "user-é", T0 - 100, "analytics.js", "Mozilla/5.0")
-    await store.update("dévice/1 with spaces", lambda s: full)
-    assert await store.get("dévice/1 with spaces") == full
+    full = SessionState(T0, T0 + 5, 9, "user-é", T0 - 100, "analytics.js", "Mozilla/5.0 (X11; \"q\")/é")
+    _, new, _ = await store.touch("dévice/1 with spaces", at(T0 + 5, carried=full))
+    assert new == replace(full, event_count=10)
+    assert await store.get("dévice/1 with spaces") == new
 
 
-async def test_concurrent_updates_lose_nothing(backend):
+async def test_concurrent_touches_lose_nothing(backend):
     make, _, _ = backend
     store = make()
-
-    def inc(s):
-        return st() if s is None else replace(s, event_count=s.event_count + 1)
-
-    await asyncio.gather(*(store.update("d1", inc) for _ in range(100)))
+    await asyncio.gather(*(store.touch("d1", at()) for _ in range(100)))
     assert (await store.get("d1")).event_count == 100
 
 
 async def test_concurrent_touches_for_a_new_device_make_one_session(backend):
     make, _, _ = backend
     store = make()
-    results = await asyncio.gather(
-        *(store.update("d1", lambda s, t=T0 + i: touch(s, t, TIMEOUT)[0]) for i in range(50))
-    )
-    assert len({new.session_id for _, new in results}) == 1
-    assert sum(old is None for old, _ in results) == 1
+    results = await asyncio.gather(*(store.touch("d1", at(T0 + i)) for i in range(50)))
+    assert len({new.session_id for _, new, _ in results}) == 1
+    assert sum(old is None for old, _, _ in results) == 1
+    assert sum(started for _, _, started in results) == 1
+
+
+async def test_concurrent_touches_from_several_processes_one_session_id_per_session(backend):
+    """Four handles (for Redis: four connections, as four processes would have) touch one
+    device at once, in two visits separated by more than the timeout: each visit gets
+    exactly one session id, started once, and the second visit ends the first once."""
+    make, _, _ = backend
+    stores = [make() for _ in range(4)]
+    second = T0 + 100 + TIMEOUT + 1
+    for visit, start in enumerate((T0, second)):
+        results = await asyncio.gather(*(stores[i % 4].touch("d1", at(start + i % 100)) for i in range(400)))
+        assert {new.session_id for _, new, _ in results} == {start}
+        assert sum(started for _, _, started in results) == 1
+        rotated = [old for old, new, started in results if started and old is not None]
+        assert [s.session_id for s in rotated] == ([] if visit == 0 else [T0])
+    assert (await stores[0].get("d1")) == SessionState(second, second + 99, 400, None, T0)
 
 
 async def test_list_sessions_most_recent_first_with_query_and_limit(backend):
@@ -162,7 +195,7 @@ async def test_list_sessions_most_recent_first_with_query_and_limit(backend):
     store = make()
     for i, (dev, user) in enumerate([("dev-a", "Alice"), ("dev-b", None), ("other", "bob-alice"), ("dev-c", "carol")]):
         clock.ms = T0 + i
-        await store.update(dev, lambda s, i=i, user=user: st(T0 + i * MIN, user=user))
+        await store.touch(dev, at(T0 + i * MIN, user_id=user))
     assert [d for d, _ in await store.list_sessions()] == ["dev-c", "other", "dev-b", "dev-a"]
     assert [d for d, _ in await store.list_sessions(limit=2)] == ["dev-c", "other"]
     assert [d for d, _ in await store.list_sessions(query="dev-")] == ["dev-c", "dev-b", "dev-a"]
@@ -174,9 +207,9 @@ async def test_expired_claims_each_idle_session_once(backend):
     make, clock, _ = backend
     store = make()
     for i in range(5):
-        await store.update(f"idle-{i}", lambda s, i=i: st(T0 + i))
+        await store.touch(f"idle-{i}", at(T0 + i))
     clock.ms = T0 + 40 * MIN
-    await store.update("active", lambda s: st(T0 + 40 * MIN))
+    await store.touch("active", at(T0 + 40 * MIN))
     cutoff = clock.ms - TIMEOUT
     first = await store.expired(cutoff, limit=3)
     second = await store.expired(cutoff, limit=10)
@@ -191,7 +224,7 @@ async def test_expired_is_claimed_once_across_concurrent_sweepers(backend):
     make, clock, _ = backend
     a, b = make(), make()
     for i in range(20):
-        await a.update(f"idle-{i}", lambda s, i=i: st(T0 + i))
+        await a.touch(f"idle-{i}", at(T0 + i))
     clock.ms = T0 + 40 * MIN  # idle, and still inside the store's time to live
     got = await asyncio.gather(*(s.expired(clock.ms - TIMEOUT, limit=7) for s in (a, b, a, b)))
     claimed = [d for batch in got for d, _ in batch]
@@ -242,32 +275,31 @@ def _web(t: int, session: int | None = None) -> dict:
 async def test_memory_entries_expire_after_the_time_to_live():
     clock = Clock(T0)
     store = MemorySessionStore(timeout_ms=TIMEOUT, clock=clock)
-    await store.update("old", lambda s: st())
+    await store.touch("old", at())
     clock.ms = T0 + ttl_for(TIMEOUT) - 1
-    await store.update("new", lambda s: st())
+    await store.touch("new", at())
     assert await store.get("old") is not None
     clock.ms = T0 + ttl_for(TIMEOUT)
     assert await store.get("old") is None
-    await store.update("newer", lambda s: st())  # purges
+    await store.touch("newer", at())  # purges
     assert len(store) == 2
 
 
-async def test_memory_expired_entry_is_not_handed_to_update():
+async def test_memory_expired_entry_is_not_touched():
     clock = Clock(T0)
     store = MemorySessionStore(timeout_ms=TIMEOUT, clock=clock)
-    await store.update("d", lambda s: st())
+    await store.touch("d", at())
     clock.ms = T0 + ttl_for(TIMEOUT) + 1
-    seen = []
-    await store.update("d", lambda s: seen.append(s) or st(T0 + 2 * TIMEOUT))
-    assert seen == [None]
+    # An event late enough to still join the expired session, had the store kept it.
+    assert await store.touch("d", at(T0 + 1)) == (None, st(T0 + 1), True)
 
 
 async def test_memory_cap_evicts_the_least_recently_touched():
     store = MemorySessionStore(timeout_ms=TIMEOUT, max_sessions=3, clock=Clock(T0))
     for d in ("a", "b", "c"):
-        await store.update(d, lambda s: st())
-    await store.update("a", lambda s: s)  # a is fresh again
-    await store.update("d", lambda s: st())
+        await store.touch(d, at())
+    await store.touch("a", at())  # a is fresh again
+    await store.touch("d", at())
     assert len(store) == 3 and store.evicted == 1
     assert await store.get("b") is None
     assert all([await store.get(d) for d in ("a", "c", "d")])
@@ -283,7 +315,7 @@ async def test_memory_sweep_finds_a_late_only_device_once_its_touch_ages():
     # touch order, finds it one timeout later rather than at once (documented trade-off).
     clock = Clock(T0 + 60 * MIN)
     store = MemorySessionStore(timeout_ms=TIMEOUT, clock=clock)
-    await store.update("replayed", lambda s: st(T0))
+    await store.touch("replayed", at(T0))
     assert await store.expired(clock.ms - TIMEOUT, limit=10) == []
     clock.ms += TIMEOUT + 1
     assert [d for d, _ in await store.expired(clock.ms - TIMEOUT, limit=10)] == ["replayed"]
@@ -296,9 +328,10 @@ async def test_redis_keys_expire_with_the_time_to_live(redis_url):
     store = await _redis_store(redis_url, Clock(T0))
     try:
         await store._redis.flushdb()
-        await store.update("d", lambda s: st())
+        await store.touch("d", at())
         pttl = await store._redis.pttl("edgeproxy:s:d")
-        assert 0 < pttl <= ttl_for(TIMEOUT)
+        assert ttl_for(TIMEOUT) - 5_000 < pttl <= ttl_for(TIMEOUT)
+        assert await store._redis.zscore("edgeproxy:idx", "d") == T0
     finally:
         await store.close()
 
@@ -307,59 +340,96 @@ async def test_redis_unreadable_state_reads_as_absent(redis_url):
     store = await _redis_store(redis_url, Clock(T0))
     try:
         await store._redis.flushdb()
-        await store._redis.set("edgeproxy:s:d", b"{not json")
-        assert await store.get("d") is None
-        _, new = await store.update("d", lambda s: st() if s is None else pytest.fail("saw garbage"))
-        assert new == st()
+        for garbage in (b"{not json", b"[1, 2]", b'{"session_id": "1"}', b'{"session_id": 1.5, "last_event_ms": 1, '
+                        b'"event_count": 1, "first_seen": 1}', orjson.dumps({**st().to_dict(), "user_id": 5})):
+            await store._redis.set("edgeproxy:s:d", garbage)
+            assert await store.get("d") is None
+            assert await store.touch("d", at()) == (None, st(), True)
     finally:
         await store.close()
 
 
-async def test_redis_optimistic_retry_sees_a_concurrent_write(redis_url):
-    """Another process commits between WATCH/GET and EXEC: the update retries with its state."""
-    import redis as sync_redis
+async def test_redis_reads_states_written_before_the_script(redis_url):
+    """Keys written by the Python encoder (every earlier version) keep working, and the script
+    writes the same format: byte for byte where JSON allows only one spelling."""
+    from edgeproxy.identity.redis_store import _encode
 
     store = await _redis_store(redis_url, Clock(T0))
-    other_process = sync_redis.Redis.from_url(redis_url)
     try:
         await store._redis.flushdb()
-        await store.update("d", lambda s: st())
-        calls: list[SessionState | None] = []
-
-        def fn(s):
-            calls.append(s)
-            if len(calls) == 1:  # a write from another connection lands mid-transaction
-                other_process.set("edgeproxy:s:d", orjson.dumps(replace(s, event_count=50).to_dict()))
-            return replace(s, event_count=s.event_count + 1)
-
-        old, new = await store.update("d", fn)
-        assert [c.event_count for c in calls] == [1, 50]
-        assert old.event_count == 50 and new.event_count == 51
-        assert (await store.get("d")).event_count == 51
+        earlier = SessionState(T0, T0 + 5, 3, "user-é", T0 - 100, "analytics.js", "Mozilla/5.0 (X11; \\u00e9)")
+        await store._redis.set("edgeproxy:s:d", _encode(earlier))
+        old, new, started = await store.touch("d", at(T0 + 6))
+        assert (old, new, started) == (earlier, replace(earlier, last_event_ms=T0 + 6, event_count=4), False)
+        assert orjson.loads(await store._redis.get("edgeproxy:s:d")) == new.to_dict()
+        plain = SessionState(T0, T0, 1, "user-é", T0, "analytics.js", "Mozilla 5.0 (X11)")  # no '/', no controls
+        await store.touch("p", at(carried=replace(plain, event_count=0)))
+        assert await store._redis.get("edgeproxy:s:p") == _encode(plain)
+        escaped = SessionState(T0, T0, 1, 'q"\\/\n\x00😀', T0, None, "")
+        await store.touch("e", at(carried=replace(escaped, event_count=0)))
+        assert orjson.loads(await store._redis.get("edgeproxy:s:e")) == escaped.to_dict()
     finally:
-        other_process.close()
         await store.close()
 
 
-async def test_redis_gives_up_after_bounded_retries(redis_url, monkeypatch):
-    import redis as sync_redis
-
-    from edgeproxy.identity import redis_store
-
-    monkeypatch.setattr(redis_store, "MAX_ATTEMPTS", 3)
+async def test_redis_large_integers_stay_exact_and_are_written_in_full(redis_url):
+    """Lua numbers are doubles: epoch ms (and anything below 2**53) must come back exact and
+    be written as digits, never as 1.78e+12; beyond 2**53 the touch is refused, not rounded."""
     store = await _redis_store(redis_url, Clock(T0))
-    other_process = sync_redis.Redis.from_url(redis_url)
     try:
         await store._redis.flushdb()
-
-        def always_raced(s):
-            other_process.set("edgeproxy:s:d", orjson.dumps(st().to_dict()))
-            return st()
-
-        with pytest.raises(redis_store.StoreConflictError, match="3 optimistic races"):
-            await store.update("d", always_raced)
+        big = 2**53 - 1
+        for t in (T0, 9_999_999_999_999, 10**15 + 1, big - 1):
+            _, new, _ = await store.touch(f"d{t}", at(t))
+            raw = await store._redis.get(f"edgeproxy:s:d{t}")
+            assert new.session_id == t and f'"session_id":{t},'.encode() in raw and b"e+" not in raw
+        carried = SessionState(big - 10, big - 10, 2**40, None, 1)
+        _, new, _ = await store.touch("huge", at(big - 1, carried=carried))
+        assert new == SessionState(big - 10, big - 1, 2**40 + 1, None, 1)
+        assert await store.touch("adopt", at(T0, adopt_session_id=10**18 - 1)) == (None, st(T0), True)
+        with pytest.raises(ValueError, match="t_ms"):
+            await store.touch("d", at(2**53))
+        with pytest.raises(ValueError, match="carried.event_count"):
+            await store.touch("d", at(carried=replace(st(), event_count=2**60)))
     finally:
-        other_process.close()
+        await store.close()
+
+
+async def test_redis_touch_is_one_round_trip(redis_url):
+    """One command per touch, EVALSHA, once the script is loaded: no WATCH/GET/MULTI/EXEC."""
+    store = await _redis_store(redis_url, Clock(T0))
+    admin = Redis.from_url(redis_url)
+    sent: list[str] = []
+    execute = store._redis.execute_command
+
+    async def counting(*args, **options):
+        sent.append(str(args[0]).upper())
+        return await execute(*args, **options)
+
+    try:
+        await store._redis.flushdb()
+        await admin.script_flush()
+        await store.touch("d", at())  # NOSCRIPT: redis-py loads the script once, then retries
+        assert await admin.script_exists(store._touch.sha) == [True]
+        await admin.config_resetstat()
+        store._redis.execute_command = counting
+        for i in range(50):
+            await store.touch("d", at(T0 + i))
+        assert sent == ["EVALSHA"] * 50
+        stats = await admin.info("commandstats")  # counts the script's own commands too
+        assert stats["cmdstat_evalsha"]["calls"] == 50
+        assert not {"cmdstat_watch", "cmdstat_multi", "cmdstat_exec", "cmdstat_script|load"} & set(stats)
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_redis_down_is_store_unavailable():
+    store = RedisSessionStore.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout_ms=TIMEOUT)
+    try:
+        with pytest.raises(StoreUnavailable, match="Redis session store"):
+            await store.touch("d", at())
+    finally:
         await store.close()
 
 

@@ -12,6 +12,7 @@ from test_ingest import API_KEY, make_settings, track, wait_for
 from edgeproxy.app import create_app
 from edgeproxy.identity.session_events import session_message
 from edgeproxy.identity.sessions import SessionState
+from edgeproxy.identity.store import TouchRequest
 from edgeproxy.segment import format_iso
 
 HOUR_MS = 3600_000
@@ -105,8 +106,8 @@ async def test_two_sweepers_on_one_redis_end_each_session_once(shared_redis, uni
     try:
         devices = [f"left-{i}" for i in range(300)]
         for i, device in enumerate(devices):
-            state = SessionState(t0 + i, t0 + i, 1, None, t0 + i)
-            await handles[0][0].update(device, lambda _s, state=state: state)
+            _, state, _ = await handles[0][0].touch(device, TouchRequest(t0 + i, 60_000))
+            assert state == SessionState(t0 + i, t0 + i, 1, None, t0 + i)
         rounds = [sweeper.run_once() for _ in range(3) for _, _, sweeper in handles]
         ended = await asyncio.gather(*rounds)
         assert sum(ended) == 300

@@ -50,9 +50,8 @@ from edgeproxy.identity.sessions import (
     may_stamp,
     reconcile,
     stamp_session_id,
-    touch,
 )
-from edgeproxy.identity.store import SessionStore, open_store
+from edgeproxy.identity.store import SessionStore, TouchRequest, open_store
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SHARED_STRINGS = 10_000  # distinct user agents kept as one object each (see _shared)
@@ -236,22 +235,9 @@ class IdentityService:
         user_id = _non_blank(message.get("userId"))
         library = self._shared(library_name(message))
         user_agent = self._shared(_user_agent(message))
-        started = False
-
-        def apply(old: SessionState | None) -> SessionState:
-            nonlocal started  # the store may retry: the last call is the committed one
-            new, started = touch(
-                reconcile(old, carried),
-                t_ms,
-                self.timeout_ms,
-                adopt_session_id=adopt,
-                user_id=user_id,
-                library=library,
-                user_agent=user_agent,
-            )
-            return new
-
-        old, new = await self.store.update(key, apply)
+        request = TouchRequest(t_ms, self.timeout_ms, carried=carried, adopt_session_id=adopt, user_id=user_id,
+                               library=library, user_agent=user_agent)
+        old, new, started = await self.store.touch(key, request)
         ended = old if started and old is not None and old.session_id != new.session_id else None
         return new, started, ended
 

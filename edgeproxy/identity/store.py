@@ -3,9 +3,12 @@
 Shaped like aiohttp-session's storage classes: callers see ``SessionStore`` only and the
 same test suite runs against every backend.
 
-The one operation that matters is ``update``: an atomic read-modify-write with a *pure*
-function, so concurrent events for one device (one process, or several sharing Redis)
-always see the latest state and never start two sessions for one.
+The one operation that matters is ``touch``: apply one event to a device's session as an
+atomic read-modify-write, so concurrent events for one device (one process, or several
+sharing Redis) always see the latest state and never start two sessions for one. It is
+declarative (a ``TouchRequest``, not a callable) so that a remote backend can run the rule
+next to the data in one round trip: the Redis store runs it as one Lua script, which
+duplicates ``TouchRequest.apply`` (a differential property test keeps the two in step).
 
 Why a hand-written dict rather than aiocache's memory backend: aiocache keeps one event
 loop timer per key when a ttl is given; ``bench/bench_session_store.py`` measures both.
@@ -19,11 +22,42 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from edgeproxy.identity.sessions import SessionState
+from edgeproxy.identity.sessions import SessionState, reconcile, touch
 
-UpdateFn = Callable[[SessionState | None], SessionState]
+TouchResult = tuple[SessionState | None, SessionState, bool]  # (old, new, started)
+
+
+@dataclass(frozen=True, slots=True)
+class TouchRequest:
+    """One event applied to a device's session: ``sessions.touch(sessions.reconcile(stored,
+    carried), t_ms, timeout_ms, ...)`` on whatever state the store holds at that moment.
+
+    ``carried`` is the state the request's signed session cookie carried (None without one);
+    the other fields are ``sessions.touch``'s arguments.
+    """
+
+    t_ms: int
+    timeout_ms: int
+    carried: SessionState | None = None
+    adopt_session_id: int | None = None
+    user_id: str | None = None
+    library: str | None = None
+    user_agent: str | None = None
+
+    def apply(self, stored: SessionState | None) -> tuple[SessionState, bool]:
+        """The rule itself (pure): the new state and whether a session started."""
+        return touch(
+            reconcile(stored, self.carried),
+            self.t_ms,
+            self.timeout_ms,
+            adopt_session_id=self.adopt_session_id,
+            user_id=self.user_id,
+            library=self.library,
+            user_agent=self.user_agent,
+        )
 
 
 def ttl_for(timeout_ms: int) -> int:
@@ -36,15 +70,16 @@ def ttl_for(timeout_ms: int) -> int:
 
 
 class StoreUnavailable(Exception):
-    """The session store cannot answer now (Redis down, endless conflicts): the edge answers 503."""
+    """The session store cannot answer now (Redis down or unreachable): the edge answers 503."""
 
 
 @runtime_checkable
 class SessionStore(Protocol):
-    async def update(self, device_id: str, fn: UpdateFn) -> tuple[SessionState | None, SessionState]:
-        """Atomically replace the device's state with ``fn(state)``; return ``(old, new)``.
+    async def touch(self, device_id: str, request: TouchRequest) -> TouchResult:
+        """Atomically replace the device's state with ``request.apply(state)``.
 
-        ``fn`` must be pure: a backend may call it more than once (optimistic retry).
+        Returns ``(old, new, started)``: the state before (None when the store had none, or
+        only an expired or unreadable one), the state stored, and whether a session started.
         """
 
     async def get(self, device_id: str) -> SessionState | None: ...
@@ -106,18 +141,18 @@ class MemorySessionStore:
             return None
         return entry[0]
 
-    async def update(self, device_id: str, fn: UpdateFn) -> tuple[SessionState | None, SessionState]:
+    async def touch(self, device_id: str, request: TouchRequest) -> TouchResult:
         # No await between read and write: atomic on the event loop without a lock.
         now = self._now()
         self._purge(now)
         old = self._live(device_id, now)
-        new = fn(old)
+        new, started = request.apply(old)
         self._entries[device_id] = (new, now)
         self._entries.move_to_end(device_id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
             self.evicted += 1
-        return old, new
+        return old, new, started
 
     async def get(self, device_id: str) -> SessionState | None:
         return self._live(device_id, self._now())
