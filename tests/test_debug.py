@@ -151,7 +151,7 @@ async def _overview_scenario(c, amp) -> None:
     await until(lambda d: d["dead_letters"], "the dead letter")
     # Amplitude hangs, then answers 503: the event is in flight, then waiting to be retried.
     amp.fail_next(503)
-    amp.set_delay(1.0)
+    amp.set_delay(3.0)  # a window wide enough to be seen on a loaded machine
     resp = await c.post("/_e/v1/t", data=orjson.dumps(track(messageId="dbg-slow", userId="user-42")))
     assert resp.status == 200
     flying = await until(lambda d: d["in_flight"], "the event in flight")
