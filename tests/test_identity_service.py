@@ -337,11 +337,16 @@ async def test_no_cookies_for_a_request_without_web_identity(service):
     assert service.response_cookies(jar, T0) == []
 
 
-async def test_a_finished_session_is_not_reissued(service):
+async def test_a_finished_session_keeps_only_its_signed_cookie(service):
+    """The page must not stamp a finished session's id, but a restarted process must still
+    know it, so a late event of that session (an offline queue flushed) does not start it again."""
     jar = CookieIdentity()
     await service.process(web(t=T0), jar, T0)
-    names = [c.name for c in service.response_cookies(jar, T0 + 31 * MIN)]
-    assert names == ["_ep_did"]
+    cookies = {c.name: c.value for c in service.response_cookies(jar, T0 + 31 * MIN)}
+    assert sorted(cookies) == ["_ep_did", "_ep_sess"]
+    restarted = make_service()
+    late = await restarted.process(web(t=T0 + 1000), restarted.read_cookies(cookies), T0 + 31 * MIN)
+    assert late.session.session_id == T0 and not late.started
 
 
 async def test_cookie_domain_and_plain_http_reach_every_cookie():
