@@ -7,16 +7,13 @@ are skipped, saying why, when the binary is not installed.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import time
 from dataclasses import replace
 from datetime import datetime, timezone
 
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis_server import free_port, redis_server
 
 from edgeproxy.config import Settings
 from edgeproxy.identity.redis_store import RedisSessionStore
@@ -56,41 +53,10 @@ def at(t=T0, **fields) -> TouchRequest:
     return TouchRequest(t, TIMEOUT, **fields)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server): Redis backend not tested")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(200):  # at most ~10 s
-            if proc.poll() is not None:
-                pytest.fail(f"redis-server exited with code {proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("redis-server did not answer PING within 10 s")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 async def _redis_store(url: str, clock: Clock) -> RedisSessionStore:

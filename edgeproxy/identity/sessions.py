@@ -2,7 +2,8 @@
 
 Why pure: the rules are the product (SPEC section 3), and a function with no clock, no
 store and no I/O can be tested exhaustively (property tests) and called from inside an
-atomic read-modify-write of any store backend, even retried several times.
+atomic read-modify-write of any store backend (the memory store runs them in Python; Redis
+runs them as one Lua script, which tests/test_store_differential.py holds to these rules).
 
 Definitions (Amplitude's): a session id is the epoch-ms time of the session's first event.
 A session ends when the gap between an event and the latest event seen exceeds the idle
