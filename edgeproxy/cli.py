@@ -107,7 +107,8 @@ def _queue_hint(settings: Settings) -> str:
 def cmd_spool(args: argparse.Namespace) -> int:
     import orjson
 
-    from edgeproxy.delivery.spool import SpoolUnavailable, spool_report
+    from edgeproxy.delivery.spool import SpoolUnavailable
+    from edgeproxy.delivery.spool_cli import spool_report
 
     settings = _load(args.config)
     try:
@@ -126,7 +127,8 @@ def cmd_spool(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from edgeproxy.amplitude_api import PATHS
-    from edgeproxy.delivery.spool import ReplayFilter, SpoolUnavailable, replay
+    from edgeproxy.delivery.spool import ReplayFilter, SpoolUnavailable
+    from edgeproxy.delivery.spool_cli import replay
 
     settings = _load(args.config)
     if args.endpoint is not None and args.endpoint not in PATHS:

@@ -26,9 +26,8 @@ from edgeproxy.delivery.spool import (
     SpoolUnavailable,
     group_key,
     now_ms,
-    replay,
-    spool_report,
 )
+from edgeproxy.delivery.spool_cli import replay, spool_report
 from edgeproxy.delivery.redis_queue import RedisQueue
 from edgeproxy.metrics import Metrics
 

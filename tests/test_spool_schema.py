@@ -12,7 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from edgeproxy.delivery.spool import ReplayFilter, Spool, SpoolUnavailable, group_key, replay, spool_report
+from edgeproxy.delivery.spool import ReplayFilter, Spool, SpoolUnavailable, group_key
+from edgeproxy.delivery.spool_cli import replay, spool_report
 from edgeproxy.delivery.spool_schema import CURRENT_VERSION, MIGRATIONS
 
 RELEASE_1_SCHEMA = """

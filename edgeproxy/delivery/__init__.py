@@ -10,9 +10,8 @@ from edgeproxy.delivery.spool import (
     Spool,
     SpoolItem,
     SpoolUnavailable,
-    replay,
-    spool_report,
 )
+from edgeproxy.delivery.spool_cli import replay, spool_report
 from edgeproxy.delivery.worker import DeliveryWorker
 
 __all__ = [

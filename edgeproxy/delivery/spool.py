@@ -47,7 +47,7 @@ from edgeproxy.metrics import Metrics
 
 __all__ = [
     "SCHEMA", "ClaimedItem", "DeadLetter", "DueGroup", "ReplayFilter", "Spool", "SpoolItem", "SpoolUnavailable",
-    "group_key", "item_size", "now_ms", "replay", "spool_report",
+    "group_key", "item_size", "now_ms",
 ]
 
 SPOOL_FILENAME = "spool.sqlite3"
@@ -413,54 +413,3 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
 def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for fut, result, exc in outcomes:
         _settle(fut, result, exc)
-
-
-# ---------------------------------------------------------------- synchronous helpers for the CLI
-
-
-def _cli_connect(path: Path, readonly: bool) -> sqlite3.Connection:
-    """Open an existing spool for the CLI, migrated to the current schema (safe while serving)."""
-    path = Path(path)
-    if path.suffix not in DB_SUFFIXES or path.is_dir():
-        path = path / SPOOL_FILENAME
-    if not path.exists():
-        raise SpoolUnavailable(f"no spool at {path}")
-    try:
-        conn = sqlite3.connect(f"file:{path}", uri=True, isolation_level=None, timeout=10.0)
-        conn.row_factory = sqlite3.Row
-        conn.execute("SELECT 1 FROM items LIMIT 1")
-        migrate(conn, path)
-        if readonly:
-            conn.execute("PRAGMA query_only=ON")
-    except SchemaTooNew as exc:
-        raise SpoolUnavailable(str(exc)) from None
-    except sqlite3.Error as exc:
-        raise SpoolUnavailable(f"cannot read the spool {path}: {exc}") from None
-    return conn
-
-
-def spool_report(path: Path, *, limit: int = 20) -> dict[str, Any]:
-    """``edgeproxy spool``: depth, in flight, retrying, oldest age, dead letters by reason (safe while serving)."""
-    conn = _cli_connect(path, readonly=True)
-    try:
-        report = sql.stats(conn, now_ms())
-        report["dead_by_reason"] = sql.dead_by_reason(conn)
-        report["dead_letters"] = sql.dead_letters(conn, limit)
-        report["recent_responses"] = sql.recent_responses(conn, limit)
-        return report
-    finally:
-        conn.close()
-
-
-def replay(path: Path, selection: ReplayFilter | None = None) -> int:
-    """``edgeproxy replay``: matching dead letters with an item back to pending; a running worker sends them."""
-    conn = _cli_connect(path, readonly=False)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        n = sql.replay(conn, selection)
-        conn.execute("COMMIT")
-        return n
-    except sqlite3.Error as exc:
-        raise SpoolUnavailable(f"cannot replay dead letters in {path}: {exc}") from None
-    finally:
-        conn.close()

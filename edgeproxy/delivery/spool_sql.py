@@ -22,7 +22,6 @@ from urllib.parse import quote_plus
 import orjson
 
 from edgeproxy.amplitude_api import FORM_ENDPOINTS
-from edgeproxy.delivery.spool_schema import SCHEMA
 
 RESPONSE_LOG_KEEP = 1000  # upstream responses kept for /debug
 MAPPING_REASON = "mapping"  # the dead-letter code of a Segment message the mapping refused
