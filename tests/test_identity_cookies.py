@@ -253,3 +253,18 @@ def test_a_damaged_key_file_is_a_clear_error(tmp_path):
     s.delivery.data_dir = str(tmp_path)
     with pytest.raises(RuntimeError, match="signing.key.*shorter than 16"):
         load_signing_keys(s)
+
+
+def test_a_session_cookie_this_process_issued_reads_back_without_a_signature_check():
+    """The value sent back by the browser is recognised as ours; anything else is verified."""
+    clock = [NOW]
+    issuer = CookieCodec([KEY_A], max_age_s=MAX_AGE, clock=lambda: clock[0])
+    value = issuer.dump_session("dev-1", STATE)
+    from_cache = issuer.load_session(value, "dev-1")
+    verified = codec().load_session(value, "dev-1")  # another process: checks the signature
+    assert from_cache == verified and from_cache is not None and from_cache.user_id is None
+    assert issuer.load_session(value, "dev-2") is None  # bound to its device, cached or not
+    tampered = value[:-2] + ("AA" if not value.endswith("AA") else "BB")
+    assert issuer.load_session(tampered, "dev-1") is None
+    clock[0] = NOW + MAX_AGE + 10
+    assert issuer.load_session(value, "dev-1") is None  # the cached value ages like a signed one

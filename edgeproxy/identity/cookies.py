@@ -42,7 +42,8 @@ MAX_DEVICE_ID_LEN = 200
 
 SIGNING_KEY_FILE = "signing.key"
 
-# Device cookies whose signature was verified, remembered per process (cleared when full).
+# Device cookies verified and session cookies issued, remembered per process (each table
+# cleared when full).
 VERIFIED_CACHE_SIZE = 50_000
 
 # Unicode category Cc (C0 and C1 controls), as one regex: this runs on every tracking call.
@@ -90,6 +91,25 @@ class CookieSpec:
             parts.append("HttpOnly")
         parts.append(f"SameSite={self.same_site}")
         return "; ".join(parts)
+
+
+def _session_payload(payload: Any, device_id: str) -> SessionState | None:
+    """A session cookie's payload as state, if well formed and bound to ``device_id``."""
+    if not isinstance(payload, list) or len(payload) != 5 or payload[0] != device_id:
+        return None
+    numbers = payload[1:]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        return None
+    session_id, last_event_ms, event_count, first_seen = numbers
+    if session_id > last_event_ms or event_count < 1:
+        return None
+    return SessionState(
+        session_id=session_id,
+        last_event_ms=last_event_ms,
+        event_count=event_count,
+        user_id=None,
+        first_seen=min(first_seen, session_id),
+    )
 
 
 def cookie_values(header: str | None, names: Collection[str]) -> dict[str, str]:
@@ -181,6 +201,8 @@ class CookieCodec:
         # Verified device cookies: a returning visitor sends the same value on every call, so
         # its signature is checked once, not per request. value -> (device id, provisional, signed at).
         self._verified_devices: dict[str, tuple[str, bool, int]] = {}
+        # Session cookies this process issued: value -> (device id, state, signed at).
+        self._issued_sessions: dict[str, tuple[str, SessionState, int]] = {}
 
     @staticmethod
     def _dump(signer: Signer, payload: Any) -> str:
@@ -227,30 +249,26 @@ class CookieCodec:
         return None
 
     def dump_session(self, device_id: str, state: SessionState) -> str:
-        return self._dump(
-            self._session_signer, [device_id, state.session_id, state.last_event_ms, state.event_count, state.first_seen]
-        )
+        payload = [device_id, state.session_id, state.last_event_ms, state.event_count, state.first_seen]
+        value = self._dump(self._session_signer, payload)
+        loaded = _session_payload(payload, device_id)
+        if loaded is not None:
+            # The browser sends this exact value back with its next event: remembering what it
+            # says spares that request a signature check (the value is ours, byte for byte).
+            if len(self._issued_sessions) >= VERIFIED_CACHE_SIZE:
+                self._issued_sessions.clear()
+            self._issued_sessions[value] = (device_id, loaded, int(self._clock()))
+        return value
 
     def load_session(self, value: str | None, device_id: str | None) -> SessionState | None:
         """The session state, only when the cookie is valid and bound to ``device_id``."""
         if device_id is None:
             return None
-        payload = self._load(self._session, self._session_signer, value)
-        if not isinstance(payload, list) or len(payload) != 5 or payload[0] != device_id:
-            return None
-        numbers = payload[1:]
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
-            return None
-        session_id, last_event_ms, event_count, first_seen = numbers
-        if session_id > last_event_ms or event_count < 1:
-            return None
-        return SessionState(
-            session_id=session_id,
-            last_event_ms=last_event_ms,
-            event_count=event_count,
-            user_id=None,
-            first_seen=min(first_seen, session_id),
-        )
+        if isinstance(value, str):
+            issued = self._issued_sessions.get(value)
+            if issued is not None and issued[0] == device_id and self._clock() - issued[2] <= self._max_age:
+                return issued[1]
+        return _session_payload(self._load(self._session, self._session_signer, value), device_id)
 
     def _load(self, serializer: URLSafeTimedSerializer, signer: Signer, value: str | None) -> Any:
         if not isinstance(value, str) or not value or len(value) > MAX_COOKIE_VALUE:
