@@ -43,8 +43,9 @@ MAX_DEVICE_ID_LEN = 200
 SIGNING_KEY_FILE = "signing.key"
 
 # Device cookies verified and session cookies issued, remembered per process (each table
-# cleared when full).
-VERIFIED_CACHE_SIZE = 50_000
+# cleared when full). 20,000 entries are ~7 MB and cover a few minutes of a busy site's
+# returning visitors; past that a cookie is simply verified again.
+VERIFIED_CACHE_SIZE = 20_000
 
 # Unicode category Cc (C0 and C1 controls), as one regex: this runs on every tracking call.
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
