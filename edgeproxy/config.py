@@ -107,6 +107,10 @@ class DeliveryConfig:
     # Disk budget of the spool: past it, tracking calls get 503 + Retry-After (nothing is lost:
     # clients keep their events). "512MB", "2GB" or a number of bytes.
     max_spool_size: int = 1024**3
+    # What an acknowledged event survives before its 200: "power_loss" (the SQLite spool fsyncs
+    # every commit) or "process_crash" (kill -9 and restarts, not a power cut; no fsync per
+    # commit, so each tracking call waits ~a disk flush less).
+    durability: str = "power_loss"
     # Empty: the SQLite spool in data_dir. A redis:// URL: Redis streams shared by every process.
     queue: str = ""
     claim_idle: float = 60.0  # Redis queue: a stopped process's in-flight items are taken over after this
@@ -172,6 +176,8 @@ DURATION_KEYS = {
 # Keys whose values are sizes in bytes.
 SIZE_KEYS = {("delivery", "max_spool_size")}
 MIN_SPOOL_SIZE = 1024**2
+# delivery.durability -> the SQLite spool's PRAGMA synchronous (WAL mode).
+DURABILITY = {"power_loss": "FULL", "process_crash": "NORMAL"}
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 
@@ -371,6 +377,8 @@ def validate(s: Settings) -> list[str]:
         problems.append("delivery.queue_min_replicas: must be 0 or more")
     if s.delivery.rate_limit < 0:
         problems.append("delivery.rate_limit: must be 0 (unlimited) or positive")
+    if s.delivery.durability not in DURABILITY:
+        problems.append(f"delivery.durability: must be \"power_loss\" or \"process_crash\", got {s.delivery.durability!r}")
     if s.delivery.max_spool_size < MIN_SPOOL_SIZE:
         problems.append(f"delivery.max_spool_size: must be at least 1MB, got {s.delivery.max_spool_size} bytes")
     if s.amplitude.region not in {"north_america", "europe"}:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.config import ConfigError, load_settings, parse_duration, redacted
+from edgeproxy.config import ConfigError, load_settings, parse_duration, redacted, validate
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -134,3 +134,14 @@ def test_max_spool_size_default_and_problems(tmp_path):
     run = subprocess.run([sys.executable, "-m", "edgeproxy", "check-config", "--config", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "delivery.max_spool_size: must be at least 1MB" in run.stdout
+
+
+def test_durability_picks_the_spools_sync_mode(tmp_path):
+    from edgeproxy.delivery.queue import open_queue
+
+    assert load_settings(None, env={}).delivery.durability == "power_loss"
+    for value, pragma in (("power_loss", "FULL"), ("process_crash", "NORMAL")):
+        s = load_settings(None, env={"EDGEPROXY_DELIVERY__DURABILITY": value, "EDGEPROXY_DELIVERY__DATA_DIR": str(tmp_path)})
+        assert validate(s) == [] and open_queue(s).synchronous == pragma
+    with pytest.raises(ConfigError, match='delivery.durability: must be "power_loss" or "process_crash"'):
+        load_settings(None, env={"EDGEPROXY_DELIVERY__DURABILITY": "maybe"})

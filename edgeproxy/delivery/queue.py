@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
+from edgeproxy.config import DURABILITY
 from edgeproxy.delivery.spool import ClaimedItem, DeadLetter, DueGroup, ReplayFilter, Spool, SpoolItem
 from edgeproxy.metrics import Metrics
 
@@ -94,7 +95,8 @@ def open_queue(settings: Any, metrics: Metrics | None = None) -> DeliveryQueue:
                                    min_replicas=d.queue_min_replicas)
     if d.queue:
         raise ValueError(f"delivery.queue: must be empty (the SQLite spool) or a redis:// URL, got {d.queue!r}")
-    return Spool(settings.data_dir / "spool.sqlite3", metrics=metrics, retention=d.retention, max_bytes=d.max_spool_size)
+    return Spool(settings.data_dir / "spool.sqlite3", metrics=metrics, retention=d.retention, max_bytes=d.max_spool_size,
+                 synchronous=DURABILITY.get(d.durability, "FULL"))
 
 
 def describe(settings: Any) -> str:
