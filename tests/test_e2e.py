@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 import orjson
 from fake_amplitude import TEST_API_KEY
 
@@ -205,8 +206,10 @@ async def test_analytics_js_and_mobile_reach_amplitude(tmp_path, amp):
         assert proxy.kill(signal.SIGTERM) == 0, proxy.log.read_text()
 
 
-async def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path, amp, record_property):
-    proxy = Proxy(tmp_path, amp.base_url)
+@pytest.mark.parametrize("durability", ["power_loss", "process_crash"])
+async def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path, amp, record_property, durability):
+    """Both durability settings keep every acknowledged event through kill -9 (they differ on power loss)."""
+    proxy = Proxy(tmp_path, amp.base_url, delivery__durability=f'"{durability}"')
     await proxy.start()
     acknowledged: set[str] = set()
     amp.set_delay(0.2)  # slow Amplitude: events pile up in the spool when the process dies
