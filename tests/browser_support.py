@@ -65,27 +65,14 @@ class SeenRequest:
     headers: dict[str, str]
 
 
-class OriginSite:
-    """The website behind the proxy, on 127.0.0.1 at a port of its own."""
+class LocalServer:
+    """An aiohttp app of the test's own on 127.0.0.1, at a free port: ``app()`` says what it serves."""
 
-    def __init__(self, write_key: str = "") -> None:
-        self.write_key = write_key  # for the page that carries its own snippet
-        self.requests: list[SeenRequest] = []
-        self.release = asyncio.Event()
-        self.held_finished = False
-        self.url = ""
-        self._runner: web.AppRunner | None = None
+    url = ""
+    _runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application()
-        for path in TITLES:
-            app.router.add_get(path, self._page)
-        app.router.add_get("/own", self._own)
-        app.router.add_get("/ws", self._ws)
-        app.router.add_get("/held", self._held)
-        app.router.add_get("/release", self._release)
-        app.router.add_get("/big", self._big)
-        return app
+        raise NotImplementedError
 
     async def start(self) -> str:
         self._runner = web.AppRunner(self.app())
@@ -99,6 +86,27 @@ class OriginSite:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class OriginSite(LocalServer):
+    """The website behind the proxy, on 127.0.0.1 at a port of its own."""
+
+    def __init__(self, write_key: str = "") -> None:
+        self.write_key = write_key  # for the page that carries its own snippet
+        self.requests: list[SeenRequest] = []
+        self.release = asyncio.Event()
+        self.held_finished = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        for path in TITLES:
+            app.router.add_get(path, self._page)
+        app.router.add_get("/own", self._own)
+        app.router.add_get("/ws", self._ws)
+        app.router.add_get("/held", self._held)
+        app.router.add_get("/release", self._release)
+        app.router.add_get("/big", self._big)
+        return app
 
     def _record(self, request: web.Request) -> None:
         self.requests.append(SeenRequest(request.method, request.path_qs, dict(request.headers)))
@@ -150,7 +158,7 @@ class OriginSite:
         return response
 
 
-class FakeSegmentCdn:
+class FakeSegmentCdn(LocalServer):
     """A local stand-in for cdn.segment.com serving npm's dist/umd as the real CDN lays it out.
 
     Like the real one it substitutes the write key into analytics.min.js. ``failing`` makes it
@@ -161,24 +169,12 @@ class FakeSegmentCdn:
         self.umd = umd
         self.failing = False
         self.hits: Counter[str] = Counter()
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> str:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/analytics.js/v1/{key}/analytics.min.js", self._library)
         app.router.add_get("/analytics-next/bundles/{file}", self._bundle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return app
 
     async def _library(self, request: web.Request) -> web.Response:
         self.hits[request.path] += 1
