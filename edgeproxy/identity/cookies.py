@@ -228,9 +228,9 @@ class CookieCodec:
             return hit if self._clock() - hit[2] <= self._max_age else None
         try:
             raw, signed_at = self._device_signer.unsign(value, max_age=self._max_age, return_timestamp=True)  # type: ignore[call-arg]
-        except (BadData, ValueError, TypeError, OverflowError):
+            device = self._device_payload(self._decode(self._device, raw))
+        except (BadData, ValueError, TypeError, OverflowError):  # garbled base64/zlib/json too
             return None
-        device = self._device_payload(self._decode(self._device, raw))
         if device is None:
             return None
         loaded = (device[0], device[1], int(signed_at.timestamp()))
