@@ -173,6 +173,14 @@ DURATION_KEYS = {
     ("server", "shutdown_grace"),
 }
 
+# URL schemes redis-py's from_url accepts: sessions.store and delivery.queue name Redis this way.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def is_redis_url(value: str) -> bool:
+    return value.startswith(REDIS_SCHEMES)
+
+
 # Keys whose values are sizes in bytes.
 SIZE_KEYS = {("delivery", "max_spool_size")}
 MIN_SPOOL_SIZE = 1024**2
@@ -357,7 +365,7 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"segment.write_keys[{i}]: must be a non-empty string")
     if s.sessions.timeout <= 0:
         problems.append("sessions.timeout: must be positive")
-    if s.sessions.store != "memory" and not s.sessions.store.startswith(("redis://", "rediss://", "unix://")):
+    if s.sessions.store != "memory" and not is_redis_url(s.sessions.store):
         problems.append(f"sessions.store: must be \"memory\" or a redis:// URL, got {s.sessions.store!r}")
     for i, key in enumerate(s.sessions.signing_keys):
         if not isinstance(key, str) or len(key) < 16:
@@ -369,7 +377,7 @@ def validate(s: Settings) -> list[str]:
         problems.append(f"delivery.batch_size: must be between 1 and 2000 (Amplitude's limit), got {s.delivery.batch_size}")
     if s.delivery.flush_interval <= 0:
         problems.append("delivery.flush_interval: must be positive")
-    if s.delivery.queue and not s.delivery.queue.startswith(("redis://", "rediss://", "unix://")):
+    if s.delivery.queue and not is_redis_url(s.delivery.queue):
         problems.append(f"delivery.queue: must be empty (the SQLite spool) or a redis:// URL, got {s.delivery.queue!r}")
     if s.delivery.claim_idle <= 0:
         problems.append("delivery.claim_idle: must be positive (longer than one delivery request takes)")

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
-from edgeproxy.config import DURABILITY
+from edgeproxy.config import DURABILITY, is_redis_url
 from edgeproxy.delivery.spool import ClaimedItem, DeadLetter, DueGroup, ReplayFilter, Spool, SpoolItem
 from edgeproxy.metrics import Metrics
 
 RowId = Hashable
-
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
 
 @runtime_checkable
 class DeliveryQueue(Protocol):
@@ -79,10 +76,6 @@ class DeliveryQueue(Protocol):
 
     async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
         """Dead letters with an item that match ``selection`` back to be delivered; returns how many."""
-
-
-def is_redis_url(value: str) -> bool:
-    return value.startswith(REDIS_SCHEMES)
 
 
 def open_queue(settings: Any, metrics: Metrics | None = None) -> DeliveryQueue:

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from edgeproxy.config import is_redis_url
 from edgeproxy.identity.sessions import SessionState, reconcile, touch
 
 TouchResult = tuple[SessionState | None, SessionState, bool]  # (old, new, started)
@@ -201,7 +202,7 @@ def open_store(settings: Any, *, clock: Callable[[], float] = time.time) -> Sess
     timeout_ms = int(s.timeout * 1000)
     if s.store == "memory":
         return MemorySessionStore(timeout_ms=timeout_ms, max_sessions=s.max_sessions, clock=clock)
-    if s.store.startswith(("redis://", "rediss://", "unix://")):
+    if is_redis_url(s.store):
         from edgeproxy.identity.redis_store import RedisSessionStore
 
         return RedisSessionStore.from_url(s.store, timeout_ms=timeout_ms, clock=clock)
