@@ -52,13 +52,12 @@ from edgeproxy.delivery.spool import (
     item_size,
     now_ms,
 )
-from edgeproxy.delivery.spool_sql import MAPPING_REASON, OTHER_REASON
+from edgeproxy.delivery.spool_sql import MAPPING_REASON, RESPONSE_LOG_KEEP, dead_reason
 from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy.delivery")
 
 GROUP = lua.GROUP
-RESPONSE_LOG_KEEP = 1000
 PROMOTE_CHUNK = 1000
 RECOVER_CHUNK = 500
 Row = tuple[str, str]  # (stream key, entry id)
@@ -68,11 +67,12 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def encode_record(it: SpoolItem) -> bytes:
-    """One queue entry: the item plus what batching, throttling and /debug need."""
+def encode_record(it: SpoolItem, key: str) -> bytes:
+    """One queue entry (``key`` is the item's ``group_key``): the item plus what batching,
+    throttling and /debug need."""
     encoded = orjson.dumps(it.item)
     return orjson.dumps({
-        "message_id": it.message_id, "endpoint": it.endpoint, "group_key": group_key(it.endpoint, it.options),
+        "message_id": it.message_id, "endpoint": it.endpoint, "group_key": key,
         "item": orjson.Fragment(encoded), "options": it.options, "device_id": it.device_id, "user_id": it.user_id,
         "session_id": it.session_id, "received_ms": it.received_ms, "size": item_size(it.endpoint, encoded),
         "attempts": 0, "last_error": None,
@@ -86,16 +86,6 @@ def encode_refusal(d: DeadLetter) -> bytes:
         "device_id": d.device_id, "session_id": d.session_id, "received_ms": d.received_ms,
         "attempts": 0, "last_error": d.reason, "dead_code": MAPPING_REASON, "dead_ms": d.received_ms,
     })
-
-
-def dead_reason(reason: str | tuple[str, str]) -> tuple[str, str]:
-    """``(code, text)`` from what ``settle(dead=...)`` accepts: the pair, or a bare text (code "other").
-
-    The code is what operators count and filter dead letters by (``dead_by_reason``, replay
-    ``--reason``); the text is what they read. Records keep them apart, as ``dead_code`` and
-    ``last_error``, like the SQLite spool's columns.
-    """
-    return reason if isinstance(reason, tuple) else (OTHER_REASON, reason)
 
 
 class RedisQueue:
@@ -176,7 +166,10 @@ class RedisQueue:
             return
         self._check_open()
         try:
-            records = [(group_key(it.endpoint, it.options), encode_record(it)) for it in items]
+            records = []
+            for it in items:
+                key = group_key(it.endpoint, it.options)
+                records.append((key, encode_record(it, key)))
             refusals = [encode_refusal(d) for d in dead]
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise ValueError(f"spool item is not JSON-serialisable: {exc}") from None

@@ -36,10 +36,10 @@ import orjson
 from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery.spool_schema import SCHEMA, SchemaTooNew, migrate
 from edgeproxy.delivery.spool_sql import (
-    OTHER_REASON,
     ClaimedItem,
     DueGroup,
     ReplayFilter,
+    dead_reason,
     group_key,
     item_size,
     now_ms,
@@ -353,7 +353,7 @@ class Spool:
         status or None, items, body excerpt) for the upstream response log.
         """
         t = now_ms() if now is None else now
-        reasons = {row: (r if isinstance(r, tuple) else (OTHER_REASON, r)) for row, r in (dead or {}).items()}
+        reasons = {row: dead_reason(r) for row, r in (dead or {}).items()}
         await self._submit(lambda c: sql.settle(
             c, t, ack=ack, dead=reasons, retry=retry, release=release, response=response, retention=self.retention
         ))

@@ -28,6 +28,16 @@ MAPPING_REASON = "mapping"  # the dead-letter code of a Segment message the mapp
 OTHER_REASON = "other"  # a dead letter settled with a bare text reason
 
 
+def dead_reason(reason: str | tuple[str, str]) -> tuple[str, str]:
+    """``(code, text)`` from what ``settle(dead=...)`` accepts: the pair, or a bare text (code "other").
+
+    The code is what operators count and filter dead letters by (``dead_by_reason``, replay
+    ``--reason``); the text is what they read. Records keep them apart, as ``dead_code`` and
+    ``last_error``, like the SQLite spool's columns.
+    """
+    return reason if isinstance(reason, tuple) else (OTHER_REASON, reason)
+
+
 class SpoolFull(sqlite3.OperationalError):
     """The spool holds ``max_bytes`` already: appends are refused (the edge answers 503)."""
 
