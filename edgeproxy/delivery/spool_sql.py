@@ -5,10 +5,11 @@ commit, futures); this one is about the data (states, batching queries, pruning)
 function runs inside whatever transaction its caller holds, so the spool can merge many
 of them into one commit, and the CLI can call them on its own connection.
 
-The schema and its versions are in ``spool_schema.py``. Item states: ``pending`` (waiting, possibly until ``next_attempt_ms``), ``inflight``
-(claimed by the worker), ``delivered`` (kept for /debug, pruned to ``retention`` rows) and
-``dead`` (a dead letter; with no ``item`` when the mapping refused the Segment message,
-whose original is then kept in ``payload``).
+The schema and its versions are in ``spool_schema.py``. Item states: ``pending`` (waiting,
+possibly until ``next_attempt_ms``), ``inflight`` (claimed by the worker), ``delivered``
+(kept for /debug, pruned to ``retention`` rows) and ``dead`` (a dead letter; with no
+``item`` when the mapping refused the Segment message, whose original is then kept in
+``payload``).
 """
 
 from __future__ import annotations

@@ -244,10 +244,11 @@ class IdentityService:
     def response_cookies(self, jar: CookieIdentity, now_ms: int) -> list[CookieSpec]:
         """Cookies for a tracking response: device, session and the readable pair.
 
-        The readable pair is not issued for a session already over at ``now_ms`` (the
-        page's next event starts a new one; the plugin must not stamp the old id). The device cookie is re-sent when it changed or was signed more than
-        ``DEVICE_COOKIE_REFRESH_MS`` ago (which renews its Max-Age): re-signing an unchanged
-        cookie on every call would cost a signature and a header per event for nothing.
+        The readable pair is not issued for a session already over at ``now_ms`` (the page's
+        next event starts a new one; the plugin must not stamp the old id). The device cookie
+        is re-sent when it changed or was signed more than ``DEVICE_COOKIE_REFRESH_MS`` ago
+        (which renews its Max-Age): re-signing an unchanged cookie on every call would cost a
+        signature and a header per event for nothing.
         """
         if jar.device_id is None:
             return []
@@ -260,9 +261,9 @@ class IdentityService:
             # Signed even when already over: late events of that session (a queue flushed after
             # going offline) must find it after a restart, not start it a second time.
             cookies.append(policy.signed(policy.session_cookie, self.codec.dump_session(jar.device_id, session)))
-        if session is not None and now_ms - session.last_event_ms <= self.timeout_ms:
-            cookies.append(policy.readable(READABLE_SESSION_COOKIE, session.session_id))
-            cookies.append(policy.readable(READABLE_LAST_ACCESS_COOKIE, session.last_event_ms))
+            if now_ms - session.last_event_ms <= self.timeout_ms:
+                cookies.append(policy.readable(READABLE_SESSION_COOKIE, session.session_id))
+                cookies.append(policy.readable(READABLE_LAST_ACCESS_COOKIE, session.last_event_ms))
         return cookies
 
     def page_cookies(self, jar: CookieIdentity, now_ms: int) -> list[CookieSpec]:
