@@ -529,3 +529,68 @@ async def test_in_flight_and_retrying_views(spool) -> None:
     assert await spool.undelivered("in_flight") == []
     with pytest.raises(ValueError):
         await spool.undelivered("dead")
+
+
+def _backlog_conn(path: Path, pending: int) -> sqlite3.Connection:
+    """A spool file holding ``pending`` due rows in two groups, plus a few rows waiting for a retry."""
+    from edgeproxy.delivery import spool_sql
+    from edgeproxy.delivery.spool_schema import migrate
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row  # as the spool's own connection
+    migrate(conn, path)
+    event = b'{"event_type":"e"}'
+    rows = [(f"m{i}", "httpapi", group_key("httpapi", {"min_id_length": 1} if i % 10 == 0 else None), event,
+             b'{"min_id_length":1}' if i % 10 == 0 else None, "d", None, 1, 1_000 + i, len(event)) for i in range(pending)]
+    conn.execute("BEGIN")
+    spool_sql.insert_items(conn, rows, [])
+    conn.execute("UPDATE items SET attempts=1, next_attempt_ms=? WHERE id <= 5", (10**12,))
+    conn.execute("COMMIT")
+    return conn
+
+
+def test_a_delivery_cycle_reads_the_same_amount_however_deep_the_backlog(tmp_path: Path) -> None:
+    """due_groups and next_attempt_ms cost a few index seeks plus at most DUE_COUNT_CAP rows per group,
+    not a walk of every pending row: counted in SQLite VM steps (deterministic), not in time."""
+    from edgeproxy.delivery import spool_sql
+
+    def steps(pending: int) -> tuple[int, list]:
+        conn = _backlog_conn(tmp_path / f"backlog-{pending}.sqlite3", pending)
+        counted = [0]
+
+        def tick() -> int:
+            counted[0] += 1
+            return 0
+
+        conn.set_progress_handler(tick, 100)
+        groups = spool_sql.due_groups(conn, 10**10)
+        assert spool_sql.next_attempt_ms(conn, 10**10) == 10**12
+        conn.set_progress_handler(None, 0)
+        conn.close()
+        return counted[0], groups
+
+    small, small_groups = steps(30_000)  # both groups hold more than the cap in both files
+    big, big_groups = steps(120_000)
+    assert big <= small * 1.1, (small, big)  # the old GROUP BY over all pending rows read 4x more
+    by_key = {g.group_key: g for g in big_groups}
+    plain, opts = by_key[group_key("httpapi", None)], by_key[group_key("httpapi", {"min_id_length": 1})]
+    assert plain.count == opts.count == spool_sql.DUE_COUNT_CAP  # counted up to the cap, no further
+    assert plain.oldest_ms == 1_000 + 5 and opts.oldest_ms == 1_000 + 10  # the first five rows wait for a retry
+    assert opts.options == {"min_id_length": 1} and plain.options is None and plain.endpoint == "httpapi"
+    assert [g.oldest_ms for g in small_groups] == [g.oldest_ms for g in big_groups]
+    few = spool_sql.due_groups(_backlog_conn(tmp_path / "few.sqlite3", 300), 10**10)
+    assert sorted(g.count for g in few) == [30 - 1, 270 - 4]  # under the cap: exact (rows 1-5 wait)
+
+
+async def test_stats_oldest_age_covers_every_group_and_in_flight_rows(sqlite_spool: Spool) -> None:
+    t = now_ms()
+    old = SpoolItem("old", "httpapi", {"event_type": "x"}, {"min_id_length": 1}, "d", None, 1, t - 60_000)
+    await sqlite_spool.append([make_item(1), old, make_item(2)])
+    group = group_key("httpapi", {"min_id_length": 1})
+    stats = await sqlite_spool.stats()
+    assert 59 <= stats["oldest_age_s"] <= 70 and stats["depth"] == 3
+    [claimed] = await sqlite_spool.claim(group, limit=10, max_bytes=10**6)
+    stats = await sqlite_spool.stats()
+    assert 59 <= stats["oldest_age_s"] <= 70 and stats["in_flight"] == 1 and stats["depth"] == 2
+    await sqlite_spool.ack([claimed.row_id])
+    assert (await sqlite_spool.stats())["oldest_age_s"] < 30

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from edgeproxy.delivery import spool_sql
 from edgeproxy.delivery.spool import ReplayFilter, Spool, SpoolUnavailable, group_key
 from edgeproxy.delivery.spool_cli import replay, spool_report
 from edgeproxy.delivery.spool_schema import CURRENT_VERSION, MIGRATIONS
@@ -70,6 +71,9 @@ def build_release_1_spool(path: Path) -> None:
     conn.close()
 
 
+ALL_VERSIONS = list(range(1, CURRENT_VERSION + 1))
+
+
 def versions(path: Path) -> list[int]:
     conn = sqlite3.connect(path)
     try:
@@ -97,7 +101,7 @@ async def test_a_release_1_spool_is_migrated_and_keeps_its_events(tmp_path: Path
         letters = {d["message_id"]: d for d in await s.dead_letters()}
     finally:
         await s.close()
-    assert versions(path) == [1, 2, 3, 4]  # 1 recorded as found, the rest applied
+    assert versions(path) == ALL_VERSIONS  # 1 recorded as found, the rest applied
     assert claimed.message_id == "old-1" and claimed.item["insert_id"] == "old-1"
     # Codes read from the old texts: Amplitude's field, or the mapping's refusal (no item).
     assert by_reason == {"invalid_fields": 1, "mapping": 1}
@@ -112,7 +116,7 @@ async def test_opening_again_applies_nothing_twice(tmp_path: Path) -> None:
         s = Spool(path)
         await s.open()
         await s.close()
-    assert versions(path) == [1, 2, 3, 4]
+    assert versions(path) == ALL_VERSIONS
 
 
 def test_the_cli_migrates_a_release_1_spool_too(tmp_path: Path) -> None:
@@ -121,7 +125,7 @@ def test_the_cli_migrates_a_release_1_spool_too(tmp_path: Path) -> None:
     report = spool_report(path)
     assert report["dead_by_reason"] == {"invalid_fields": 1, "mapping": 1} and report["depth"] == 1
     assert replay(path, ReplayFilter(reasons=("invalid_fields",))) == 1
-    assert versions(path) == [1, 2, 3, 4]
+    assert versions(path) == ALL_VERSIONS
 
 
 async def test_a_spool_from_a_newer_edgeproxy_is_refused_untouched(tmp_path: Path) -> None:
@@ -166,3 +170,19 @@ async def test_a_claim_reads_the_backlog_in_order_without_sorting_it(tmp_path: P
         " ORDER BY id LIMIT 500"))
     conn.close()
     assert "items_due" in plan and "TEMP B-TREE" not in plan
+
+
+async def test_the_next_attempt_and_retrying_queries_read_waiting_rows_only(tmp_path: Path) -> None:
+    """Version 5: rows scheduled for a later attempt have a partial index of their own."""
+    s = Spool(tmp_path / "spool.sqlite3")
+    await s.open()
+    await s.close()
+    conn = sqlite3.connect(tmp_path / "spool.sqlite3")
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type='index' AND name='items_waiting'").fetchone()[0]
+    plans = [" ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + q)) for q in (
+        f"SELECT MIN(next_attempt_ms) FROM {spool_sql._FROM_WAITING} AND next_attempt_ms > 5",
+        f"SELECT COUNT(*) FROM {spool_sql._FROM_WAITING} AND attempts > 0",
+    )]
+    conn.close()
+    assert "WHERE state = 'pending' AND next_attempt_ms > 0" in sql
+    assert all("items_waiting" in plan for plan in plans), plans

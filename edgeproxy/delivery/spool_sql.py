@@ -176,17 +176,56 @@ def reclaim_inflight(c: sqlite3.Connection) -> int:
     return c.execute("UPDATE items SET state='pending' WHERE state='inflight'").rowcount
 
 
+# A group's due rows are counted up to this many: enough to tell a full batch (Amplitude takes
+# at most 2,000 items per request) and "more than one request's worth" apart, without walking
+# a backlog of 100k rows on every delivery cycle.
+DUE_COUNT_CAP = 2_001
+
+
+def _pending_groups(c: sqlite3.Connection, state: str = "pending") -> Iterable[str]:
+    """The distinct group keys of rows in ``state``, one index seek each.
+
+    Why not ``SELECT DISTINCT`` or ``GROUP BY``: those read every row of the state, and
+    pending rows may number in the hundreds of thousands while the groups are a handful.
+    """
+    key = c.execute("SELECT MIN(group_key) FROM items WHERE state=?", (state,)).fetchone()[0]
+    while key is not None:
+        yield key
+        key = c.execute("SELECT MIN(group_key) FROM items WHERE state=? AND group_key > ?", (state, key)).fetchone()[0]
+
+
 def due_groups(c: sqlite3.Connection, t: int) -> list[DueGroup]:
-    rows = c.execute(
-        "SELECT group_key, endpoint, options, COUNT(*) AS n, MIN(received_ms) AS oldest FROM items"
-        " WHERE state='pending' AND next_attempt_ms <= ? GROUP BY group_key",
-        (t,),
-    ).fetchall()
-    return [DueGroup(r["group_key"], r["endpoint"], _loads(r["options"]), r["n"], r["oldest"]) for r in rows]
+    """Each group with rows due at ``t``: their count (up to DUE_COUNT_CAP) and the first one's age.
+
+    The count and first row come from the claim index (state, group_key, id, ...) alone, in
+    id order, so a cycle costs a few seeks and at most DUE_COUNT_CAP index entries per group
+    however deep the backlog. ``oldest_ms`` is the ``received_ms`` of the group's first due
+    row in spool order, which is its longest-waiting row.
+    """
+    out = []
+    for key in list(_pending_groups(c)):
+        n, first = c.execute(
+            "SELECT COUNT(*), MIN(id) FROM (SELECT id FROM items WHERE state='pending' AND group_key=?"
+            " AND next_attempt_ms <= ? ORDER BY id LIMIT ?)",
+            (key, t, DUE_COUNT_CAP),
+        ).fetchone()
+        if n:
+            endpoint, options, oldest = c.execute(
+                "SELECT endpoint, options, received_ms FROM items WHERE id=?", (first,)
+            ).fetchone()
+            out.append(DueGroup(key, endpoint, _loads(options), n, oldest))
+    return out
+
+
+# Pending rows with a later attempt scheduled are the rows of the partial index items_waiting
+# (schema v5). Every pending row with attempts > 0 is among them: a retry always schedules its
+# next attempt in the future. INDEXED BY because without ANALYZE statistics SQLite prefers the
+# claim index (an equality on state) and walks every pending row.
+_FROM_WAITING = "items INDEXED BY items_waiting WHERE state='pending' AND next_attempt_ms > 0"
 
 
 def next_attempt_ms(c: sqlite3.Connection, t: int) -> int | None:
-    return c.execute("SELECT MIN(next_attempt_ms) FROM items WHERE state='pending' AND next_attempt_ms > ?", (t,)).fetchone()[0]
+    return c.execute(f"SELECT MIN(next_attempt_ms) FROM {_FROM_WAITING} AND next_attempt_ms > ?", (t,)).fetchone()[0]
 
 
 # One row holding the whole batch as JSON text. The items are stored as JSON already, so
@@ -278,7 +317,7 @@ def undelivered(c: sqlite3.Connection, which: str, limit: int) -> list[dict[str,
     if which == "in_flight":
         rows = c.execute("SELECT * FROM items WHERE state='inflight' ORDER BY id LIMIT ?", (limit,))
     elif which == "retrying":
-        rows = c.execute("SELECT * FROM items WHERE state='pending' AND attempts > 0 ORDER BY id LIMIT ?", (limit,))
+        rows = c.execute(f"SELECT * FROM {_FROM_WAITING} AND attempts > 0 ORDER BY id LIMIT ?", (limit,))
     else:
         raise ValueError(f"which must be 'in_flight' or 'retrying', got {which!r}")
     out = []
@@ -310,15 +349,29 @@ def prune_slack(retention: int) -> int:
 
 
 def stats(c: sqlite3.Connection, t: int) -> dict[str, Any]:
-    counts = {r[0]: r[1] for r in c.execute("SELECT state, COUNT(*) FROM items GROUP BY state")}
-    retrying = c.execute("SELECT COUNT(*) FROM items WHERE state='pending' AND attempts > 0").fetchone()[0]
-    oldest = c.execute("SELECT MIN(received_ms) FROM items WHERE state IN ('pending','inflight')").fetchone()[0]
+    """Counts per state and the age of the longest-waiting undelivered row.
+
+    Called every second for the depth gauge, so every part reads an index only: counts from
+    the claim index, retrying rows from the waiting index, the oldest row from each group's
+    first row (a seek per group, not a walk of the backlog).
+    """
+    counts = {state: c.execute("SELECT COUNT(*) FROM items WHERE state=?", (state,)).fetchone()[0]
+              for state in ("pending", "inflight", "delivered", "dead")}
+    retrying = c.execute(f"SELECT COUNT(*) FROM {_FROM_WAITING} AND attempts > 0").fetchone()[0]
+    firsts = [
+        c.execute(
+            "SELECT received_ms FROM items WHERE id = (SELECT MIN(id) FROM items WHERE state=? AND group_key=?)", (state, key)
+        ).fetchone()[0]
+        for state in ("pending", "inflight")
+        for key in list(_pending_groups(c, state))
+    ]
+    oldest = min(firsts, default=None)
     return {
-        "depth": counts.get("pending", 0),
-        "in_flight": counts.get("inflight", 0),
+        "depth": counts["pending"],
+        "in_flight": counts["inflight"],
         "retrying": retrying,
-        "delivered": counts.get("delivered", 0),
-        "dead": counts.get("dead", 0),
+        "delivered": counts["delivered"],
+        "dead": counts["dead"],
         "oldest_age_s": max(0.0, (t - oldest) / 1000) if oldest is not None else 0.0,
     }
 
