@@ -97,6 +97,117 @@ async def test_wal_mode_and_full_sync(sqlite_spool: Spool) -> None:
     assert spool.synchronous == "FULL"
 
 
+class BlockingFlush:
+    """Stands in for os.fdatasync: records each flush and holds it until released (or fails it)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        import threading
+
+        self.calls = 0
+        self.release = threading.Event()
+        self.fail = fail
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        assert self.release.wait(10)
+        if self.fail:
+            raise OSError(5, "Input/output error")
+
+
+async def test_an_append_is_acknowledged_only_after_the_wal_is_flushed(tmp_path: Path, monkeypatch) -> None:
+    """power_loss durability: committed is not enough, the WAL must be on disk before the 200."""
+    flush = BlockingFlush()
+    monkeypatch.setattr(os, "fdatasync", flush)
+    s = Spool(tmp_path)
+    await s.open()
+    try:
+        task = asyncio.ensure_future(s.append([make_item(1)]))
+        await asyncio.sleep(0.2)
+        assert not task.done() and flush.calls >= 1
+        other = sqlite3.connect(s.path)
+        assert other.execute("SELECT COUNT(*) FROM items WHERE message_id='m1'").fetchone()[0] == 1  # committed
+        other.close()
+        flush.release.set()
+        await asyncio.wait_for(task, 5)
+        assert (await s.stats())["depth"] == 1  # reads and the worker's calls never wait for a flush
+    finally:
+        flush.release.set()
+        await s.close()
+
+
+async def test_a_failed_flush_fails_the_append(tmp_path: Path, monkeypatch) -> None:
+    flush = BlockingFlush(fail=True)
+    flush.release.set()
+    monkeypatch.setattr(os, "fdatasync", flush)
+    s = Spool(tmp_path)
+    await s.open()
+    try:
+        with pytest.raises(SpoolUnavailable, match="flush to disk failed.*Input/output error"):
+            await s.append([make_item(1)])
+    finally:
+        await s.close()
+
+
+async def test_process_crash_durability_acknowledges_at_commit(tmp_path: Path, monkeypatch) -> None:
+    flush = BlockingFlush()  # never released: an append that waited for it would time out
+    monkeypatch.setattr(os, "fdatasync", flush)
+    s = Spool(tmp_path, synchronous="NORMAL")
+    await s.open()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(s.append([make_item(i)]) for i in range(20))), 5)
+        assert flush.calls == 0
+    finally:
+        flush.release.set()
+        await s.close()
+
+
+async def test_a_write_lock_held_elsewhere_delays_appends_without_blocking_the_loop(sqlite_spool: Spool) -> None:
+    """The CLI's replay takes the write lock: appends wait for it, the event loop keeps running."""
+    other = sqlite3.connect(sqlite_spool.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    tick_task = asyncio.ensure_future(ticker())
+    task = asyncio.ensure_future(sqlite_spool.append([make_item(1)]))
+    await asyncio.sleep(0.3)
+    assert not task.done() and ticks >= 10
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(task, 5)
+    tick_task.cancel()
+    assert (await sqlite_spool.stats())["depth"] == 1
+
+
+async def test_the_wal_is_checkpointed_into_the_database_in_the_background(tmp_path: Path, monkeypatch) -> None:
+    from edgeproxy.delivery import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "CHECKPOINT_EVERY_S", 0.05)
+    s = Spool(tmp_path)
+    await s.open()
+    try:
+        await asyncio.gather(*(s.append([make_item(i)]) for i in range(10)))
+        seen = 0
+        for _ in range(100):  # bounded: up to 5 s
+            main_file_only = sqlite3.connect(f"file:{s.path}?immutable=1", uri=True)  # ignores the WAL
+            try:
+                seen = main_file_only.execute("SELECT COUNT(*) FROM items WHERE state='pending'").fetchone()[0]
+            except sqlite3.OperationalError:  # not even the tables are checkpointed yet
+                seen = 0
+            main_file_only.close()
+            if seen == 10:
+                break
+            await asyncio.sleep(0.05)
+        assert seen == 10
+    finally:
+        await s.close()
+
+
 async def test_concurrent_appends_all_land(spool) -> None:
     await asyncio.gather(*(spool.append([make_item(i)]) for i in range(200)))
     assert (await spool.stats())["depth"] == 200

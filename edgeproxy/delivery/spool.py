@@ -1,16 +1,27 @@
 """The durable spool: every accepted Amplitude item is on disk before the client gets its 200.
 
-SQLite in WAL mode, embedded, no server. One dedicated writer thread owns the only
-read-write connection and runs GROUP COMMIT: whatever calls are queued while a transaction
-commits are gathered into the next transaction, so under load one fsync covers many
-appends. Each ``await spool.append(...)`` returns only after its own rows are committed.
+SQLite in WAL mode, embedded, no server. GROUP COMMIT on the event loop: the calls made during
+one turn of the loop (every request's append, the worker's claims and verdicts, reads) run
+together in one transaction when the turn ends. Each ``await spool.append(...)`` returns only
+after its rows are committed and, with the default durability, flushed to disk.
 
-Durability choice: ``PRAGMA synchronous=FULL`` in WAL mode. WAL + NORMAL already survives a
-``kill -9`` of the process (the WAL is in the OS page cache), but not a power loss or a
-kernel panic; FULL fsyncs the WAL at every commit and survives those too. Group commit is
-what makes FULL affordable: the fsync is paid per transaction, not per append. An operator
-trades power-loss safety for latency with ``[delivery] durability = "process_crash"``
-(``synchronous="NORMAL"``): each tracking call then skips a disk flush (~0.3–1.5 ms here).
+Why the SQL runs on the event loop and not in a writer thread: the statements take
+microseconds of CPU, and a thread has to win the GIL back after every one of them. On a busy
+core that hand-off waits for the scheduler, so a transaction of a few statements took
+milliseconds of wall time and every append and delivery cycle queued behind it (measured:
+~7 ms per transaction for ~1 ms of CPU). What does wait on the disk, the flush, is the one
+thing left to a thread (``_Syncer``): the loop keeps serving while it runs, and one flush
+covers every transaction committed before it started.
+
+Durability: ``durability = "power_loss"`` (the default, ``synchronous="FULL"``) acknowledges
+an append once the WAL holding it has been ``fdatasync``ed: it survives a ``kill -9``, a
+kernel panic and a power cut. SQLite itself runs with ``synchronous=NORMAL``, which in WAL
+mode syncs around checkpoints only, and the syncer adds the flush after commits, so the
+guarantee equals SQLite's FULL without holding the loop during the flush.
+``"process_crash"`` (``synchronous="NORMAL"``) acknowledges at commit: the WAL is in the OS
+page cache, which survives the process (``kill -9``, restarts) but not a power cut.
+Checkpoints (copying the WAL into the database) also run in the syncer's thread, on a
+connection of its own, so the loop never waits for them either.
 
 Bounded: past ``max_bytes`` (``delivery.max_spool_size``) appends fail with
 SpoolUnavailable, so the edge answers 503 + Retry-After and the client keeps its events.
@@ -24,9 +35,12 @@ process died are made ``pending`` again by ``open()``: at-least-once delivery, w
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -54,6 +68,9 @@ __all__ = [
 SPOOL_FILENAME = "spool.sqlite3"
 DB_SUFFIXES = frozenset({".sqlite3", ".sqlite", ".db"})
 MAX_GROUP = 1024  # operations merged into one transaction at most
+CHECKPOINT_EVERY_S = 1.0  # the syncer copies the WAL into the database at most this often
+BUSY_RETRY_S = 0.005  # another process holds the write lock: try again after this…
+BUSY_TIMEOUT_S = 5.0  # …for at most this long, then fail the operations (SpoolUnavailable)
 # The hard page limit sits this far above max_bytes: appends stop at max_bytes (a clear 503),
 # while the worker's updates and one in-progress append still find room.
 HARD_LIMIT_HEADROOM = 16 * 1024 * 1024
@@ -61,6 +78,10 @@ HARD_LIMIT_HEADROOM = 16 * 1024 * 1024
 
 class SpoolUnavailable(Exception):
     """The spool cannot take the write (disk full, locked, corrupt, closed): answer 503 + Retry-After."""
+
+
+class _Busy(Exception):
+    """Another connection holds the write lock right now (SQLITE_BUSY at BEGIN)."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +147,80 @@ def _append_all(c: sqlite3.Connection, appends: Sequence[_Append]) -> None:
     sql.insert_items(c, [r for a in appends for r in a.rows], [r for a in appends for r in a.dead_rows])
 
 
+class _Syncer:
+    """The spool's one thread: flushes the WAL to disk on request, and checkpoints it.
+
+    ``request(seq)`` asks for a flush covering commit number ``seq``; requests that queue up
+    while a flush runs are served by the next one (group flush). ``on_synced(seq, error)`` is
+    called on the event loop afterwards. Checkpoints use a connection of this thread's own,
+    at most every CHECKPOINT_EVERY_S and only after commits, PASSIVE so they never block the
+    loop's writes.
+    """
+
+    def __init__(self, db_path: Path, loop: asyncio.AbstractEventLoop,
+                 on_synced: Callable[[int, BaseException | None], None]) -> None:
+        self._db_path = db_path
+        self._loop = loop
+        self._on_synced = on_synced
+        self._requests: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        # The WAL exists once the connection has opened the database in WAL mode; it keeps its
+        # inode while a connection is open (SQLite restarts it in place after a checkpoint).
+        self._wal_fd = os.open(f"{db_path}-wal", os.O_RDONLY | os.O_CREAT, 0o644)
+        self._thread = threading.Thread(target=self._run, name="edgeproxy-spool-sync", daemon=True)
+        self._thread.start()
+
+    def request(self, seq: int) -> None:
+        self._requests.put(seq)
+
+    def stop(self) -> None:
+        """Serve the requests already made, then end the thread (blocking: call off the loop)."""
+        self._requests.put(None)
+        self._thread.join()
+        os.close(self._wal_fd)
+
+    def _run(self) -> None:
+        checkpoint_conn: sqlite3.Connection | None = None
+        last_checkpoint = time.monotonic()
+        dirty = False  # commits since the last checkpoint
+        try:
+            while True:
+                try:
+                    seq = self._requests.get(timeout=CHECKPOINT_EVERY_S)
+                except queue.Empty:
+                    seq = 0  # no request: only see whether a checkpoint is due
+                stop = seq is None
+                while not stop:  # every request queued meanwhile is covered by this one flush
+                    try:
+                        more = self._requests.get_nowait()
+                    except queue.Empty:
+                        break
+                    stop = more is None
+                    seq = max(seq or 0, more or 0)
+                if seq:
+                    dirty = True
+                    try:
+                        os.fdatasync(self._wal_fd)
+                        error: BaseException | None = None
+                    except OSError as exc:
+                        error = exc
+                    self._loop.call_soon_threadsafe(self._on_synced, seq, error)
+                if stop:
+                    return
+                if dirty and time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
+                    checkpoint_conn = checkpoint_conn or sqlite3.connect(self._db_path, timeout=0)
+                    try:
+                        busy, frames, copied = checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        dirty = bool(busy) or copied < frames  # not all copied: try again next time
+                    except sqlite3.Error:
+                        pass  # busy now: the next one copies what this one did not
+                    last_checkpoint = time.monotonic()
+        finally:
+            if checkpoint_conn is not None:
+                checkpoint_conn.close()
+
+
 class Spool:
-    """The SQLite spool. All methods are coroutines; the I/O runs in the writer thread."""
+    """The SQLite spool. All methods are coroutines; the SQL runs on the event loop, in batches."""
 
     def __init__(
         self,
@@ -140,6 +233,9 @@ class Spool:
     ) -> None:
         """``path`` is the database file (``<data_dir>/spool.sqlite3``: a name ending in
         .sqlite3, .sqlite or .db) or else the data directory to hold it.
+
+        ``synchronous``: FULL (or EXTRA) acknowledges appends once flushed to disk, NORMAL
+        once committed (see the module docstring).
 
         ``max_bytes`` caps the data held (a disk budget): past it, appends raise
         SpoolUnavailable instead of filling the disk the rest of the host needs. None: no cap.
@@ -155,104 +251,154 @@ class Spool:
         self.max_bytes = max_bytes
         self.transactions = 0  # committed transactions: fewer than appends under concurrency
         self.operations = 0  # operations committed (appends, claims, acks, reads…)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._syncer: _Syncer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._busy_since: float | None = None
+        self._commits = 0  # transactions whose appends wait for a flush, numbered
+        self._unsynced: collections.deque[tuple[int, list[asyncio.Future[Any]]]] = collections.deque()
         self._closed = True
+
+    @property
+    def _durable_ack(self) -> bool:
+        return self.synchronous != "NORMAL"
 
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
         """Create or open the database, then make rows left in flight by a crash pending again."""
         self._loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = self._loop.create_future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="edgeproxy-spool", daemon=True)
-        self._thread.start()
-        await ready
+        try:
+            self._conn = await asyncio.to_thread(self._connect)
+            self._syncer = _Syncer(self.path, self._loop, self._synced)
+        except SchemaTooNew as exc:
+            raise SpoolUnavailable(str(exc)) from None
+        except (sqlite3.Error, OSError) as exc:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            raise SpoolUnavailable(f"cannot open the spool {self.path}: {exc}") from None
         self._closed = False
         await self._submit(sql.reclaim_inflight)
 
     async def close(self) -> None:
-        if self._closed or self._thread is None:
+        """Run what is queued, wait for its flush, then close (later calls get SpoolUnavailable)."""
+        if self._closed or self._conn is None:
             return
         self._closed = True
-        self._queue.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._busy_since = None
+        while self._jobs:
+            self._flush()
+            if self._jobs:  # the database is locked by another process: wait as a flush would
+                await asyncio.sleep(BUSY_RETRY_S)
+        waiting = [fut for _, futs in self._unsynced for fut in futs]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+        conn, syncer, self._conn, self._syncer = self._conn, self._syncer, None, None
+        if syncer is not None:
+            await asyncio.to_thread(syncer.stop)
+        await asyncio.to_thread(conn.close)
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-        conn.row_factory = sqlite3.Row
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise sqlite3.OperationalError(f"cannot use WAL mode on {self.path} (got {mode})")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        migrate(conn, self.path)
-        if self.max_bytes:
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            hard = self.max_bytes + min(self.max_bytes, HARD_LIMIT_HEADROOM)
-            conn.execute(f"PRAGMA max_page_count={max(1, hard // page_size)}")
+        # timeout=0: a write lock held by another process (the CLI's replay) must not stall the
+        # event loop in SQLite's busy handler; _flush retries instead (BUSY_TIMEOUT_S in all).
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot use WAL mode on {self.path} (got {mode})")
+            conn.execute("PRAGMA synchronous=NORMAL")  # the flush after commit is the syncer's
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # so is the checkpoint
+            conn.execute("PRAGMA busy_timeout=5000")  # for the migration only; reset below
+            migrate(conn, self.path)
+            conn.execute("PRAGMA busy_timeout=0")
+            if self.max_bytes:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                hard = self.max_bytes + min(self.max_bytes, HARD_LIMIT_HEADROOM)
+                conn.execute(f"PRAGMA max_page_count={max(1, hard // page_size)}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
-    # ------------------------------------------------------------------ writer thread
+    # ------------------------------------------------------------------ group commit (on the loop)
 
-    def _run(self, ready: asyncio.Future[None]) -> None:
-        loop = self._loop
-        assert loop is not None
-        try:
-            conn = self._connect()
-        except SchemaTooNew as exc:
-            loop.call_soon_threadsafe(_settle, ready, None, SpoolUnavailable(str(exc)))
-            return
-        except (sqlite3.Error, OSError) as exc:
-            err = SpoolUnavailable(f"cannot open the spool {self.path}: {exc}")
-            loop.call_soon_threadsafe(_settle, ready, None, err)
-            return
-        loop.call_soon_threadsafe(_settle, ready, None, None)
-        try:
-            while True:
-                job = self._queue.get()
-                if job is None:
-                    break
-                jobs = [job]
-                stop = False
-                while len(jobs) < MAX_GROUP:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    jobs.append(more)
-                self._execute(conn, jobs)
-                if stop:
-                    break
-        finally:
-            conn.close()
-            # Anything queued after close() was requested fails rather than hanging forever.
-            while True:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not None:
-                    loop.call_soon_threadsafe(_settle, job[1], None, SpoolUnavailable("the spool is closed"))
+    async def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._closed or self._loop is None:
+            raise SpoolUnavailable("the spool is closed")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._jobs.append((fn, fut))
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)  # after the rest of this turn
+        return await fut
 
-    def _execute(self, conn: sqlite3.Connection, jobs: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> None:
-        """Run the jobs in one transaction, then COMMIT once.
+    def _flush(self) -> None:
+        """Run the queued operations in one transaction and settle their futures."""
+        self._flush_handle = None
+        conn, loop = self._conn, self._loop
+        jobs, self._jobs = self._jobs[:MAX_GROUP], self._jobs[MAX_GROUP:]
+        if not jobs or conn is None or loop is None:
+            return
+        try:
+            outcomes = self._execute(conn, jobs)
+        except _Busy as exc:
+            now = time.monotonic()
+            self._busy_since = self._busy_since or now
+            if now - self._busy_since < BUSY_TIMEOUT_S:
+                self._jobs[:0] = jobs  # another process holds the write lock: try again shortly
+                if self._flush_handle is None and not self._closed:
+                    self._flush_handle = loop.call_later(BUSY_RETRY_S, self._flush)
+                return
+            outcomes = [(None, SpoolUnavailable(f"spool write failed: {exc}"))] * len(jobs)
+        self._busy_since = None
+        durable: list[asyncio.Future[Any]] = []
+        for (fn, fut), (result, exc) in zip(jobs, outcomes):
+            if exc is None and self._durable_ack and isinstance(fn, _Append):
+                durable.append(fut)  # acknowledged once the flush covering this commit is done
+            else:
+                _settle(fut, result, exc)
+        if durable:
+            assert self._syncer is not None
+            self._commits += 1
+            self._unsynced.append((self._commits, durable))
+            self._syncer.request(self._commits)
+        if self._jobs and self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
+
+    def _synced(self, seq: int, error: BaseException | None) -> None:
+        """The syncer flushed the WAL up to commit ``seq``: those appends are durable (or failed)."""
+        while self._unsynced and self._unsynced[0][0] <= seq:
+            _, futs = self._unsynced.popleft()
+            for fut in futs:
+                if error is None:
+                    _settle(fut, None, None)
+                else:
+                    _settle(fut, None, SpoolUnavailable(f"spool flush to disk failed: {error}"))
+
+    def _execute(
+        self, conn: sqlite3.Connection, jobs: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Run the jobs in one transaction, COMMIT once; returns each job's (result, error).
 
         Appends (the hot path: one per tracking call) go first, all together; should that
         fail (e.g. the spool is full) they are retried one by one like every other
         operation: each under its own savepoint, so one bad operation never fails its
-        neighbours.
+        neighbours. Raises _Busy, having done nothing, when another process holds the lock.
         """
-        loop = self._loop
-        assert loop is not None
-        results: list[tuple[Any, BaseException | None] | None] = [None] * len(jobs)
         try:
             conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _Busy(str(exc)) from None
+            return [(None, SpoolUnavailable(f"spool write failed: {exc}"))] * len(jobs)
+        results: list[tuple[Any, BaseException | None] | None] = [None] * len(jobs)
+        try:
             appends = [i for i, (fn, _) in enumerate(jobs) if isinstance(fn, _Append)]
             if len(appends) > 1 and self._run_one(conn, lambda c: _append_all(c, [jobs[i][0] for i in appends]))[1] is None:
                 for i in appends:
@@ -270,13 +416,13 @@ class Spool:
             except sqlite3.Error:
                 pass
             results = [(None, exc)] * len(jobs)
-        outcomes = []
-        for (_, fut), outcome in zip(jobs, results):
+        out = []
+        for outcome in results:
             result, exc = outcome if outcome is not None else (None, None)
             if isinstance(exc, sqlite3.Error):
                 exc = SpoolUnavailable(f"spool write failed: {exc}")
-            outcomes.append((fut, result, exc))
-        loop.call_soon_threadsafe(_settle_all, outcomes)  # one loop wake-up per transaction
+            out.append((result, exc))
+        return out
 
     @staticmethod
     def _run_one(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:
@@ -292,13 +438,6 @@ class Spool:
             return None, exc
         conn.execute("RELEASE op")
         return result, None
-
-    async def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._closed or self._loop is None:
-            raise SpoolUnavailable("the spool is closed")
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put((fn, fut))
-        return await fut
 
     # ------------------------------------------------------------------ edge side
 
@@ -409,8 +548,3 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
         fut.set_exception(exc)
     else:
         fut.set_result(result)
-
-
-def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for fut, result, exc in outcomes:
-        _settle(fut, result, exc)

@@ -1,6 +1,6 @@
 """``edgeproxy spool`` and ``edgeproxy replay`` on a SQLite spool: synchronous, own connection.
 
-Apart from ``spool.py`` (the serving side: writer thread, group commit) because the CLI runs
+Apart from ``spool.py`` (the serving side: group commit on the event loop) because the CLI runs
 next to a live process: it opens the file itself, migrates it if needed, and reads read-only.
 """
 
