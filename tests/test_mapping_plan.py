@@ -115,6 +115,9 @@ def test_declared_object_read_from_the_message_is_copied_not_shared() -> None:
     (LOG_EVENT_V2["time"], 17.5), (LOG_EVENT_V2["time"], "2024-03-14"), (LOG_EVENT_V2["time"], "soon"), (LOG_EVENT_V2["time"], True),
     (LOG_EVENT_V2["setOnce"], {"initial_referrer": 1, "other": None}), (LOG_EVENT_V2["setOnce"], {"initial_referrer": {}}),
     (LOG_EVENT_V2["products"], {"price": None}), (LOG_EVENT_V2["min_id_length"], None), (IDENTIFY_USER["paying"], 1),
+    # number and integer fields: ints and floats take the fast step, everything else the general one
+    *[(LOG_EVENT_V2[key], value) for key in ("price", "quantity", "min_id_length")
+      for value in (3, 2.0, 2.5, -0.0, 2.0 ** 60, 1e300, float("inf"), True, "4", "4.5", "", None, [7], [7.5], {})],
 ])
 def test_field_step_equals_removal_then_validation(spec, value) -> None:
     fields = {"k": spec}
