@@ -51,7 +51,7 @@ class IngestContext:
     wake_delivery: Callable[[], None] | None = None  # nudges the delivery worker after an append
 
 
-@dataclass
+@dataclass(slots=True)
 class Accepted:
     """One accepted message's spool records, kept together so a bad one can be rejected alone."""
 
