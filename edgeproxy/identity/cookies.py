@@ -55,9 +55,13 @@ _SESSION_SALT = "edgeproxy.session"
 _DOMAIN_RE = re.compile(r"^\.?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CookieSpec:
-    """One cookie to set, as plain data."""
+    """One cookie to set, as plain data.
+
+    Slotted, not frozen: a tracking response builds up to four, and a frozen dataclass pays an
+    ``object.__setattr__`` per field (8 here, ~1 µs a cookie); nothing changes or hashes one.
+    """
 
     name: str
     value: str
