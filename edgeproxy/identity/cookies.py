@@ -103,8 +103,9 @@ def _session_payload(payload: Any, device_id: str) -> SessionState | None:
     if not isinstance(payload, list) or len(payload) != 5 or payload[0] != device_id:
         return None
     numbers = payload[1:]
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
-        return None
+    for n in numbers:  # a loop, not all(genexpr): this runs for every session cookie issued or read
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return None
     session_id, last_event_ms, event_count, first_seen = numbers
     if session_id > last_event_ms or event_count < 1:
         return None
