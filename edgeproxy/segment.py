@@ -143,8 +143,9 @@ def normalize(raw: Any, *, path_type: str | None, received: datetime, envelope: 
     msg["type"] = mtype
 
     for name in _OBJECT_FIELDS:
-        if name in msg and msg[name] is not None and not isinstance(msg[name], dict):
-            raise Rejected(name, f"must be an object, got {_json_type(msg[name])}")
+        value = msg.get(name)  # absent reads None: allowed like null
+        if value is not None and not isinstance(value, dict):
+            raise Rejected(name, f"must be an object, got {_json_type(value)}")
     for name in _ID_FIELDS:
         value = msg.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
@@ -155,7 +156,7 @@ def normalize(raw: Any, *, path_type: str | None, received: datetime, envelope: 
     if envelope.integrations:
         msg["integrations"] = {**envelope.integrations, **(msg.get("integrations") or {})}
 
-    if mtype == "track" and (not isinstance(msg.get("event"), (str, int, float)) or msg.get("event") in ("", None)):
+    if mtype == "track" and (not isinstance(event := msg.get("event"), (str, int, float)) or event == ""):
         raise Rejected("event", "a track call needs a non-empty event name")
     if mtype == "group" and msg.get("groupId") in (None, ""):
         raise Rejected("groupId", "a group call needs a groupId")
