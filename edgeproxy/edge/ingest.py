@@ -37,6 +37,7 @@ from edgeproxy.pipeline import default_device_id, spool_records
 log = logging.getLogger("edgeproxy.ingest")
 
 RETRY_AFTER_SECONDS = 5
+_NO_ENVELOPE = segment.Envelope()  # what a single message's request contributes (frozen: one serves all)
 
 
 @dataclass
@@ -176,7 +177,7 @@ class IngestHandlers:
             path_type = None
         else:
             raws = [body]
-            envelope = segment.Envelope()
+            envelope = _NO_ENVELOPE
             path_type = segment.PATH_TYPES[request.match_info["kind"]]
 
         jar = ctx.identity.read_cookie_header(request.headers.get("Cookie"))
