@@ -40,7 +40,7 @@ class TouchRequest:
     the other fields are ``sessions.touch``'s arguments.
 
     Not frozen: one is built per event, and a frozen dataclass pays an ``object.__setattr__``
-    per field (about 3x the construction cost); nothing changes or hashes a request once built.
+    per field (~1.1 µs to build instead of ~0.8); nothing changes or hashes a request once built.
     """
 
     t_ms: int
