@@ -173,6 +173,18 @@ def test_date_cache_gives_the_same_answer_twice_and_edge_years_still_work() -> N
     assert dayjs_utc_ms("1969-12-31T23:59:59.999Z") == -1  # floor, not truncation
 
 
+@pytest.mark.parametrize("text", ["2024-03-14T15:09:26.535Z", "12:30", " 1:2", "1e5:", "Infinity:", "0x1:", ":",
+                                  "99999999999999999:", "2024-01-01 10:00", "1710428966535", "99999999999999999", "", "0x10"])
+def test_is_date_like_skips_number_parsing_only_where_number_says_nan(text) -> None:
+    """A colon never appears in a string ``Number()`` accepts, so for those ``is_date_like`` asks
+    dayjs directly; the rule it implements is unchanged: a truthy number in range, else dayjs."""
+    number = js_number(text)
+    expected = abs(number) <= 8.64e15 if number else dayjs_utc_ms(text) is not None
+    if ":" in text:
+        assert number is None
+    assert is_date_like(text) == expected
+
+
 def test_user_agent_cache_keeps_hints_of_different_types_apart() -> None:
     ua = WEB_CONTEXT["userAgent"]
     assert parse_user_agent_properties(ua, {"platformVersion": 1})["os_version"] == 1
