@@ -142,12 +142,12 @@ def _count_requests(metrics: Metrics) -> Callable:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            metrics.requests.labels(route, str(exc.status)).inc()
+            metrics.requests_by(route, str(exc.status)).inc()
             raise
         except Exception:
-            metrics.requests.labels(route, "500").inc()
+            metrics.requests_by(route, "500").inc()
             raise
-        metrics.requests.labels(route, str(response.status)).inc()
+        metrics.requests_by(route, str(response.status)).inc()
         return response
 
     return middleware

@@ -6,6 +6,8 @@ in one process, and each must count from zero.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -14,6 +16,28 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+
+class LabelledChildren:
+    """``metric.labels(*values)``, looked up once per distinct label values and then remembered.
+
+    Why: prometheus-client's ``labels()`` validates and stringifies the values and takes a lock
+    on every call (about 1 µs, more than the ``inc()`` itself), and the tracking API counts every
+    event. The child for a given set of values never changes (edgeproxy never removes a labelled
+    child), so handing out the same object again counts exactly the same samples.
+    """
+
+    __slots__ = ("_metric", "_children")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -41,6 +65,10 @@ class Metrics:
         self.delivery_latency = Histogram(
             "edgeproxy_delivery_seconds", "Amplitude request duration", ["endpoint"], registry=r
         )
+        # Remembered children of the counters the request path increments per request or per event.
+        self.requests_by = LabelledChildren(self.requests)
+        self.events_accepted_by = LabelledChildren(self.events_accepted)
+        self.events_rejected_by = LabelledChildren(self.events_rejected)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,7 +19,9 @@ def spool_records(
     """Map ``msg``; ``device_id`` is the identity layer's (None: Segment's default path applies)."""
     mapped = mapper.map(msg, device_id=device_id)
     key_device = device_id or default_device_id(msg)
-    user_id = msg.get("userId") if isinstance(msg.get("userId"), str) else None
+    user_id = msg.get("userId")
+    if not isinstance(user_id, str):
+        user_id = None
     items = [
         SpoolItem(
             message_id=msg["messageId"],

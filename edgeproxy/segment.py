@@ -12,6 +12,7 @@ import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -76,6 +77,18 @@ def format_iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+@lru_cache(maxsize=64)
+def _received_iso(received: datetime) -> str:
+    """``format_iso(received)``, remembered for a few receive times.
+
+    Why: every message of a batch is stamped with its request's one receive time, so the
+    string (formatting is most of the clock correction's cost) is made once per request, not
+    once per message. Keyed by the datetime's value: equal aware datetimes are the same instant,
+    which ``format_iso`` writes the same whatever their time zone.
+    """
+    return format_iso(received)
+
+
 def write_key_from_basic(header: str | None) -> str | None:
     """The write key from ``Authorization: Basic base64(key:)`` (the colon is optional)."""
     if not header or not header[:6].lower() == "basic ":
@@ -130,8 +143,9 @@ def normalize(raw: Any, *, path_type: str | None, received: datetime, envelope: 
     msg["type"] = mtype
 
     for name in _OBJECT_FIELDS:
-        if name in msg and msg[name] is not None and not isinstance(msg[name], dict):
-            raise Rejected(name, f"must be an object, got {_json_type(msg[name])}")
+        value = msg.get(name)  # absent reads None: allowed like null
+        if value is not None and not isinstance(value, dict):
+            raise Rejected(name, f"must be an object, got {_json_type(value)}")
     for name in _ID_FIELDS:
         value = msg.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
@@ -142,7 +156,7 @@ def normalize(raw: Any, *, path_type: str | None, received: datetime, envelope: 
     if envelope.integrations:
         msg["integrations"] = {**envelope.integrations, **(msg.get("integrations") or {})}
 
-    if mtype == "track" and (not isinstance(msg.get("event"), (str, int, float)) or msg.get("event") in ("", None)):
+    if mtype == "track" and (not isinstance(event := msg.get("event"), (str, int, float)) or event == ""):
         raise Rejected("event", "a track call needs a non-empty event name")
     if mtype == "group" and msg.get("groupId") in (None, ""):
         raise Rejected("groupId", "a group call needs a groupId")
@@ -163,7 +177,7 @@ def _correct_clock(msg: dict[str, Any], received: datetime, batch_sent_at: Any) 
     """Segment's skew correction; records receivedAt and originalTimestamp."""
     sent_raw = msg.pop("sentAt", None) or batch_sent_at
     ts_raw = msg.get("timestamp")
-    msg["receivedAt"] = format_iso(received)
+    msg["receivedAt"] = _received_iso(received)
     if ts_raw in (None, ""):
         msg["timestamp"] = msg["receivedAt"]
         return
@@ -179,10 +193,15 @@ def _correct_clock(msg: dict[str, Any], received: datetime, batch_sent_at: Any) 
 
 def has_identity(msg: dict[str, Any], device_id: str | None) -> bool:
     """Amplitude needs a user or a device: userId, anonymousId or a (resolved) device id."""
-    context = msg.get("context") or {}
+    # Cheapest first, each value tested as ``v not in (None, "")`` (a plain chain rather than
+    # any() over a generator: this runs for every message).
+    for value in (msg.get("userId"), msg.get("anonymousId"), device_id):
+        if value is not None and value != "":
+            return True
+    context = msg.get("context")
     device = context.get("device") if isinstance(context, dict) else None
     client_device = device.get("id") if isinstance(device, dict) else None
-    return any(v not in (None, "") for v in (msg.get("userId"), msg.get("anonymousId"), device_id, client_device))
+    return client_device is not None and client_device != ""
 
 
 def library_name(msg: dict[str, Any]) -> str | None:

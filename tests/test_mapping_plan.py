@@ -115,6 +115,9 @@ def test_declared_object_read_from_the_message_is_copied_not_shared() -> None:
     (LOG_EVENT_V2["time"], 17.5), (LOG_EVENT_V2["time"], "2024-03-14"), (LOG_EVENT_V2["time"], "soon"), (LOG_EVENT_V2["time"], True),
     (LOG_EVENT_V2["setOnce"], {"initial_referrer": 1, "other": None}), (LOG_EVENT_V2["setOnce"], {"initial_referrer": {}}),
     (LOG_EVENT_V2["products"], {"price": None}), (LOG_EVENT_V2["min_id_length"], None), (IDENTIFY_USER["paying"], 1),
+    # number and integer fields: ints and floats take the fast step, everything else the general one
+    *[(LOG_EVENT_V2[key], value) for key in ("price", "quantity", "min_id_length")
+      for value in (3, 2.0, 2.5, -0.0, 2.0 ** 60, 1e300, float("inf"), True, "4", "4.5", "", None, [7], [7.5], {})],
 ])
 def test_field_step_equals_removal_then_validation(spec, value) -> None:
     fields = {"k": spec}
@@ -168,6 +171,18 @@ def test_date_cache_gives_the_same_answer_twice_and_edge_years_still_work() -> N
     assert dayjs_utc_ms("0001-01-01T00:00:00Z") == -62135596800000
     assert dayjs_utc_ms("0002-01-01T00:00:00+01:00") == -62104064400000  # the subtraction path, with an offset
     assert dayjs_utc_ms("1969-12-31T23:59:59.999Z") == -1  # floor, not truncation
+
+
+@pytest.mark.parametrize("text", ["2024-03-14T15:09:26.535Z", "12:30", " 1:2", "1e5:", "Infinity:", "0x1:", ":",
+                                  "99999999999999999:", "2024-01-01 10:00", "1710428966535", "99999999999999999", "", "0x10"])
+def test_is_date_like_skips_number_parsing_only_where_number_says_nan(text) -> None:
+    """A colon never appears in a string ``Number()`` accepts, so for those ``is_date_like`` asks
+    dayjs directly; the rule it implements is unchanged: a truthy number in range, else dayjs."""
+    number = js_number(text)
+    expected = abs(number) <= 8.64e15 if number else dayjs_utc_ms(text) is not None
+    if ":" in text:
+        assert number is None
+    assert is_date_like(text) == expected
 
 
 def test_user_agent_cache_keeps_hints_of_different_types_apart() -> None:

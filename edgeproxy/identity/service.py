@@ -42,9 +42,10 @@ from edgeproxy.identity.cookies import (
 from edgeproxy.identity.sessions import (
     MIN_EPOCH_MS,
     SessionState,
-    adoptable_session_id,
+    adoptable_claim,
+    claim_mismatches,
+    client_session_claim,
     client_session_value,
-    is_mismatch,
     is_web,
     library_name,
     may_stamp,
@@ -72,7 +73,7 @@ class CookieIdentity:
     cookie_signed_at: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class IdentityResult:
     device_id: str | None  # the Amplitude device_id (None for non-web: the mapping's default applies)
     session: SessionState | None
@@ -185,12 +186,13 @@ class IdentityService:
             jar.device_id = device_id if valid_device_id(device_id) else str(uuid.uuid4())
 
         carried = jar.session if device_id == jar.device_id else None
-        new, started, ended = await self._touch(device_id, message, t_ms, carried, adoptable_session_id(message))
+        present, claimed = client_session_claim(message)  # read once: nothing below changes it before the stamp
+        new, started, ended = await self._touch(device_id, message, t_ms, carried, adoptable_claim(present, claimed))
         if device_id == jar.device_id:
             jar.session = reconcile(jar.session, new)
         mismatch = False
         if may_stamp(message):
-            mismatch = is_mismatch(message, new.session_id)
+            mismatch = claim_mismatches(present, claimed, new.session_id)
             stamp_session_id(message, new.session_id)
         return IdentityResult(device_id=device_id, session=new, started=started, mismatch=mismatch, web=True, ended=ended)
 

@@ -121,15 +121,33 @@ def client_session_value(message: Mapping[str, Any]) -> tuple[bool, Any]:
     return True, entry["session_id"]
 
 
-def adoptable_session_id(message: Mapping[str, Any]) -> int | None:
-    """The browser plugin's session id when it may seed a new server session, else None."""
+def client_session_claim(message: Mapping[str, Any]) -> tuple[bool, int | None]:
+    """``(present, parse_session_id(raw value))`` of the client's session id.
+
+    The identity service reads the claim once per event and answers both questions below
+    from it (``adoptable_claim``, ``claim_mismatches``) instead of parsing it twice.
+    """
     present, raw = client_session_value(message)
-    if not present:
-        return None
-    parsed = parse_session_id(raw)
-    if parsed is None or parsed < MIN_EPOCH_MS:
+    return (True, parse_session_id(raw)) if present else (False, None)
+
+
+def adoptable_claim(present: bool, parsed: int | None) -> int | None:
+    """``adoptable_session_id`` of an already read claim."""
+    if not present or parsed is None or parsed < MIN_EPOCH_MS:
         return None
     return parsed
+
+
+def claim_mismatches(present: bool, parsed: int | None, server_session_id: int) -> bool:
+    """``is_mismatch`` of an already read claim."""
+    if not present or parsed == OUT_OF_SESSION:
+        return False
+    return parsed != server_session_id
+
+
+def adoptable_session_id(message: Mapping[str, Any]) -> int | None:
+    """The browser plugin's session id when it may seed a new server session, else None."""
+    return adoptable_claim(*client_session_claim(message))
 
 
 def is_mismatch(message: Mapping[str, Any], server_session_id: int) -> bool:
@@ -137,13 +155,7 @@ def is_mismatch(message: Mapping[str, Any], server_session_id: int) -> bool:
 
     An absent value or ``-1`` claims nothing; an unparseable value claims something wrong.
     """
-    present, raw = client_session_value(message)
-    if not present:
-        return False
-    parsed = parse_session_id(raw)
-    if parsed == OUT_OF_SESSION:
-        return False
-    return parsed != server_session_id
+    return claim_mismatches(*client_session_claim(message), server_session_id)
 
 
 def may_stamp(message: Mapping[str, Any]) -> bool:

@@ -31,13 +31,16 @@ from edgeproxy.identity.sessions import SessionState, reconcile, touch
 TouchResult = tuple[SessionState | None, SessionState, bool]  # (old, new, started)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TouchRequest:
     """One event applied to a device's session: ``sessions.touch(sessions.reconcile(stored,
     carried), t_ms, timeout_ms, ...)`` on whatever state the store holds at that moment.
 
     ``carried`` is the state the request's signed session cookie carried (None without one);
     the other fields are ``sessions.touch``'s arguments.
+
+    Not frozen: one is built per event, and a frozen dataclass pays an ``object.__setattr__``
+    per field (~1.1 µs to build instead of ~0.8); nothing changes or hashes a request once built.
     """
 
     t_ms: int

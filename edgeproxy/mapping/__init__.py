@@ -33,14 +33,17 @@ PRESETS: list[dict[str, Any]] = [
 _SUBSCRIPTION_KEYS = {"name", "action", "subscribe", "mapping", "replace_mapping", "enabled"}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Output:
+    """One Amplitude item and where it goes. Slotted, not frozen: one is built per item on the
+    tracking path and a frozen dataclass pays an ``object.__setattr__`` per field."""
+
     endpoint: str  # "httpapi" | "batch" | "identify" | "groupidentify" | "usermap"
     item: dict
     options: dict | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Mapped:
     outputs: list[Output] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)

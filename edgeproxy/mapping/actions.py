@@ -40,9 +40,11 @@ _IOS = re.compile("ios", re.IGNORECASE)
 _ANDROID = re.compile("android", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Context:
-    """What perform needs besides the payload: the message id to default insert_id from."""
+    """What perform needs besides the payload: the message id to default insert_id from.
+
+    Slotted, not frozen: built once per message, and never changed by an action."""
 
     message_id: str | None
 

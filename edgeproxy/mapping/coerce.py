@@ -141,9 +141,12 @@ def is_date_like(value: Any) -> bool:
         return True
     if not isinstance(value, str):
         return False
-    number = js_number(value)
-    if number:  # Number(data) is truthy
-        return abs(number) <= _MAX_MS
+    # A colon (an ISO time of day: every event's timestamp) never appears in a string Number()
+    # accepts, so js_number would say NaN: skip its regex and go straight to dayjs.
+    if ":" not in value:
+        number = js_number(value)
+        if number:  # Number(data) is truthy
+            return abs(number) <= _MAX_MS
     return dayjs_utc_ms(value) is not None
 
 

@@ -199,6 +199,17 @@ def field_step(spec: Field, *, without_nulls: bool = False) -> Callable[[Any], A
         def free_object(value: Any) -> Any:
             return value if type(value) is dict else general(value)
         return free_object
+    if spec.type in ("number", "integer"):
+        integer = spec.type == "integer"
+
+        def number(value: Any) -> Any:
+            kind = type(value)
+            if kind is int:  # normalize_number keeps an int as it is
+                return value
+            if kind is float and (not integer or value.is_integer()):
+                return normalize_number(value)
+            return general(value)  # strings, booleans, arrays, a fraction for an integer (Invalid)
+        return number
     if spec.type == "boolean":
         def boolean(value: Any) -> Any:
             return value if type(value) is bool else general(value)
