@@ -143,17 +143,24 @@ async def test_concurrent_touches_for_a_new_device_make_one_session(backend):
 async def test_concurrent_touches_from_several_processes_one_session_id_per_session(backend):
     """Four handles (for Redis: four connections, as four processes would have) touch one
     device at once, in two visits separated by more than the timeout: each visit gets
-    exactly one session id, started once, and the second visit ends the first once."""
+    exactly one session id, started once, and the second visit ends the first once.
+
+    Which event arrives first is up to the connections (and the machine's load), and the
+    session's id is the time of the event that started it (a late event never moves it), so
+    the id is any of the visit's event times, the same for every event of the visit."""
     make, _, _ = backend
     stores = [make() for _ in range(4)]
     second = T0 + 100 + TIMEOUT + 1
+    ids: list[int] = []
     for visit, start in enumerate((T0, second)):
         results = await asyncio.gather(*(stores[i % 4].touch("d1", at(start + i % 100)) for i in range(400)))
-        assert {new.session_id for _, new, _ in results} == {start}
+        [session_id] = {new.session_id for _, new, _ in results}
+        assert start <= session_id <= start + 99
+        ids.append(session_id)
         assert sum(started for _, _, started in results) == 1
         rotated = [old for old, new, started in results if started and old is not None]
-        assert [s.session_id for s in rotated] == ([] if visit == 0 else [T0])
-    assert (await stores[0].get("d1")) == SessionState(second, second + 99, 400, None, T0)
+        assert [s.session_id for s in rotated] == ([] if visit == 0 else [ids[0]])
+    assert (await stores[0].get("d1")) == SessionState(ids[1], second + 99, 400, None, T0)
 
 
 async def test_list_sessions_most_recent_first_with_query_and_limit(backend):

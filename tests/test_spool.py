@@ -705,3 +705,14 @@ async def test_stats_oldest_age_covers_every_group_and_in_flight_rows(sqlite_spo
     assert 59 <= stats["oldest_age_s"] <= 70 and stats["in_flight"] == 1 and stats["depth"] == 2
     await sqlite_spool.ack([claimed.row_id])
     assert (await sqlite_spool.stats())["oldest_age_s"] < 30
+
+
+async def test_an_unexpected_error_in_a_transaction_fails_its_calls_instead_of_hanging(sqlite_spool: Spool, monkeypatch) -> None:
+    def broken(conn, jobs):
+        raise RuntimeError("a bug in the transaction code")
+
+    monkeypatch.setattr(sqlite_spool, "_execute", broken)
+    with pytest.raises(SpoolUnavailable, match="a bug in the transaction code"):
+        await asyncio.wait_for(sqlite_spool.append([make_item(1)]), 5)
+    monkeypatch.undo()
+    await sqlite_spool.append([make_item(2)])  # the spool carries on

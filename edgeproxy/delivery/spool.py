@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import queue
 import sqlite3
@@ -59,6 +60,8 @@ from edgeproxy.delivery.spool_sql import (
     now_ms,
 )
 from edgeproxy.metrics import Metrics
+
+log = logging.getLogger("edgeproxy.spool")
 
 __all__ = [
     "SCHEMA", "ClaimedItem", "DeadLetter", "DueGroup", "ReplayFilter", "Spool", "SpoolItem", "SpoolUnavailable",
@@ -356,6 +359,9 @@ class Spool:
                     self._flush_handle = loop.call_later(BUSY_RETRY_S, self._flush)
                 return
             outcomes = [(None, SpoolUnavailable(f"spool write failed: {exc}"))] * len(jobs)
+        except Exception as exc:  # a bug, not a database error: fail these calls, never leave them waiting
+            log.exception("spool transaction failed")
+            outcomes = [(None, SpoolUnavailable(f"spool write failed: {exc!r}"))] * len(jobs)
         self._busy_since = None
         durable: list[asyncio.Future[Any]] = []
         for (fn, fut), (result, exc) in zip(jobs, outcomes):
