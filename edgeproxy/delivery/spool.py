@@ -42,7 +42,7 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -262,6 +262,7 @@ class Spool:
         self._busy_since: float | None = None
         self._commits = 0  # transactions whose appends wait for a flush, numbered
         self._unsynced: collections.deque[tuple[int, list[asyncio.Future[Any]]]] = collections.deque()
+        self._in_flight: dict[int, str] = {}  # row id -> group key: claimed, verdict not yet settled
         self._closed = True
 
     @property
@@ -284,7 +285,8 @@ class Spool:
                 self._conn = None
             raise SpoolUnavailable(f"cannot open the spool {self.path}: {exc}") from None
         self._closed = False
-        await self._submit(sql.reclaim_inflight)
+        self._in_flight.clear()
+        await self._submit(sql.reclaim_inflight)  # rows an older edgeproxy marked in flight on disk
 
     async def close(self) -> None:
         """Run what is queued, wait for its flush, then close (later calls get SpoolUnavailable)."""
@@ -468,7 +470,11 @@ class Spool:
     async def due_groups(self, now: int | None = None) -> list[DueGroup]:
         """Groups with pending rows due at ``now``: their count and oldest ``received_ms``."""
         t = now_ms() if now is None else now
-        return await self._submit(lambda c: sql.due_groups(c, t))
+        groups = await self._submit(lambda c: sql.due_groups(c, t))
+        if not self._in_flight:
+            return groups
+        flying = collections.Counter(self._in_flight.values())  # due on disk, but already sent
+        return [replace(g, count=g.count - flying[g.group_key]) for g in groups if g.count > flying[g.group_key]]
 
     async def next_attempt_ms(self, now: int | None = None) -> int | None:
         """When the earliest pending row that is not yet due becomes due (None: none waits)."""
@@ -476,9 +482,18 @@ class Spool:
         return await self._submit(lambda c: sql.next_attempt_ms(c, t))
 
     async def claim(self, key: str, *, limit: int, max_bytes: int, now: int | None = None) -> list[ClaimedItem]:
-        """Mark up to ``limit`` due rows of one group in flight, their sizes summing to ``max_bytes`` at most."""
+        """Mark up to ``limit`` due rows of one group in flight, their sizes summing to ``max_bytes`` at most.
+
+        In flight is kept in memory (see spool_sql): the rows stay pending on disk, so a claim
+        reads past the group's rows already in flight and writes nothing.
+        """
         t = now_ms() if now is None else now
-        return await self._submit(lambda c: sql.claim(c, key, t, limit, max_bytes))
+        flying = sum(1 for group in self._in_flight.values() if group == key)
+        rows = await self._submit(lambda c: sql.due_rows(c, key, t, limit + flying))
+        taken = sql.pick(rows, limit=limit, max_bytes=max_bytes, skip=self._in_flight)
+        for c in taken:
+            self._in_flight[c.row_id] = key
+        return taken
 
     async def settle(
         self,
@@ -499,9 +514,15 @@ class Spool:
         """
         t = now_ms() if now is None else now
         reasons = {row: dead_reason(r) for row, r in (dead or {}).items()}
-        await self._submit(lambda c: sql.settle(
-            c, t, ack=ack, dead=reasons, retry=retry, release=release, response=response, retention=self.retention
-        ))
+        try:
+            await self._submit(lambda c: sql.settle(
+                c, t, ack=ack, dead=reasons, retry=retry, release=release, response=response, retention=self.retention
+            ))
+        finally:
+            # Settled, or the write failed: either way no longer in flight. After a failure the
+            # rows are still pending on disk and are sent again (at-least-once).
+            for row_id in (*ack, *reasons, *(i for ids, _, _ in retry for i in ids), *(i for ids, _ in release for i in ids)):
+                self._in_flight.pop(row_id, None)
 
     async def ack(self, row_ids: Sequence[int]) -> None:
         await self.settle(ack=row_ids)
@@ -521,13 +542,16 @@ class Spool:
         """depth (pending), in_flight, retrying, delivered, dead, oldest_age_s; sets the depth gauge."""
         t = now_ms()
         result = await self._submit(lambda c: sql.stats(c, t))
+        flying = len(self._in_flight)  # pending on disk, in flight here
+        result["in_flight"] += flying
+        result["depth"] = max(0, result["depth"] - flying)
         if self.metrics is not None:
             self.metrics.spool_depth.set(result["depth"] + result["in_flight"])
         return result
 
     async def events_for_session(self, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """A device's (or one of its sessions') items, most recent first, with delivery state."""
-        return await self._submit(lambda c: sql.events_for_session(c, device_id, session_id, limit))
+        return await self._submit(lambda c: sql.events_for_session(c, device_id, session_id, limit, self._in_flight))
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self._submit(lambda c: sql.dead_letters(c, limit))
@@ -537,7 +561,7 @@ class Spool:
 
     async def undelivered(self, which: str, limit: int = 20) -> list[dict[str, Any]]:
         """Rows ``in_flight`` or ``retrying``, oldest first (for /debug)."""
-        return await self._submit(lambda c: sql.undelivered(c, which, limit))
+        return await self._submit(lambda c: sql.undelivered(c, which, limit, list(self._in_flight)))
 
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._submit(lambda c: sql.recent_responses(c, limit))

@@ -1,15 +1,19 @@
 """Every SQL statement of the spool, as plain functions of a sqlite3 connection.
 
-Why apart from ``spool.py``: that module is about concurrency (one writer thread, group
-commit, futures); this one is about the data (states, batching queries, pruning). Each
+Why apart from ``spool.py``: that module is about concurrency (group commit on the event
+loop, the flush thread, futures); this one is about the data (states, batching queries,
+pruning). Each
 function runs inside whatever transaction its caller holds, so the spool can merge many
 of them into one commit, and the CLI can call them on its own connection.
 
 The schema and its versions are in ``spool_schema.py``. Item states: ``pending`` (waiting,
-possibly until ``next_attempt_ms``), ``inflight`` (claimed by the worker), ``delivered``
-(kept for /debug, pruned to ``retention`` rows) and ``dead`` (a dead letter; with no
-``item`` when the mapping refused the Segment message, whose original is then kept in
-``payload``).
+possibly until ``next_attempt_ms``), ``delivered`` (kept for /debug, pruned to
+``retention`` rows) and ``dead`` (a dead letter; with no ``item`` when the mapping refused
+the Segment message, whose original is then kept in ``payload``). A row the worker has
+claimed and sent stays ``pending`` on disk: "in flight" is the serving process's own state,
+kept in memory by ``Spool``, because writing it cost every event one more row update, and a
+crash must make those rows due again anyway. Spools written by older versions may hold
+``inflight`` rows; ``reclaim_inflight`` makes them pending when the spool opens.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Container, Iterable, Mapping, Sequence
 from urllib.parse import quote_plus
 
 import orjson
@@ -238,25 +242,27 @@ _CLAIM_AS_ONE_ROW = (
 )
 
 
-def claim(c: sqlite3.Connection, key: str, t: int, limit: int, max_bytes: int) -> list[ClaimedItem]:
-    """Mark up to ``limit`` due rows of a group in flight, in id order, within ``max_bytes``.
+def due_rows(c: sqlite3.Connection, key: str, t: int, limit: int) -> list[list[Any]]:
+    """The first ``limit`` due rows of a group, in id order, as lists of ClaimedItem's fields.
 
     Why one row rather than one per item: the sqlite3 module releases and re-takes the GIL
-    for every row it steps through, and in the writer thread each re-take can wait for the
-    event loop's switch interval (5 ms), so a 500-row claim took tens of milliseconds while
-    the appends queued behind it (and their 200s) waited.
+    for every row it steps through; one JSON text is one step.
     """
     (text,) = c.execute(_CLAIM_AS_ONE_ROW, (key, t, limit)).fetchone()
-    rows = sorted(orjson.loads(text), key=lambda r: r[0])  # group_concat's order is not promised
+    return sorted(orjson.loads(text), key=lambda r: r[0])  # group_concat's order is not promised
+
+
+def pick(rows: Sequence[Sequence[Any]], *, limit: int, max_bytes: int, skip: Container[int]) -> list[ClaimedItem]:
+    """Up to ``limit`` of ``rows`` (from due_rows) not in ``skip``, sizes summing to ``max_bytes`` at most."""
     taken: list[ClaimedItem] = []
     total = 0
     for row_id, message_id, endpoint, item, options, device_id, user_id, attempts, size in rows:
-        if taken and total + size + 1 > max_bytes:
+        if row_id in skip:
+            continue
+        if len(taken) >= limit or (taken and total + size + 1 > max_bytes):
             break
         total += size + 1
         taken.append(ClaimedItem(row_id, message_id, endpoint, item, options, device_id, user_id, attempts, size))
-    for chunk in _chunks([x.row_id for x in taken]):
-        c.execute(f"UPDATE items SET state='inflight' WHERE id IN ({_placeholders(len(chunk))})", chunk)
     return taken
 
 
@@ -302,20 +308,31 @@ def settle(
         prune_delivered(c, retention)
 
 
-def events_for_session(c: sqlite3.Connection, device_id: str, session_id: int | None, limit: int) -> list[dict[str, Any]]:
+def events_for_session(
+    c: sqlite3.Connection, device_id: str, session_id: int | None, limit: int, in_flight: Container[int] = ()
+) -> list[dict[str, Any]]:
+    """Most recent first; rows in ``in_flight`` (the serving process's, kept in memory) say so."""
     if session_id is None:
         rows = c.execute("SELECT * FROM items WHERE device_id=? ORDER BY id DESC LIMIT ?", (device_id, limit))
     else:
         rows = c.execute(
             "SELECT * FROM items WHERE device_id=? AND session_id=? ORDER BY id DESC LIMIT ?", (device_id, session_id, limit)
         )
-    return [_row_dict(r) for r in rows]
+    out = []
+    for r in rows:
+        row = _row_dict(r)
+        if r["id"] in in_flight:
+            row["state"] = "inflight"
+        out.append(row)
+    return out
 
 
-def undelivered(c: sqlite3.Connection, which: str, limit: int) -> list[dict[str, Any]]:
-    """``in_flight`` (sent, answer awaited) or ``retrying`` (pending after a failed attempt) rows, oldest first."""
+def undelivered(c: sqlite3.Connection, which: str, limit: int, in_flight: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """``in_flight`` (sent, answer awaited: the rows ``in_flight`` names) or ``retrying``
+    (pending after a failed attempt) rows, oldest first."""
     if which == "in_flight":
-        rows = c.execute("SELECT * FROM items WHERE state='inflight' ORDER BY id LIMIT ?", (limit,))
+        ids = sorted(in_flight)[:limit]
+        rows = c.execute(f"SELECT * FROM items WHERE id IN ({_placeholders(len(ids))}) ORDER BY id", ids)
     elif which == "retrying":
         rows = c.execute(f"SELECT * FROM {_FROM_WAITING} AND attempts > 0 ORDER BY id LIMIT ?", (limit,))
     else:
@@ -324,6 +341,8 @@ def undelivered(c: sqlite3.Connection, which: str, limit: int) -> list[dict[str,
     for r in rows:
         row = _row_dict(r)
         row["device_id"] = r["device_id"]
+        if which == "in_flight":
+            row["state"] = "inflight"
         out.append(row)
     return out
 
