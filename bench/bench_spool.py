@@ -4,13 +4,15 @@ The reference is the obvious implementation: one INSERT and one COMMIT per appen
 same schema and pragmas (WAL, the same ``synchronous``), called in a tight synchronous loop
 (its best case: no event loop, no thread hop). The spool is measured the way the edge uses
 it: many concurrent requests each awaiting its own durable ``append`` of one item, plus a
-sequential run (one append at a time) which shows the cost of the thread hop when there is
-nothing to group. Figures are ratios to the reference, so they compare across machines.
+sequential run (one append at a time) which shows the cost of the hand-off to the flush
+thread when there is nothing to group. Figures are ratios to the reference, so they compare
+across machines.
 
-The commit window: the spool sets no timer. While one transaction commits (fsync), appends
-queue; the next transaction takes them all. So the window adapts to the disk: it is one
-commit's duration, reported here as ``commit_ms`` (the reference's time per commit), with
-the latency an append waits for its 200 (``append_latency_ms``: p50/p99/max) and how many
+The commit window: the spool sets no timer. The appends made during one turn of the event
+loop share a transaction, and while the WAL is being flushed (fsync) further commits queue
+for the next flush, which covers them all. So the window adapts to the disk: about one
+flush's duration, reported here as ``commit_ms`` (the reference's time per commit), with the
+latency an append waits for its 200 (``append_latency_ms``: p50/p99/max) and how many
 appends share a transaction.
 
     .venv/bin/python bench/bench_spool.py [--appends 5000] [--concurrency 200] [--synchronous FULL]
