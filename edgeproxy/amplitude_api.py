@@ -8,7 +8,7 @@ to show requests (``edgeproxy map``); the delivery worker uses it to send them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlencode
 
 import orjson
@@ -79,16 +79,30 @@ def build_request(
     base_override: str = "",
 ) -> AmplitudeRequest:
     """Build the request for a batch of items that share endpoint and options."""
-    url = endpoint_url(endpoint, region, base_override)
-    if endpoint in JSON_ENDPOINTS:
-        body: dict[str, Any] = {"api_key": api_key, "events": items}
-        if options:
-            body["options"] = options
-        return AmplitudeRequest(endpoint, url, JSON_CONTENT_TYPE, body, orjson.dumps(body))
-    field = FORM_ITEMS_FIELD[endpoint]
-    body = {"api_key": api_key, field: items}
-    form = {"api_key": api_key, field: orjson.dumps(items).decode()}
+    body: dict[str, Any] = {"api_key": api_key, "events" if endpoint in JSON_ENDPOINTS else FORM_ITEMS_FIELD[endpoint]: items}
     if options:
         body["options"] = options
+    data = request_data(endpoint, api_key, [orjson.dumps(item) for item in items], options)
+    return AmplitudeRequest(endpoint, endpoint_url(endpoint, region, base_override), content_type(endpoint), body, data)
+
+
+def content_type(endpoint: str) -> str:
+    return JSON_CONTENT_TYPE if endpoint in JSON_ENDPOINTS else FORM_CONTENT_TYPE
+
+
+def request_data(endpoint: str, api_key: str, encoded_items: Sequence[bytes], options: dict[str, Any] | None) -> bytes:
+    """The request body for items already encoded as JSON: spliced together, not re-encoded.
+
+    The same bytes as encoding ``{"api_key", "events", "options"}`` with orjson (JSON
+    endpoints), or the form ``api_key``, ``identification``/``mapping``, ``options`` with the
+    items as one JSON array (form endpoints). The delivery worker sends the items as the
+    spool stored them, so a batch costs a join instead of a decode and an encode per item.
+    """
+    items = b"[" + b",".join(encoded_items) + b"]"
+    if endpoint in JSON_ENDPOINTS:
+        tail = b',"options":' + orjson.dumps(options) + b"}" if options else b"}"
+        return b'{"api_key":' + orjson.dumps(api_key) + b',"events":' + items + tail
+    form = {"api_key": api_key, FORM_ITEMS_FIELD[endpoint]: items.decode()}
+    if options:
         form["options"] = orjson.dumps(options).decode()
-    return AmplitudeRequest(endpoint, url, FORM_CONTENT_TYPE, body, urlencode(form).encode())
+    return urlencode(form).encode()

@@ -306,7 +306,7 @@ class RedisQueue:
                 continue
             total += rec["size"] + 1
             self._inflight[row] = rec
-            taken.append(ClaimedItem(row, rec["message_id"], rec["endpoint"], rec["item"], rec["options"],  # type: ignore[arg-type]
+            taken.append(ClaimedItem(row, rec["message_id"], rec["endpoint"], orjson.dumps(rec["item"]), rec["options"],
                                      rec["device_id"], rec["user_id"], rec["attempts"], rec["size"]))
         if back:
             await self._run_settle(back)

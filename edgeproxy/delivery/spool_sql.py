@@ -62,17 +62,26 @@ class DueGroup:
 
 @dataclass(frozen=True)
 class ClaimedItem:
-    """A row the worker has marked in flight."""
+    """A row the worker has marked in flight.
 
-    row_id: int
+    The item is kept as the JSON it was stored as (``raw``): a request body is those bytes
+    spliced together (``amplitude_api.request_data``), so the common path never decodes an
+    item only to encode it again. ``item`` decodes it for the paths that read it.
+    """
+
+    row_id: Any
     message_id: str
     endpoint: str
-    item: dict[str, Any]
+    raw: bytes
     options: dict[str, Any] | None
     device_id: str | None
     user_id: str | None
     attempts: int
     size: int
+
+    @property
+    def item(self) -> dict[str, Any]:
+        return orjson.loads(self.raw)  # type: ignore[no-any-return]
 
 
 def now_ms() -> int:
@@ -232,37 +241,48 @@ def next_attempt_ms(c: sqlite3.Connection, t: int) -> int | None:
     return c.execute(f"SELECT MIN(next_attempt_ms) FROM {_FROM_WAITING} AND next_attempt_ms > ?", (t,)).fetchone()[0]
 
 
-# One row holding the whole batch as JSON text. The items are stored as JSON already, so
-# they are spliced in as they are (no re-parsing in SQLite); json_quote() writes the strings.
+# One row holding the whole batch: per item a record "metadata JSON, US, item JSON", records
+# joined by RS. The items are spliced in as stored (no re-parsing in SQLite or Python); JSON
+# text never holds a raw control character (json_quote and orjson escape them), so the two
+# separators cannot occur inside a record.
+_RS, _US = "\x1e", "\x1f"
 _CLAIM_AS_ONE_ROW = (
-    "SELECT '[' || COALESCE(group_concat('[' || id || ',' || json_quote(message_id) || ',' || json_quote(endpoint)"
-    " || ',' || CAST(item AS TEXT) || ',' || COALESCE(CAST(options AS TEXT), 'null') || ',' || json_quote(device_id)"
-    " || ',' || json_quote(user_id) || ',' || attempts || ',' || size || ']', ','), '') || ']'"
+    "SELECT group_concat('[' || id || ',' || json_quote(message_id) || ',' || json_quote(endpoint)"
+    " || ',' || COALESCE(CAST(options AS TEXT), 'null') || ',' || json_quote(device_id)"
+    " || ',' || json_quote(user_id) || ',' || attempts || ',' || size || ']' || char(31) || CAST(item AS TEXT), char(30))"
     " FROM (SELECT * FROM items WHERE state='pending' AND group_key=? AND next_attempt_ms <= ? ORDER BY id LIMIT ?)"
 )
 
 
-def due_rows(c: sqlite3.Connection, key: str, t: int, limit: int) -> list[list[Any]]:
-    """The first ``limit`` due rows of a group, in id order, as lists of ClaimedItem's fields.
+def due_rows(c: sqlite3.Connection, key: str, t: int, limit: int) -> list[tuple[list[Any], bytes]]:
+    """The first ``limit`` due rows of a group in id order: (metadata, item JSON) each.
 
     Why one row rather than one per item: the sqlite3 module releases and re-takes the GIL
-    for every row it steps through; one JSON text is one step.
+    for every row it steps through; one text is one step. The metadata is ClaimedItem's
+    fields but the item: id, message_id, endpoint, options, device_id, user_id, attempts, size.
     """
     (text,) = c.execute(_CLAIM_AS_ONE_ROW, (key, t, limit)).fetchone()
-    return sorted(orjson.loads(text), key=lambda r: r[0])  # group_concat's order is not promised
+    if not text:
+        return []
+    rows = []
+    for record in text.split(_RS):
+        meta, _, item = record.partition(_US)
+        rows.append((orjson.loads(meta), item.encode()))
+    rows.sort(key=lambda r: r[0][0])  # group_concat's order is not promised
+    return rows
 
 
-def pick(rows: Sequence[Sequence[Any]], *, limit: int, max_bytes: int, skip: Container[int]) -> list[ClaimedItem]:
+def pick(rows: Sequence[tuple[list[Any], bytes]], *, limit: int, max_bytes: int, skip: Container[int]) -> list[ClaimedItem]:
     """Up to ``limit`` of ``rows`` (from due_rows) not in ``skip``, sizes summing to ``max_bytes`` at most."""
     taken: list[ClaimedItem] = []
     total = 0
-    for row_id, message_id, endpoint, item, options, device_id, user_id, attempts, size in rows:
+    for (row_id, message_id, endpoint, options, device_id, user_id, attempts, size), raw in rows:
         if row_id in skip:
             continue
         if len(taken) >= limit or (taken and total + size + 1 > max_bytes):
             break
         total += size + 1
-        taken.append(ClaimedItem(row_id, message_id, endpoint, item, options, device_id, user_id, attempts, size))
+        taken.append(ClaimedItem(row_id, message_id, endpoint, raw, options, device_id, user_id, attempts, size))
     return taken
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import aiohttp
 
-from edgeproxy.amplitude_api import build_request
+from edgeproxy.amplitude_api import build_request, content_type, endpoint_url, request_data
 from edgeproxy.config import Settings
 from edgeproxy.delivery.classify import Verdict, backoff_delay, body_excerpt, classify
 from edgeproxy.delivery.ratelimit import RateLimiter
@@ -229,7 +229,8 @@ class DeliveryWorker:
     def _identities(c: ClaimedItem) -> list[tuple[str, str]]:
         """The device and user an item counts against in Amplitude's throttling."""
         out = []
-        device, user = c.item.get("device_id") or c.device_id, c.item.get("user_id") or c.user_id
+        item = c.item
+        device, user = item.get("device_id") or c.device_id, item.get("user_id") or c.user_id
         if device:
             out.append(("device", str(device)))
         if user:
@@ -313,8 +314,9 @@ class DeliveryWorker:
 
     async def _send_one(self, endpoint: str, options: dict[str, Any] | None, sub: list[ClaimedItem]) -> Verdict:
         amp = self.settings.amplitude
-        req = build_request(endpoint, amp.api_key, [c.item for c in sub], options, region=amp.region, base_override=amp.endpoint_url)
         if self.sink_mode:
+            req = build_request(endpoint, amp.api_key, [c.item for c in sub], options, region=amp.region,
+                                base_override=amp.endpoint_url)
             self.sink.append(req.body)
             verdict = Verdict("sink", ack=tuple(range(len(sub))))
             await self._apply(endpoint, sub, verdict, None, "")
@@ -329,7 +331,9 @@ class DeliveryWorker:
         assert self._session is not None
         try:
             timeout = aiohttp.ClientTimeout(total=self.settings.delivery.request_timeout)
-            async with self._session.post(req.url, data=req.data, headers={"Content-Type": req.content_type}, timeout=timeout) as resp:
+            url = endpoint_url(endpoint, amp.region, amp.endpoint_url)
+            data = request_data(endpoint, amp.api_key, [c.raw for c in sub], options)  # stored JSON, spliced
+            async with self._session.post(url, data=data, headers={"Content-Type": content_type(endpoint)}, timeout=timeout) as resp:
                 status = resp.status
                 body = await _read_body(resp)
         except asyncio.TimeoutError:
