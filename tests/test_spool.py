@@ -184,11 +184,12 @@ async def test_a_write_lock_held_elsewhere_delays_appends_without_blocking_the_l
     assert (await sqlite_spool.stats())["depth"] == 1
 
 
-async def test_the_wal_is_checkpointed_into_the_database_in_the_background(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+async def test_the_wal_is_checkpointed_into_the_database_in_the_background(tmp_path: Path, monkeypatch, synchronous) -> None:
     from edgeproxy.delivery import spool as spool_module
 
     monkeypatch.setattr(spool_module, "CHECKPOINT_EVERY_S", 0.05)
-    s = Spool(tmp_path)
+    s = Spool(tmp_path, synchronous=synchronous)
     await s.open()
     try:
         await asyncio.gather(*(s.append([make_item(i)]) for i in range(10)))

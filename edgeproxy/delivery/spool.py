@@ -162,6 +162,7 @@ class _Syncer:
 
     def __init__(self, db_path: Path, loop: asyncio.AbstractEventLoop,
                  on_synced: Callable[[int, BaseException | None], None]) -> None:
+        self.dirty = False  # set by the loop after each commit; a checkpoint has work to do
         self._db_path = db_path
         self._loop = loop
         self._on_synced = on_synced
@@ -184,7 +185,6 @@ class _Syncer:
     def _run(self) -> None:
         checkpoint_conn: sqlite3.Connection | None = None
         last_checkpoint = time.monotonic()
-        dirty = False  # commits since the last checkpoint
         try:
             while True:
                 try:
@@ -200,7 +200,6 @@ class _Syncer:
                     stop = more is None
                     seq = max(seq or 0, more or 0)
                 if seq:
-                    dirty = True
                     try:
                         os.fdatasync(self._wal_fd)
                         error: BaseException | None = None
@@ -209,13 +208,15 @@ class _Syncer:
                     self._loop.call_soon_threadsafe(self._on_synced, seq, error)
                 if stop:
                     return
-                if dirty and time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
+                if self.dirty and time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
+                    self.dirty = False  # before the checkpoint: a commit made during it sets it again
                     checkpoint_conn = checkpoint_conn or sqlite3.connect(self._db_path, timeout=0)
                     try:
                         busy, frames, copied = checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                        dirty = bool(busy) or copied < frames  # not all copied: try again next time
+                        if busy or copied < frames:
+                            self.dirty = True  # not all copied: try again next time
                     except sqlite3.Error:
-                        pass  # busy now: the next one copies what this one did not
+                        self.dirty = True  # busy now: the next one copies what this one did not
                     last_checkpoint = time.monotonic()
         finally:
             if checkpoint_conn is not None:
@@ -365,6 +366,8 @@ class Spool:
             log.exception("spool transaction failed")
             outcomes = [(None, SpoolUnavailable(f"spool write failed: {exc!r}"))] * len(jobs)
         self._busy_since = None
+        if self._syncer is not None:
+            self._syncer.dirty = True
         durable: list[asyncio.Future[Any]] = []
         for (fn, fut), (result, exc) in zip(jobs, outcomes):
             if exc is None and self._durable_ack and isinstance(fn, _Append):
