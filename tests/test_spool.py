@@ -720,3 +720,30 @@ async def test_an_unexpected_error_in_a_transaction_fails_its_calls_instead_of_h
         await asyncio.wait_for(sqlite_spool.append([make_item(1)]), 5)
     monkeypatch.undo()
     await sqlite_spool.append([make_item(2)])  # the spool carries on
+
+
+async def test_the_wal_starts_over_under_steady_writes(tmp_path: Path, monkeypatch) -> None:
+    """Checkpoints run while the loop keeps writing; a long WAL is restarted, so it stays bounded."""
+    from edgeproxy.delivery import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "CHECKPOINT_EVERY_S", 0.02)
+    monkeypatch.setattr(spool_module, "WAL_RESTART_PAGES", 64)  # PASSIVE alone: 250 MB of WAL here
+    s = Spool(tmp_path, synchronous="NORMAL")
+    await s.open()
+    wal = Path(f"{s.path}-wal")
+    largest = 0
+    try:
+        blob = "y" * 2000
+        deadline = asyncio.get_running_loop().time() + 2.0
+        i = 0
+        while asyncio.get_running_loop().time() < deadline:  # bounded: 2 s of back-to-back appends
+            event = {"event_type": "x", "device_id": "d", "event_properties": {"blob": blob}}
+            await asyncio.gather(*(s.append([SpoolItem(f"m{i}-{j}", "httpapi", event, None, "d", None, 1, now_ms())])
+                                   for j in range(20)))
+            i += 1
+            largest = max(largest, wal.stat().st_size)
+        written = i * 20 * 2000
+    finally:
+        await s.close()
+    assert written > 8 * 1024 * 1024, written  # enough that an unbounded WAL shows
+    assert largest < written / 4, (largest, written)
