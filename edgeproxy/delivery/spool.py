@@ -167,6 +167,7 @@ class _Syncer:
     def __init__(self, db_path: Path, loop: asyncio.AbstractEventLoop,
                  on_synced: Callable[[int, BaseException | None], None]) -> None:
         self.dirty = False  # set by the loop after each commit; a checkpoint has work to do
+        self.restarting = False  # a RESTART checkpoint wants the write lock: the loop holds back
         self._db_path = db_path
         self._loop = loop
         self._on_synced = on_synced
@@ -228,14 +229,19 @@ class _Syncer:
         before it began, and SQLite starts the WAL over only after a checkpoint that copied
         everything: under steady writes that rarely happens, and the WAL file grew without
         bound (76 MB in 24 s of saturating batch load). Past WAL_RESTART_PAGES a RESTART
-        checkpoint takes the write lock while it copies (the loop's transactions meanwhile
-        see SQLITE_BUSY and retry, without blocking the loop), so the next write starts the
+        checkpoint takes the write lock while it copies; ``restarting`` tells the loop to
+        hold its transactions back meanwhile (they wait as for any foreign lock, and the
+        loop keeps serving), so the checkpoint gets the lock and the next write starts the
         WAL from its beginning.
         """
         try:
             busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if frames > WAL_RESTART_PAGES:
-                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                self.restarting = True
+                try:
+                    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                finally:
+                    self.restarting = False
             if busy or copied < frames:
                 self.dirty = True  # not all copied: try again next time
         except sqlite3.Error:
@@ -372,6 +378,8 @@ class Spool:
         if not jobs or conn is None or loop is None:
             return
         try:
+            if self._syncer is not None and self._syncer.restarting:
+                raise _Busy("the WAL is being checkpointed")
             outcomes = self._execute(conn, jobs)
         except _Busy as exc:
             now = time.monotonic()
