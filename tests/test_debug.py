@@ -157,7 +157,9 @@ async def _overview_scenario(c, amp) -> None:
     flying = await until(lambda d: d["in_flight"], "the event in flight")
     assert [e["message_id"] for e in flying["in_flight"]] == ["dbg-slow"]
     html_flying = await (await c.get("/debug")).text()
-    data = await until(lambda d: d["retrying"], "the event to be retrying")
+    # The overview's sections are read one after another (for Redis not atomically), so the
+    # settle may land between them: wait for the state where the event has left in flight.
+    data = await until(lambda d: d["retrying"] and not d["in_flight"], "the event to be retrying")
     amp.set_delay(0)
 
     [retrying] = data["retrying"]

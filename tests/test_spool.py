@@ -747,3 +747,19 @@ async def test_the_wal_starts_over_under_steady_writes(tmp_path: Path, monkeypat
         await s.close()
     assert written > 8 * 1024 * 1024, written  # enough that an unbounded WAL shows
     assert largest < written / 4, (largest, written)
+
+
+async def test_in_flight_and_the_rows_agree_within_one_transaction(sqlite_spool: Spool) -> None:
+    """/debug reads its sections one after another: a settle landing among them must not show
+    an event both in flight and retrying (in flight is kept in memory, the rows on disk)."""
+    await sqlite_spool.append([make_item(1)])
+    [group] = await sqlite_spool.due_groups()
+    [claimed] = await sqlite_spool.claim(group.group_key, limit=10, max_bytes=10**6)
+    before, _, flying, retrying = await asyncio.gather(
+        sqlite_spool.undelivered("in_flight"),
+        sqlite_spool.retry([claimed.row_id], now_ms() + 60_000, "HTTP 503"),
+        sqlite_spool.undelivered("in_flight"),
+        sqlite_spool.undelivered("retrying"),
+    )
+    assert [e["message_id"] for e in before] == ["m1"]
+    assert flying == [] and [e["message_id"] for e in retrying] == ["m1"]

@@ -519,12 +519,24 @@ class Spool:
         reads past the group's rows already in flight and writes nothing.
         """
         t = now_ms() if now is None else now
-        flying = sum(1 for group in self._in_flight.values() if group == key)
-        rows = await self._submit(lambda c: sql.due_rows(c, key, t, limit + flying))
-        taken = sql.pick(rows, limit=limit, max_bytes=max_bytes, skip=self._in_flight)
-        for c in taken:
-            self._in_flight[c.row_id] = key
-        return taken
+        taken: list[ClaimedItem] = []
+
+        def claim(c: sqlite3.Connection) -> list[ClaimedItem]:
+            # In flight changes inside the transaction, so every later operation of it (a
+            # /debug read, another claim) sees the same state as the rows.
+            flying = sum(1 for group in self._in_flight.values() if group == key)
+            rows = sql.due_rows(c, key, t, limit + flying)
+            taken.extend(sql.pick(rows, limit=limit, max_bytes=max_bytes, skip=self._in_flight))
+            for item in taken:
+                self._in_flight[item.row_id] = key
+            return taken
+
+        try:
+            return await self._submit(claim)
+        except Exception:
+            for item in taken:  # the transaction failed: nothing was handed out
+                self._in_flight.pop(item.row_id, None)
+            raise
 
     async def settle(
         self,
@@ -545,15 +557,25 @@ class Spool:
         """
         t = now_ms() if now is None else now
         reasons = {row: dead_reason(r) for row, r in (dead or {}).items()}
-        try:
-            await self._submit(lambda c: sql.settle(
-                c, t, ack=ack, dead=reasons, retry=retry, release=release, response=response, retention=self.retention
-            ))
-        finally:
+        settled = (*ack, *reasons, *(i for ids, _, _ in retry for i in ids), *(i for ids, _ in release for i in ids))
+
+        def land() -> None:
             # Settled, or the write failed: either way no longer in flight. After a failure the
             # rows are still pending on disk and are sent again (at-least-once).
-            for row_id in (*ack, *reasons, *(i for ids, _, _ in retry for i in ids), *(i for ids, _ in release for i in ids)):
+            for row_id in settled:
                 self._in_flight.pop(row_id, None)
+
+        def apply(c: sqlite3.Connection) -> None:
+            try:
+                sql.settle(c, t, ack=ack, dead=reasons, retry=retry, release=release, response=response,
+                           retention=self.retention)
+            finally:
+                land()  # inside the transaction: later operations see rows and in flight agree
+
+        try:
+            await self._submit(apply)
+        finally:
+            land()  # also when the operation never ran (the spool closed)
 
     async def ack(self, row_ids: Sequence[int]) -> None:
         await self.settle(ack=row_ids)
