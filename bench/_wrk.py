@@ -28,7 +28,7 @@ USER_AGENT = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.3
 SITE = "https://www.shop.test"
 BATCH_SIZE = 20
 MODERATE_CONNECTIONS = 10
-MODERATE_DELAY_MS = 10  # 10 connections, each waiting 10 ms between requests: ~1,000 req/s
+MODERATE_DELAY_MS = 10  # 10 connections, each waiting 10 ms on average between requests: ~1,000 req/s
 
 # Placeholders substituted per request by the new-visitor script (never valid ids themselves).
 ANON_MARK = "@@ANON@@"
@@ -109,7 +109,10 @@ done = function(summary, latency, requests)
 end
 """
 
-DELAY_LUA = f"\ndelay = function() return {MODERATE_DELAY_MS} end\n"
+# A random pause (0 to twice the mean, in whole ms) rather than a fixed one: with a fixed pause
+# the connections stay in step and arrive as bursts of ten at once, so the figure measured
+# queueing behind the burst. Visitors are independent; so are these connections.
+DELAY_LUA = f"\ndelay = function() return math.random(0, {2 * MODERATE_DELAY_MS}) end\n"
 
 NEW_VISITOR_LUA = r"""
 local parts = {}

@@ -25,9 +25,10 @@ generator ``wrk -t1`` and the stand-ins for the outside world on core 1):
 Method: a warm-up per server, then rounds interleaved across servers (round 1 of every server,
 then round 2 …, so drift in the machine's load hits all alike), the median per figure. Each
 round reports the rate at saturation (32 connections) and p50/p99 latency at saturation and
-at ~1,000 req/s (wrk has no rate option: each connection waits 10 ms between requests, and a
-1 s probe per server sizes the pool, 10 connections or more, so a slower server is not
-measured at a lower rate; the achieved rate is printed). Any non-2xx answer or socket error aborts the run: a benchmark of 503s is worthless.
+at ~1,000 req/s (wrk has no rate option: each connection waits a random 0–20 ms between
+requests, so the connections arrive independently rather than in bursts, and a 1 s probe per
+server sizes the pool, 10 connections or more, so a slower server is not measured at a lower
+rate; the achieved rate is printed). Any non-2xx answer or socket error aborts the run: a benchmark of 503s is worthless.
 After each edgeproxy round the harness waits until delivery caught up, so a backlog never
 steals the next server's CPU.
 
