@@ -436,6 +436,8 @@ class Spool:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise _Busy(str(exc)) from None
             return [(None, SpoolUnavailable(f"spool write failed: {exc}"))] * len(jobs)
+        if len(jobs) == 1:
+            return [self._execute_alone(conn, jobs[0][0])]
         results: list[tuple[Any, BaseException | None] | None] = [None] * len(jobs)
         try:
             appends = [i for i, (fn, _) in enumerate(jobs) if isinstance(fn, _Append)]
@@ -462,6 +464,23 @@ class Spool:
                 exc = SpoolUnavailable(f"spool write failed: {exc}")
             out.append((result, exc))
         return out
+
+    def _execute_alone(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:
+        """One operation in the transaction just begun: no savepoint needed (a quiet moment's
+        single tracking call), its failure rolls the whole transaction back."""
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            return None, SpoolUnavailable(f"spool write failed: {exc}") if isinstance(exc, sqlite3.Error) else exc
+        self.transactions += 1
+        self.operations += 1
+        return result, None
 
     @staticmethod
     def _run_one(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:

@@ -158,10 +158,17 @@ def insert_items(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], dead_ro
         c.execute(f"INSERT INTO items ({DEAD_COLUMNS}) VALUES {values}", [v for row in chunk for v in row])
 
 
+_USED_BYTES = (
+    "SELECT ((SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()))"
+    " * (SELECT page_size FROM pragma_page_size())"
+)
+
+
 def used_bytes(c: sqlite3.Connection) -> int:
-    """Bytes the spool's data occupies: pages in use (free pages are reused before the file grows)."""
-    pages = c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]
-    return pages * c.execute("PRAGMA page_size").fetchone()[0]
+    """Bytes the spool's data occupies: pages in use (free pages are reused before the file grows).
+
+    One statement: this runs in every transaction that appends."""
+    return int(c.execute(_USED_BYTES).fetchone()[0])
 
 
 def ensure_room(c: sqlite3.Connection, max_bytes: int | None) -> None:
