@@ -160,8 +160,8 @@ class _Syncer:
     ``request(seq)`` asks for a flush covering commit number ``seq``; requests that queue up
     while a flush runs are served by the next one (group flush). ``on_synced(seq, error)`` is
     called on the event loop afterwards. Checkpoints use a connection of this thread's own,
-    at most every CHECKPOINT_EVERY_S and only after commits, PASSIVE so they never block the
-    loop's writes.
+    at most every CHECKPOINT_EVERY_S and only after commits: PASSIVE, which never blocks the
+    loop's writes, and RESTART when the WAL has grown long (see ``_checkpoint``).
     """
 
     def __init__(self, db_path: Path, loop: asyncio.AbstractEventLoop,
@@ -298,7 +298,7 @@ class Spool:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        """Create or open the database, then make rows left in flight by a crash pending again."""
+        """Create or open the database (migrating it), and start the flush thread."""
         self._loop = asyncio.get_running_loop()
         try:
             self._conn = await asyncio.to_thread(self._connect)
