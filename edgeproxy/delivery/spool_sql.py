@@ -122,8 +122,9 @@ def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------- operations (writer thread)
-# Each takes the connection and runs inside the group transaction, under its own savepoint.
+# ---------------------------------------------------------------- operations (on the event loop)
+# Each takes the connection and runs inside the group transaction (under its own savepoint
+# when the transaction holds more than one operation).
 
 
 def _placeholders(n: int) -> str:
@@ -143,10 +144,9 @@ ROWS_PER_INSERT = 64  # 64 rows x 11 values stays under SQLite's historical 999-
 def insert_items(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], dead_rows: Sequence[tuple[Any, ...]]) -> None:
     """Rows as built by ``encode_append`` in spool.py, many per statement.
 
-    Why multi-row VALUES rather than ``executemany``: the sqlite3 module releases and
-    re-acquires the GIL around every step, once per row with ``executemany``. The writer
-    thread shares the GIL with the event loop, and under load each re-acquisition waits for
-    the loop's switch interval; one statement per 64 rows makes that a handful per commit.
+    Why multi-row VALUES rather than ``executemany``: ``executemany`` steps the statement
+    once per row, each step a round trip through the sqlite3 module (which releases and
+    re-takes the GIL every time); one statement per 64 rows makes that a handful per commit.
     """
     for i in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[i : i + ROWS_PER_INSERT]
