@@ -35,6 +35,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 
+HOLD_MAX_S = 30.0  # the longest hold() keeps a request waiting
+
+
 @dataclass(frozen=True)
 class EndpointRules:
     """What one endpoint accepts; ``form_field`` None means a JSON body with ``events``."""
@@ -308,12 +311,21 @@ class FakeAmplitude:
         The request is still processed after the wait, as a slow server would."""
         self.delay = seconds
 
+    def hold(self) -> None:
+        """Keep every request waiting (before it is handled) until ``release()``: a window in
+        which the sender's batch is in flight for as long as a test needs to look at it."""
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
+
     def reset(self) -> None:
         """Forget faults (outage, tightened limits), delay, records, dedupe and throttle state (the
         constructor's configuration stays)."""
         self._eps = WindowCounter(self.throttle_window, 30)
         self._daily = WindowCounter(86_400.0, 24)  # "hourly steps" [doc AMP-BATCH]
         self.delay = 0.0
+        self._held = False
         self.requests: list[RecordedRequest] = []
         self.log: list[Ingested] = []
         self.duplicates = 0
@@ -370,6 +382,10 @@ class FakeAmplitude:
                                  await request.read())
         self.requests.append(record)
         fault = self._take_fault(endpoint)
+        for _ in range(int(HOLD_MAX_S / 0.01)):  # bounded: a test that forgets release() still ends
+            if not self._held or self._stopping.is_set():
+                break
+            await asyncio.sleep(0.01)
         if self.delay > 0:
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.delay)
