@@ -160,8 +160,9 @@ async def _overview_scenario(c, amp) -> None:
     html_flying = await (await c.get("/debug")).text()
     amp.release()
     # The overview's sections are read one after another (for Redis not atomically), so the
-    # settle may land between them: wait for the state where the event has left in flight.
-    data = await until(lambda d: d["retrying"] and not d["in_flight"], "the event to be retrying")
+    # settle may land between them: wait for an overview read wholly after it.
+    data = await until(lambda d: d["retrying"] and not d["in_flight"] and d["spool"]["retrying"] == 1,
+                       "the event to be retrying")
 
     [retrying] = data["retrying"]
     assert retrying["message_id"] == "dbg-slow" and retrying["attempts"] == 1
