@@ -746,7 +746,7 @@ async def test_the_wal_starts_over_under_steady_writes(tmp_path: Path, monkeypat
     finally:
         await s.close()
     assert written >= 16 * 1024 * 1024, written  # enough that an unbounded WAL shows
-    assert largest < written / 4, (largest, written)
+    assert largest < written / 2, (largest, written)  # restarted: 5-11 MB here; never restarted: ~3x written
 
 
 async def test_in_flight_and_the_rows_agree_within_one_transaction(sqlite_spool: Spool) -> None:
