@@ -451,18 +451,12 @@ class Spool:
             self.transactions += 1
             self.operations += len(jobs)
         except Exception as exc:
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            _rollback(conn)
             results = [(None, exc)] * len(jobs)
         out = []
         for outcome in results:
             result, exc = outcome if outcome is not None else (None, None)
-            if isinstance(exc, sqlite3.Error):
-                exc = SpoolUnavailable(f"spool write failed: {exc}")
-            out.append((result, exc))
+            out.append((result, _unavailable(exc)))
         return out
 
     def _execute_alone(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:
@@ -472,12 +466,8 @@ class Spool:
             result = fn(conn)
             conn.execute("COMMIT")
         except Exception as exc:
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            return None, SpoolUnavailable(f"spool write failed: {exc}") if isinstance(exc, sqlite3.Error) else exc
+            _rollback(conn)
+            return None, _unavailable(exc)
         self.transactions += 1
         self.operations += 1
         return result, None
@@ -641,6 +631,20 @@ class Spool:
     async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
         """Put dead letters that have an item (and match ``selection``) back to pending; returns how many."""
         return await self._submit(lambda c: sql.replay(c, selection))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction (SQLite may already have rolled it back itself)."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _unavailable(exc: BaseException | None) -> BaseException | None:
+    """A database error as the spool's own (the edge answers 503); any other error as it is."""
+    return SpoolUnavailable(f"spool write failed: {exc}") if isinstance(exc, sqlite3.Error) else exc
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
