@@ -553,18 +553,7 @@ async def test_no_budget_means_no_cap(tmp_path: Path) -> None:
 async def test_dead_letters_by_reason_and_filtered_replay(tmp_path: Path) -> None:
     s = Spool(tmp_path)
     await s.open()
-    await s.append([make_item(i) for i in range(4)] + [make_item(9, endpoint="identify")],
-                   dead=[DeadLetter("refused", {"type": "track"}, "event name is empty", "device-1", None, now_ms())])
-    groups = {g.endpoint: g for g in await s.due_groups()}
-    events = await s.claim(groups["httpapi"].group_key, limit=10, max_bytes=10**6)
-    [ident] = await s.claim(groups["identify"].group_key, limit=10, max_bytes=10**6)
-    await s.dead_letter({
-        events[0].row_id: ("invalid_fields", "Invalid field values (time)"),
-        events[1].row_id: ("invalid_fields", "Invalid field values (time)"),
-        events[2].row_id: ("invalid_api_key", "Invalid API key"),
-        ident.row_id: ("invalid_api_key", "Invalid API key"),
-        events[3].row_id: "a bare text reason",
-    })
+    await dead_letter_mix(s)
     await s.close()
     report = spool_report(tmp_path)
     assert report["dead_by_reason"] == {"invalid_api_key": 2, "invalid_fields": 2, "mapping": 1, "other": 1}

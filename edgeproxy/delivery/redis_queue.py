@@ -52,7 +52,7 @@ from edgeproxy.delivery.spool import (
     item_size,
     now_ms,
 )
-from edgeproxy.delivery.spool_sql import MAPPING_REASON, RESPONSE_LOG_KEEP, dead_reason
+from edgeproxy.delivery.spool_sql import MAPPING_REASON, RESPONSE_LOG_KEEP, dead_reason, settled_rows
 from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy.delivery")
@@ -368,7 +368,7 @@ class RedisQueue:
                         move(row, "requeue", 0, rec)
         if ops:
             await self._run_settle(ops)
-        for row in [*ack, *(dead or {}), *(r for rows, _, _ in retry for r in rows), *(r for rows, _ in release for r in rows)]:
+        for row in settled_rows(ack, dead or {}, retry, release):
             held.pop(row, None)
         if response is not None:
             endpoint, status, n, body = response

@@ -566,7 +566,7 @@ class Spool:
         """
         t = now_ms() if now is None else now
         reasons = {row: dead_reason(r) for row, r in (dead or {}).items()}
-        settled = (*ack, *reasons, *(i for ids, _, _ in retry for i in ids), *(i for ids, _ in release for i in ids))
+        settled = sql.settled_rows(ack, reasons, retry, release)
 
         def land() -> None:
             # Settled, or the write failed: either way no longer in flight. After a failure the

@@ -43,6 +43,15 @@ def dead_reason(reason: str | tuple[str, str]) -> tuple[str, str]:
     return reason if isinstance(reason, tuple) else (OTHER_REASON, reason)
 
 
+def settled_rows(
+    ack: Iterable[Any], dead: Iterable[Any], retry: Iterable[tuple[Sequence[Any], int, str]],
+    release: Iterable[tuple[Sequence[Any], int]],
+) -> list[Any]:
+    """Every row a ``settle(ack=, dead=, retry=, release=)`` call names: its verdict ends the
+    row's time in flight, whichever it is (both backends keep in flight in memory)."""
+    return [*ack, *dead, *(row for rows, _, _ in retry for row in rows), *(row for rows, _ in release for row in rows)]
+
+
 class SpoolFull(sqlite3.OperationalError):
     """The spool holds ``max_bytes`` already: appends are refused (the edge answers 503)."""
 
