@@ -9,6 +9,9 @@ from typing import Sequence
 
 from edgeproxy.config import ConfigError, Settings, load_settings
 
+# The serving process's youngest-generation threshold (CPython's default is 700): see prepare_gc.
+GC_YOUNG_THRESHOLD = 50_000
+
 
 def _load(path: str | None) -> Settings:
     try:
@@ -50,9 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"tracking API at {settings.server.prefix}/v1/…)",
             flush=True,
         )
-        # Everything built so far (modules, mapping plans, parsers' tables) lives as long as the
-        # process: moved out of the collector's reach, full collections stop walking it.
-        gc.freeze()
+        prepare_gc()
         web.run_app(app, host=host, port=port, shutdown_timeout=settings.server.shutdown_grace, print=None,
                     access_log=None, handle_signals=True, reuse_port=args.reuse_port or None)
     except (OSError, SpoolUnavailable, RuntimeError) as exc:
@@ -61,6 +62,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"edgeproxy: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def prepare_gc() -> None:
+    """Tune the cyclic garbage collector for a long-running server, once the app is built.
+
+    Everything built so far (modules, mapping plans, parsers' tables) lives as long as the
+    process: ``gc.freeze`` moves it out of the collector's reach, so full collections stop
+    walking it. And the youngest generation is sized for a server: CPython collects it after
+    every 700 net new container objects, which a few tracking calls in flight (their
+    coroutines, requests, messages) exceed, so each collection walked live requests only to
+    promote them, and the older generations then walked them again. Measured at saturation
+    (single-event calls, one core): 36 µs of collection per call with the default (~7% of the
+    CPU), pauses up to 27-62 ms (full collections); with 50,000, no collection ran in 10 s and
+    the CPU per call fell by that much. What a request leaves behind is freed by reference
+    counting; cycles still get collected, only later. The older generations keep CPython's
+    ratios.
+    """
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _serve_workers(args: argparse.Namespace, settings: Settings) -> int:

@@ -75,3 +75,33 @@ async def test_replay_filters_by_reason_endpoint_and_message_id(tmp_path):
     assert replayed() == 2
     bad = run("replay", "--endpoint", "nowhere", cwd=tmp_path)
     assert bad.returncode == 2 and "--endpoint must be one of" in bad.stderr
+
+
+def test_serve_tunes_the_collector_before_it_serves(tmp_path, monkeypatch):
+    """`serve` freezes what start-up built and sizes the young generation for a server (see
+    cli.prepare_gc); the collector is back to its defaults after the test."""
+    import gc
+
+    import uvloop
+    from aiohttp import web
+
+    from edgeproxy import cli, logs
+
+    seen: dict[str, object] = {}
+
+    def fake_run_app(app, **kwargs):
+        seen.update(threshold=gc.get_threshold(), frozen=gc.get_freeze_count(), port=kwargs["port"])
+
+    monkeypatch.setenv("EDGEPROXY_DELIVERY__DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(web, "run_app", fake_run_app)
+    monkeypatch.setattr(uvloop, "install", lambda: None)  # the rest of the session keeps its loop policy…
+    monkeypatch.setattr(logs, "configure", lambda fmt: None)  # …and its logging
+    before = gc.get_threshold()
+    try:
+        assert cli.main(["serve", "--port", "18765"]) == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen["port"] == 18765
+    assert seen["threshold"] == (cli.GC_YOUNG_THRESHOLD, before[1], before[2])
+    assert seen["frozen"] > 0
