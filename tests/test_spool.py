@@ -27,6 +27,7 @@ from edgeproxy.delivery.spool import (
     group_key,
     now_ms,
 )
+from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery.spool_cli import replay, spool_report
 from edgeproxy.delivery.redis_queue import RedisQueue
 from edgeproxy.metrics import Metrics
@@ -540,6 +541,29 @@ async def test_full_spool_still_lets_the_worker_claim_and_settle(tmp_path: Path)
     finally:
         await s.close()
     assert (stats["depth"], stats["dead"]) == (2, 1)
+
+
+async def test_room_is_measured_now_and_then_and_the_cap_still_holds(tmp_path: Path) -> None:
+    """The pages-in-use query runs when the charged estimate runs out, not in every transaction;
+    the spool still stops before its budget (each append is charged more than it occupies)."""
+    budget = 512 * 1024
+    s = Spool(tmp_path, max_bytes=budget)
+    await s.open()
+    try:
+        for i in range(20):  # ~90 KB of a 512 KB budget: one measurement covers them all
+            await s.append([big_item(i)])
+        assert s._room.measured == 1
+        stored = 20
+        with pytest.raises(SpoolUnavailable, match="max_spool_size"):
+            for i in range(20, 400):
+                await s.append([big_item(i)])
+                stored += 1
+        measured = s._room.measured
+        used = await s._submit(sql.used_bytes)
+    finally:
+        await s.close()
+    assert 20 < stored < 400 and measured < stored / 4
+    assert used < budget + 8 * 1024  # at most the one append admitted at the last measurement
 
 
 async def test_no_budget_means_no_cap(tmp_path: Path) -> None:
