@@ -13,7 +13,8 @@ pinned to the server core like the servers under test.
 - ``forwarding``: fill a fresh SQLite spool with N mapped analytics.js track events
   (Spool.append, not timed), then run DeliveryWorker against the local 200 responder until
   every event is acknowledged; CPU = time.process_time() of the whole process (event loop
-  with the spool's SQL and the HTTP client, the spool's flush thread) divided by N.
+  with the spool's SQL and the HTTP client, the spool's flush thread) divided by N. Like
+  ``serve``, with uvloop and the collector tuned by ``edgeproxy.cli.prepare_gc``.
 """
 
 from __future__ import annotations
@@ -213,6 +214,9 @@ def main() -> None:
     elif args.what == "memory-redis":
         result = asyncio.run(memory_redis(args.url, args.sessions))
     else:
+        from edgeproxy.cli import prepare_gc
+
+        prepare_gc()  # the collector tuned as `edgeproxy serve` runs it
         result = asyncio.run(forwarding(args.endpoint_url, args.events))
     print(json.dumps(result))
 
