@@ -207,7 +207,7 @@ class Mapper:
     @staticmethod
     def _apply(sub: _Subscription, message: dict, device_id: str | None, ctx: Context, result: Mapped) -> None:
         action = ACTIONS[sub.action]
-        payload, errors = sub.plan(message, device_id if sub.default_device_id else None)
+        payload, errors = sub.plan.run(message, device_id if sub.default_device_id else None)
         if errors:
             result.errors.append(" ".join(errors))
             return
