@@ -56,15 +56,9 @@ def is_compact_nonempty(obj: Any) -> bool:
     if not isinstance(obj, dict):
         return False
     for value in obj.values():  # a loop, not any(genexpr): this runs three times per logEventV2 event
-        if _truthy(value):
+        if value or isinstance(value, (dict, list)):  # objects and arrays are truthy in JavaScript, even when empty
             return True
     return False
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, (dict, list)):
-        return True  # objects and arrays are truthy in JavaScript, even when empty
-    return bool(value)
 
 
 def apply_operator_fields(user_properties: Any, operators: list[tuple[str, Any]]) -> Any:
