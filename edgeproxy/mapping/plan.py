@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from .coerce import is_date_like
 from .directives import (
     MISSING,
     Scope,
@@ -48,10 +49,30 @@ __all__ = ["PayloadPlan"]
 
 Plan = Callable[[Any, "str | None"], "tuple[dict[str, Any], list[str]]"]
 
-# The test, on a field's value ``{v}``, under which its step returns the value unchanged (see
-# ``schema.field_step``): such values are stored without a call.
 _AS_IS = {"string": "type({v}) is str and {v}", "boolean": "type({v}) is bool", "number": "type({v}) is int",
-          "integer": "type({v}) is int", "datetime": "type({v}) is int"}
+          "integer": "type({v}) is int", "datetime": "type({v}) is int or type({v}) is str and {v} and is_date_like({v})"}
+
+
+def _as_is(spec: Field, prebuilt: bool) -> str | None:
+    """The test, on a field's value ``{v}``, under which its step returns the value unchanged (see
+    ``schema.field_step``): the usual values are stored without a call. ``prebuilt``: the value is
+    a fresh object of the plan's own, already without nulls."""
+    if spec.multiple:
+        return None
+    if spec.type == "object":
+        if spec.properties is None:
+            return "type({v}) is dict"
+        if prebuilt and all(sub.type == "string" for sub in spec.properties.values()):
+            return "strings_only({v})"  # (setOnce, setAlways, userAgentData, library2)
+        return None
+    return _AS_IS.get(spec.type)
+
+
+def _strings_only(obj: dict[str, Any]) -> bool:
+    for value in obj.values():
+        if type(value) is not str:
+            return False
+    return True
 
 
 class PayloadPlan:
@@ -121,7 +142,8 @@ class _Writer:
     def __init__(self, fields: Mapping[str, Field]):
         self.fields = fields
         self.namespace: dict[str, Any] = {"MISSING": MISSING, "take": _take, "js_string": js_string,
-                                          "get_path": get_path, "array_items": array_items}
+                                          "get_path": get_path, "array_items": array_items,
+                                          "is_date_like": is_date_like, "strings_only": _strings_only}
         self.tree: _Tree = {}
         self.paths: dict[tuple[str, ...], str] = {(): "message"}
         self.lines: list[str] = []
@@ -280,9 +302,7 @@ class _Writer:
             return
         step = self.const(field_step(spec, without_nulls=prebuilt))
         take = f"take(payload, {key!r}, {value}, {step}, {if_missing!r}, missing, invalid)"
-        as_is = None if spec.multiple else _AS_IS.get(spec.type)
-        if spec.type == "object" and spec.properties is None and not spec.multiple:
-            as_is = "type({v}) is dict"
+        as_is = _as_is(spec, prebuilt)
         present = value in self.present or value in self.constants
         if not present:
             self.emit(1, f"if {value} is not MISSING:")
