@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from edgeproxy.mapping.fql import FQLSyntaxError, parse_fql
+from edgeproxy.mapping.fql import FQLSyntaxError, parse_condition, parse_fql
 
 TRACK = {"type": "track", "event": "Order Completed", "properties": {"plan": "pro", "seats": 5, "ok": True},
          "context": {"library": {"name": "analytics.js"}}}
@@ -70,3 +72,62 @@ def test_syntax_errors_carry_position(source: str, message: str, position: int) 
     assert info.value.position == position
     assert f"at position {position}" in str(info.value)
     assert str(info.value).endswith(source)
+
+
+# Conditions built from the grammar's pieces, weighted towards the type tests the dispatch reads.
+_TYPES = ["track", "page", "identify", "Track", ""]
+_atoms = st.one_of(
+    st.sampled_from(_TYPES).map(lambda t: f'type = "{t}"'),
+    st.sampled_from(_TYPES).map(lambda t: f"$.type = '{t}'"),
+    st.sampled_from(['type != "track"', "type = null", "type != null", "type = 5", "type = true", 'TYPE = "track"',
+                     'event = "Clicked"', 'event != "Clicked"', 'contains(type, "a")', 'match(type, "t*")', "type > 1",
+                     'properties.type = "track"', "type.0 = \"t\""]),
+)
+conditions = st.recursive(_atoms, lambda inner: st.one_of(
+    st.tuples(inner, st.sampled_from([" and ", " or ", " AND ", " Or "]), inner).map("".join),
+    inner.map(lambda c: f"({c})"), inner.map(lambda c: f"not ({c})"), inner.map(lambda c: f"!({c})")), max_leaves=6)
+typed_messages = st.fixed_dictionaries({}, optional={
+    "type": st.one_of(st.sampled_from(_TYPES), st.none(), st.integers(0, 2), st.booleans(), st.lists(st.just("track"), max_size=1)),
+    "event": st.sampled_from(["Clicked", "Other"]), "properties": st.just({"type": "track"})})
+
+
+@settings(max_examples=400, deadline=None)
+@given(conditions, typed_messages)
+def test_condition_types_bound_the_predicate(source: str, message: dict) -> None:
+    """``types`` is a sound bound and ``exact`` an exact one: the mapper's dispatch relies on both."""
+    condition = parse_condition(source)
+    assert condition.predicate is parse_fql(source)
+    value = message.get("type")
+    in_types = condition.types is not None and type(value) is str and value in condition.types
+    holds = condition.predicate(message)
+    if condition.types is not None and holds:
+        assert in_types
+    if condition.exact:
+        assert condition.types is not None and holds is in_types
+
+
+@pytest.mark.parametrize("source, types, exact", [
+    ('type = "track"', {"track"}, True),
+    ('type = "track" or type = "page"', {"track", "page"}, True),
+    ('type = "track" and event != "Order Completed"', {"track"}, False),
+    ('(type = "track" or type = "page") and type = "page"', {"page"}, True),
+    ('type = "track" or event = "x"', None, False),
+    ('not type = "track"', None, False),
+    ('type != "track"', None, False),
+    ('properties.type = "track"', None, False),
+])
+def test_condition_types(source: str, types: set | None, exact: bool) -> None:
+    condition = parse_condition(source)
+    assert (condition.types, condition.exact) == (None if types is None else frozenset(types), exact)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(conditions, min_size=1, max_size=5), st.lists(typed_messages, min_size=1, max_size=5))
+def test_mapper_dispatch_by_type_equals_asking_every_predicate(sources: list[str], messages: list[dict]) -> None:
+    from edgeproxy.mapping import Mapper
+
+    mapper = Mapper({"api_key": "k", "secret_key": "s",
+                     "subscriptions": [{"action": "logEventV2", "subscribe": s, "name": str(i)} for i, s in enumerate(sources)]})
+    for message in messages:
+        expected = [sub.name for sub in mapper.subscriptions if sub.predicate(message)]
+        assert [sub.name for sub in mapper.matching(message)] == expected

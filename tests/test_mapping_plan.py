@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgeproxy.mapping import DEFAULTS, PRESETS
 from edgeproxy.mapping.coerce import dayjs_utc_ms, is_date_like, js_number
@@ -208,3 +210,101 @@ def test_user_agent_cache_keeps_hints_of_different_types_apart() -> None:
 ])
 def test_fql_fast_paths(condition, message, expected) -> None:
     assert parse_fql(condition)(message) is expected
+
+
+# Generated plans against the definition: random mappings built from every directive (with paths
+# that share prefixes, index lists, read the root, or may fail), on random messages.
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.floats(allow_nan=False), st.sampled_from(
+    ["", "x", "2024-03-14T15:09:26Z", "1710428966000", "ios", "analytics.js", "true", "3", "1.5", "soon"]))
+_json = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["a", "b", "0", "1", "price", "model", "x"]), inner, max_size=3)),
+    max_leaves=8)
+_PATHS = ["$.a", "$.a.b", "$.a.b.c", "$.l.0", "$.l.1.b", "$.l.0.²", "$", "$.b", "$.x", "b", "$.context.device.id",
+          '$.integrations["Actions Amplitude"].x', "$.a.0", "$['a'].x"]
+_path_nodes = st.sampled_from(_PATHS).map(lambda p: {"@path": p})
+_mapping_nodes = st.recursive(
+    st.one_of(_path_nodes, _scalars, _json.map(lambda v: {"@literal": v}),
+              st.sampled_from(["Viewed {{a.b}}", "{{{x}}}-{{l.0.²}}", "plain", "{{ b }}{{$}}"]).map(lambda t: {"@template": t}),
+              st.tuples(st.sampled_from(["$.l", "$.a", "$.x", "$.l.0.²"]), st.dictionaries(
+                  st.sampled_from(["price", "b"]), _path_nodes.map(lambda n: {"@path": n["@path"].replace("$.", "")}), max_size=2),
+                  st.booleans()).map(lambda t: {"@arrayPath": [t[0], t[1]] if t[2] else [t[0]]})),
+    lambda inner: st.one_of(
+        st.tuples(st.sampled_from(["exists", "blank"]), inner, st.none() | inner, st.none() | inner).map(
+            lambda t: {"@if": {t[0]: t[1], **({"then": t[2]} if t[2] is not None else {}),
+                               **({"else": t[3]} if t[3] is not None else {})}}),
+        st.dictionaries(st.sampled_from(["a", "b", "model", "platformVersion", "utm_source", "initial_referrer"]), inner, max_size=3),
+        st.lists(inner, max_size=2),
+        inner.map(lambda n: {"@arrayPath": [n, {"b": {"@path": "b"}}]})),
+    max_leaves=6)
+_TABLES = [LOG_EVENT_V2, IDENTIFY_USER, LOG_EVENT]
+_mappings = st.dictionaries(
+    st.sampled_from(sorted({k for t in _TABLES for k in t}) + ["unknown"]), _mapping_nodes, max_size=8)
+_messages = st.one_of(_json, st.fixed_dictionaries({}, optional={
+    "a": _json, "b": _json, "l": _json, "x": _json, "context": st.fixed_dictionaries({}, optional={"device": _json}),
+    "integrations": st.just({"Actions Amplitude": {"x": "1710428966000"}})}))
+
+
+def _outcome(run):
+    """(payload items in order, errors), or the exception a definition and a plan must both raise."""
+    try:
+        payload, errors = run()
+    except Exception as exc:  # noqa: BLE001 - the same failure is part of the equivalence
+        return type(exc), str(exc)
+    return list(payload.items()), errors
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mappings, st.sampled_from(range(len(_TABLES))), st.lists(_messages, min_size=1, max_size=4),
+       st.sampled_from([None, "", "dev-9"]))
+def test_generated_plan_equals_the_generic_steps(mapping, table, messages, device_id) -> None:
+    fields = _TABLES[table]
+    plan = PayloadPlan(mapping, fields)
+    assert plan.source is not None
+    for message in messages:
+        before = copy.deepcopy(message)
+        got = _outcome(lambda: plan(message, device_id))
+        assert message == before
+        assert got == _outcome(lambda: generic(mapping, fields, copy.deepcopy(message), device_id))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([(a, m) for a, spec in DEFAULTS["actions"].items() for m in [spec["mapping"]]]
+                       + [(p["action"], p["mapping"]) for p in PRESETS]),
+       st.lists(_messages, min_size=1, max_size=3), st.sampled_from([None, "dev-9"]))
+def test_default_plans_equal_the_generic_steps(action_mapping, messages, device_id) -> None:
+    from edgeproxy.mapping.actions import ACTIONS
+
+    action, mapping = action_mapping
+    fields = ACTIONS[action].fields
+    plan = PayloadPlan(mapping, fields)
+    for message in messages:
+        assert _outcome(lambda: plan(message, device_id)) == _outcome(lambda: generic(mapping, fields, message, device_id))
+
+
+def test_a_path_too_deep_to_generate_takes_the_generic_steps() -> None:
+    deep = "$." + ".".join(["a"] * 150)
+    mapping = {"event_type": {"@path": deep}, "user_id": {"@path": "$.u"}}
+    message: dict = {"u": "x"}
+    node = message
+    for _ in range(149):
+        node = node.setdefault("a", {})
+    node["a"] = "deep"
+    plan = PayloadPlan(mapping, LOG_EVENT)
+    assert plan.source is None
+    assert plan(message) == ({"user_id": "x", "event_type": "deep"}, [])
+
+
+@pytest.mark.parametrize("mapping", [
+    {"event_type": {"@if": {"blank": {"@path": "$.a"}, "then": "blank", "else": {"@path": "$.a"}}}},
+    {"event_type": {"@if": {"exists": {"@path": "$.a"}, "then": {"@template": "{{a}}!"}}}},
+    *[{"event_type": {"@if": {test: known, "then": "then", "else": "else"}}}
+      for test in ("exists", "blank") for known in (None, "", "x", 0, False, {"o": 1}, {"@literal": None}, {"x": None}, [])],
+    {"userAgentData": {"model": None, "platformVersion": {"@path": "$.a"}}, "setOnce": {"initial_referrer": None}, "event_type": "e"},
+    {"event_properties": {"model": None, "n": {"@path": "$.a"}, "l": [None, {"@path": "$.a"}, {"@path": "$.zz"}]}},
+])
+@pytest.mark.parametrize("a", [MISSING, "", None, "x", 0, [], {}, ["", None]])
+def test_generated_plan_on_tests_decided_when_written(mapping, a) -> None:
+    """Constants and null members are settled while the plan is written: pinned here value by value."""
+    message = {} if a is MISSING else {"a": a}
+    plan = PayloadPlan(mapping, LOG_EVENT_V2)
+    assert _outcome(lambda: plan(message)) == _outcome(lambda: generic(mapping, LOG_EVENT_V2, message))

@@ -18,7 +18,7 @@ from typing import Any
 from .actions import ACTIONS, Context
 from .directives import DirectiveError, compile_mapping
 from .fields import REGIONS
-from .fql import FQLSyntaxError, parse_fql
+from .fql import FQLSyntaxError, parse_condition, parse_fql
 from .plan import PayloadPlan
 
 __all__ = ["Output", "Mapped", "MappingConfigError", "Mapper", "validate_subscriptions", "DEFAULTS", "PRESETS"]
@@ -68,6 +68,26 @@ class _Subscription:
     predicate: Any
     plan: PayloadPlan  # mapping + field table: message -> (payload, errors)
     default_device_id: bool  # the mapping's device_id is the action's default one
+    types: frozenset[str] | None = None  # the predicate is false unless m["type"] is one of these
+    exact: bool = False  # the predicate is true exactly for those types
+
+
+# The subscriptions to try for one message type, in configured order, each with whether its
+# predicate still has to be asked (False: the type alone decides it).
+_Candidates = tuple[tuple[_Subscription, bool], ...]
+
+
+def _dispatch(subscriptions: list[_Subscription]) -> tuple[dict[str, _Candidates], _Candidates]:
+    """Per message type, the subscriptions that can match it; and those for any other type.
+
+    Why: every event used to ask every subscription's predicate, though nearly all of them are
+    ``type = "..."`` tests that the event's type settles at once (see ``fql.Condition``).
+    """
+    unbounded = tuple((sub, True) for sub in subscriptions if sub.types is None)
+    named = sorted({t for sub in subscriptions if sub.types is not None for t in sub.types})
+    by_type = {t: tuple((sub, not sub.exact) for sub in subscriptions if sub.types is None or t in sub.types)
+               for t in named}
+    return by_type, unbounded
 
 
 def _mapping_of(sub: dict[str, Any]) -> dict[str, Any]:
@@ -141,13 +161,29 @@ class Mapper:
                 continue
             mapping = _mapping_of(sub)
             default_device = DEFAULTS["actions"][sub["action"]]["mapping"].get("device_id")
+            condition = parse_condition(sub["subscribe"])
             self.subscriptions.append(_Subscription(
                 name=sub.get("name") or f"subscription {i}",
                 action=sub["action"],
-                predicate=parse_fql(sub["subscribe"]),
+                predicate=condition.predicate,
                 plan=PayloadPlan(mapping, ACTIONS[sub["action"]].fields),
                 default_device_id=default_device is not None and mapping.get("device_id") == default_device,
+                types=condition.types,
+                exact=condition.exact,
             ))
+        self._by_type, self._other_types = _dispatch(self.subscriptions)
+
+    def matching(self, message: dict) -> list[_Subscription]:
+        """The subscriptions whose condition holds for ``message``, in configured order.
+
+        Exactly ``[s for s in self.subscriptions if s.predicate(message)]``, with the
+        predicates that the message's type already settles left unasked.
+        """
+        return [sub for sub, ask in self._candidates(message) if not ask or sub.predicate(message)]
+
+    def _candidates(self, message: dict) -> _Candidates:
+        kind = message.get("type")
+        return self._by_type.get(kind, self._other_types) if type(kind) is str else self._other_types
 
     def map(self, message: dict, *, device_id: str | None = None) -> Mapped:
         result = Mapped()
@@ -156,8 +192,8 @@ class Mapper:
             return result
         message_id = message.get("messageId")
         ctx = Context(message_id=str(message_id) if isinstance(message_id, (str, int)) and message_id != "" else None)
-        for sub in self.subscriptions:
-            if not sub.predicate(message):
+        for sub, ask in self._candidates(message):  # ``matching`` without a list per event
+            if ask and not sub.predicate(message):
                 continue
             if self.settings_error:
                 result.errors.append(self.settings_error)
@@ -171,7 +207,7 @@ class Mapper:
     @staticmethod
     def _apply(sub: _Subscription, message: dict, device_id: str | None, ctx: Context, result: Mapped) -> None:
         action = ACTIONS[sub.action]
-        payload, errors = sub.plan(message, device_id if sub.default_device_id else None)
+        payload, errors = sub.plan.run(message, device_id if sub.default_device_id else None)
         if errors:
             result.errors.append(" ".join(errors))
             return

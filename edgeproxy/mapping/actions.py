@@ -81,10 +81,19 @@ def _user_agent_keys(payload: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _event_properties(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The mapped keys an event carries, with time, session and platform converted."""
-    props = {k: v for k, v in payload.items() if k not in _CONTROL_KEYS}
-    platform = _platform(payload, props.get("platform"))
+def _event_properties(payload: Mapping[str, Any], props: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The mapped keys an event carries, with time, session and platform converted.
+
+    Added to ``props`` when given: the user-agent keys an event starts with, so that the result
+    is ``{**user agent keys, **properties}`` without building the properties as a dict of their own.
+    """
+    if props is None:
+        props = {k: v for k, v in payload.items() if k not in _CONTROL_KEYS}
+    else:
+        for k, v in payload.items():
+            if k not in _CONTROL_KEYS:
+                props[k] = v
+    platform = _platform(payload, payload.get("platform"))  # not a control key: the value just copied
     if platform:
         props["platform"] = platform
     time = payload.get("time")
@@ -93,8 +102,10 @@ def _event_properties(payload: Mapping[str, Any]) -> dict[str, Any]:
         if ms is not None:
             props["time"] = ms
     session_id = payload.get("session_id")
-    if session_id and dayjs_utc_ms(session_id) is not None:
-        value = format_session_id(session_id)
+    if session_id:
+        ms = dayjs_utc_ms(session_id)
+        # formatSessionId after the validity check: for a non-string it is that same dayjs value
+        value = ms if ms is None or not isinstance(session_id, str) else format_session_id(session_id)
         if value is not None:
             props["session_id"] = value
     return props
@@ -122,21 +133,17 @@ def _events_endpoint(payload: Mapping[str, Any]) -> str:
 
 
 def log_event_v2(payload: dict[str, Any], ctx: Context) -> list[Item]:
-    props = _event_properties(payload)
-    user_properties = apply_operator_fields(props.get("user_properties"), [
+    event = _event_properties(payload, _user_agent_keys(payload))
+    user_properties = apply_operator_fields(payload.get("user_properties"), [
         ("$setOnce", payload.get("setOnce")), ("$set", payload.get("setAlways")), ("$add", payload.get("add"))])
     if user_properties is not None:
-        props["user_properties"] = user_properties
-    event = _user_agent_keys(payload)
-    event.update(props)  # {**user agent keys, **props} without building a third dict
+        event["user_properties"] = user_properties
     return [(_events_endpoint(payload), _finish(event, _library(payload), ctx.message_id), options_for(payload))]
 
 
 def log_event(payload: dict[str, Any], ctx: Context) -> list[Item]:
-    props = _event_properties(payload)
-    _merge_utm(props, payload)
-    event = _user_agent_keys(payload)
-    event.update(props)  # {**user agent keys, **props} without building a third dict
+    event = _event_properties(payload, _user_agent_keys(payload))
+    _merge_utm(event, payload)
     return [(_events_endpoint(payload), _finish(event, _library(payload), ctx.message_id), options_for(payload))]
 
 

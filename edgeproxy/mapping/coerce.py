@@ -111,6 +111,8 @@ def _parse_js_date_string(text: str) -> int | None:
 
 def dayjs_utc_ms(value: Any) -> int | None:
     """``dayjs.utc(value).valueOf()``, or None where dayjs says Invalid Date."""
+    if type(value) is str:  # the usual case (an ISO timestamp) first: none of the tests below holds for it
+        return _dayjs_string_ms(value)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):

@@ -22,8 +22,9 @@ import orjson
 from .coerce import number_to_string
 from .paths import MISSING, Scope, Values, get_path, preloadable, split_path
 
-__all__ = ["MISSING", "DIRECTIVES", "DirectiveError", "Compiled", "Resolver", "Scope", "compile_mapping",
-           "compile_node", "get_path", "is_directive", "js_string", "slots_getter", "split_path"]
+__all__ = ["MISSING", "DIRECTIVES", "DirectiveError", "Compiled", "Resolver", "Scope", "array_item_mapping",
+           "array_items", "compile_mapping", "compile_node", "get_path", "is_directive", "js_string", "placeholders",
+           "preloadable", "slots_getter", "split_path"]
 
 Resolver = Callable[[Any], Any]
 
@@ -43,9 +44,6 @@ class Compiled:
 
     fn: Callable[[Values], Any]
     slot: int | None = None
-    # An object whose members are all slots: (keys, slots), so a caller that needs the object
-    # cleaned anyway (see ``plan``) can build it in one step instead of building then copying.
-    members: tuple[tuple[str, ...], tuple[int, ...]] | None = None
 
 
 def _in_slot(slot: int) -> Compiled:
@@ -123,7 +121,7 @@ def _compile_object(node: dict, scope: Scope, where: str) -> Compiled:
             values[slot] = fn(values)
         return {key: value for key, value in zip(names, read(values)) if value is not MISSING}
 
-    return Compiled(resolve_object, members=None if computed else (names, tuple(slots)))
+    return Compiled(resolve_object)
 
 
 def _path(path: str, scope: Scope) -> Compiled:
@@ -147,18 +145,24 @@ def _build_literal(arg: Any, scope: Scope, where: str) -> Compiled:
 def _build_template(arg: Any, scope: Scope, where: str) -> Compiled:
     if not isinstance(arg, str):
         raise DirectiveError(f"{where}: @template needs a string such as \"Viewed {{{{name}}}}\", got {arg!r}")
-    pieces: list[str | Callable[[Values], Any]] = []
-    last = 0
-    for match in _PLACEHOLDER.finditer(arg):
-        pieces.append(arg[last:match.start()])
-        pieces.append(_path((match.group(1) or match.group(2)).strip(), scope).fn)
-        last = match.end()
-    pieces.append(arg[last:])
+    pieces = [p if i % 2 == 0 else _path(p, scope).fn for i, p in enumerate(placeholders(arg))]
 
     def render(values: Values) -> str:
         return "".join(p if isinstance(p, str) else js_string(p(values)) for p in pieces)
 
     return Compiled(render)
+
+
+def placeholders(template: str) -> list[str]:
+    """``"Viewed {{name}}!"`` -> ``["Viewed ", "name", "!"]``: text and placeholder paths alternate."""
+    pieces: list[str] = []
+    last = 0
+    for match in _PLACEHOLDER.finditer(template):
+        pieces.append(template[last:match.start()])
+        pieces.append((match.group(1) or match.group(2)).strip())
+        last = match.end()
+    pieces.append(template[last:])
+    return pieces
 
 
 def _missing(values: Values) -> Any:
@@ -190,18 +194,23 @@ def _build_array_path(arg: Any, scope: Scope, where: str) -> Compiled:
         raise DirectiveError(f"{where}: @arrayPath needs [path, item mapping]")
     path = arg[0]
     root = (_path(path, scope) if isinstance(path, str) else compile_node(path, scope, where)).fn
+    item = array_item_mapping(arg, where)
+    return Compiled(lambda values: array_items(root(values), item))
+
+
+def array_item_mapping(arg: list, where: str) -> Resolver | None:
+    """``@arrayPath``'s item mapping, if it has one. It reads paths relative to each item: its own
+    scope, loaded once per item."""
     shape = arg[1] if len(arg) == 2 else None
-    # The item mapping reads paths relative to each item: its own scope, loaded once per item.
-    item = compile_mapping(shape, f"{where}.@arrayPath[1]") if isinstance(shape, dict) and shape else None
+    return compile_mapping(shape, f"{where}.@arrayPath[1]") if isinstance(shape, dict) and shape else None
 
-    def resolve_array(values: Values) -> Any:
-        value = root(values)
-        if item is None or not isinstance(value, (dict, list)):
-            return value
-        items = value if isinstance(value, list) else [value]
-        return [item(x) for x in items]
 
-    return Compiled(resolve_array)
+def array_items(value: Any, item: Resolver | None) -> Any:
+    """``@arrayPath`` given the value at its path: each item mapped (one object counts as one item)."""
+    if item is None or not isinstance(value, (dict, list)):
+        return value
+    items = value if isinstance(value, list) else [value]
+    return [item(x) for x in items]
 
 
 _BUILDERS: dict[str, Callable[[Any, Scope, str], Compiled]] = {

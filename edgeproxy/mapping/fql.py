@@ -6,6 +6,10 @@ strings, numbers, ``true``/``false``/``null``, ``contains(path, "text")`` and
 ``match(path, "glob*")``, ``and``/``or``/``not`` (``!`` too) and parentheses. ``and`` binds
 tighter than ``or``. A syntax error says what was expected and at which position (1-based
 column), so a user can fix a subscription copied from Segment.
+
+Besides the predicate, parsing records which message ``type`` values a condition can hold for
+(``Condition.types``): nearly every subscription tests ``type = "..."``, so a mapper can pick
+the subscriptions that may match an event by its type instead of asking each one.
 """
 
 from __future__ import annotations
@@ -35,6 +39,35 @@ _TOKEN = re.compile(
 )
 _KEYWORDS = {"and", "or", "not", "true", "false", "null"}
 _FUNCTIONS = {"contains", "match"}
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A parsed condition: its predicate, plus what it says about the message's ``type``.
+
+    ``types``: the predicate can only be true when ``m["type"]`` is a ``str`` in this set
+    (None: no such bound). ``exact``: moreover it is true for every such message, i.e. the
+    condition is ``type = "a"`` or an ``or``/``and`` of such tests and nothing else.
+    """
+
+    predicate: Predicate
+    types: frozenset[str] | None = None
+    exact: bool = False
+
+
+def _or_types(parts: tuple[Condition, ...]) -> Condition:
+    """``a or b``: bounded only when every part is (by the union); exact when every part is."""
+    if any(p.types is None for p in parts):
+        return Condition(_any_of(tuple(p.predicate for p in parts)))
+    types = frozenset().union(*(p.types for p in parts))  # type: ignore[misc]
+    return Condition(_any_of(tuple(p.predicate for p in parts)), types, all(p.exact for p in parts))
+
+
+def _and_types(parts: tuple[Condition, ...]) -> Condition:
+    """``a and b``: bounded by every bounded part (the intersection); exact when every part is."""
+    bounds = [p.types for p in parts if p.types is not None]
+    types = frozenset.intersection(*bounds) if bounds else None
+    return Condition(_all_of(tuple(p.predicate for p in parts)), types, all(p.exact for p in parts))
 
 
 class FQLSyntaxError(ValueError):
@@ -101,34 +134,34 @@ class _Parser:
         tok = self.peek()
         return tok.kind == "word" and tok.text.lower() == word
 
-    def parse(self) -> Predicate:
+    def parse(self) -> Condition:
         if self.peek().kind == "end":
             raise self.fail("a condition such as type = \"track\"")
-        pred = self.parse_or()
+        condition = self.parse_or()
         if self.peek().kind != "end":
             raise self.fail("'and', 'or' or the end of the condition")
-        return pred
+        return condition
 
-    def parse_or(self) -> Predicate:
+    def parse_or(self) -> Condition:
         parts = [self.parse_and()]
         while self.is_word("or"):
             self.take()
             parts.append(self.parse_and())
-        return parts[0] if len(parts) == 1 else _any_of(tuple(parts))
+        return parts[0] if len(parts) == 1 else _or_types(tuple(parts))
 
-    def parse_and(self) -> Predicate:
+    def parse_and(self) -> Condition:
         parts = [self.parse_unary()]
         while self.is_word("and"):
             self.take()
             parts.append(self.parse_unary())
-        return parts[0] if len(parts) == 1 else _all_of(tuple(parts))
+        return parts[0] if len(parts) == 1 else _and_types(tuple(parts))
 
-    def parse_unary(self) -> Predicate:
+    def parse_unary(self) -> Condition:
         tok = self.peek()
         if self.is_word("not") or (tok.kind == "punct" and tok.text == "!"):
             self.take()
-            inner = self.parse_unary()
-            return lambda m: not inner(m)
+            inner = self.parse_unary().predicate
+            return Condition(lambda m: not inner(m))
         if tok.kind == "punct" and tok.text == "(":
             self.take()
             inner = self.parse_or()
@@ -137,7 +170,7 @@ class _Parser:
             self.take()
             return inner
         if tok.kind == "word" and tok.text.lower() in _FUNCTIONS:
-            return self.parse_function()
+            return Condition(self.parse_function())
         return self.parse_comparison()
 
     def parse_path(self) -> tuple[str, ...]:
@@ -167,14 +200,17 @@ class _Parser:
             return {"true": True, "false": False, "null": None}[tok.text.lower()]
         raise self.fail("a value (a \"string\", a number, true, false or null)")
 
-    def parse_comparison(self) -> Predicate:
+    def parse_comparison(self) -> Condition:
         path = self.parse_path()
         tok = self.peek()
         if tok.kind != "op":
             raise self.fail("an operator (=, !=, <, <=, >, >=)")
         self.take()
         value = self.parse_value()
-        return _comparison(path, tok.text, value)
+        predicate = _comparison(path, tok.text, value)
+        if path == ("type",) and tok.text == "=" and type(value) is str:
+            return Condition(predicate, frozenset((value,)), exact=True)
+        return Condition(predicate)
 
     def parse_function(self) -> Predicate:
         name = self.take().text.lower()
@@ -268,8 +304,13 @@ def _comparison(path: tuple[str, ...], op: str, expected: Any) -> Predicate:
 
 
 @lru_cache(maxsize=256)
-def parse_fql(source: str) -> Predicate:
+def parse_condition(source: str) -> Condition:
     """Compile ``source``; raise FQLSyntaxError (with ``position``) when it is not valid FQL."""
     if not isinstance(source, str):
         raise TypeError("an FQL condition must be a string")
     return _Parser(source).parse()
+
+
+def parse_fql(source: str) -> Predicate:
+    """The predicate of ``parse_condition(source)``."""
+    return parse_condition(source).predicate

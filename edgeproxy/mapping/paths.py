@@ -7,6 +7,8 @@ registered up front in a ``Scope``, which arranges them as a tree and loads them
 per event: a shared prefix is read once, and an absent prefix skips its whole subtree. Each
 path gets a *slot* in a flat list of values, which the compiled directives then read by index.
 The result is exactly ``get_path`` for every registered path; nothing of the input is changed.
+(A subscription's ``PayloadPlan`` writes the same walk out as code, see ``plan``; the table
+serves ``compile_mapping``: whole-directive mappings and ``@arrayPath`` items.)
 """
 
 from __future__ import annotations

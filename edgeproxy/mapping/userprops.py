@@ -33,10 +33,14 @@ def merge_user_properties(*parts: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     set_: dict[str, Any] = {}
     set_once: dict[str, Any] = {}
-    for part in parts:
+    for part in parts:  # (isinstance inline rather than _as_object: this runs on every identify event)
         out.update(part)
-        set_.update(_as_object(part.get("$set")))
-        set_once.update(_as_object(part.get("$setOnce")))
+        value = part.get("$set")
+        if isinstance(value, dict):
+            set_.update(value)
+        value = part.get("$setOnce")
+        if isinstance(value, dict):
+            set_once.update(value)
     out["$set"] = set_
     out["$setOnce"] = set_once
     return out
@@ -56,15 +60,9 @@ def is_compact_nonempty(obj: Any) -> bool:
     if not isinstance(obj, dict):
         return False
     for value in obj.values():  # a loop, not any(genexpr): this runs three times per logEventV2 event
-        if _truthy(value):
+        if value or isinstance(value, (dict, list)):  # objects and arrays are truthy in JavaScript, even when empty
             return True
     return False
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, (dict, list)):
-        return True  # objects and arrays are truthy in JavaScript, even when empty
-    return bool(value)
 
 
 def apply_operator_fields(user_properties: Any, operators: list[tuple[str, Any]]) -> Any:
