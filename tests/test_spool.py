@@ -299,6 +299,27 @@ async def test_claim_respects_the_byte_budget(spool: Spool) -> None:
     assert len(claimed) == 3
 
 
+async def test_a_claim_hands_out_the_stored_bytes_and_the_options_parsed(tmp_path: Path) -> None:
+    """A request body is spliced from the claimed bytes: a row whose item some other tool
+    wrote as TEXT must still come out as bytes, and the group's options as a mapping."""
+    s = Spool(tmp_path)
+    await s.open()
+    try:
+        await s.append([make_item(i, options={"min_id_length": 1}) for i in range(3)])
+        raw = sqlite3.connect(s.path, isolation_level=None)
+        raw.execute("UPDATE items SET item = CAST(item AS TEXT) WHERE message_id = 'm1'")
+        assert raw.execute("SELECT typeof(item) FROM items WHERE message_id = 'm1'").fetchone() == ("text",)
+        raw.close()
+        [group] = await s.due_groups()
+        claimed = await s.claim(group.group_key, limit=10, max_bytes=10**6)
+    finally:
+        await s.close()
+    assert [c.message_id for c in claimed] == ["m0", "m1", "m2"]
+    assert [type(c.raw) for c in claimed] == [bytes, bytes, bytes]
+    assert [c.item["insert_id"] for c in claimed] == ["m0", "m1", "m2"]
+    assert [c.options for c in claimed] == [{"min_id_length": 1}] * 3
+
+
 async def test_form_items_are_sized_url_encoded(spool: Spool) -> None:
     await spool.append([make_item(1, endpoint="identify"), make_item(2)])
     groups = {g.endpoint: g for g in await spool.due_groups()}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Container, Iterable, Mapping, Sequence
+from typing import Any, Container, Iterable, Mapping, NamedTuple, Sequence
 from urllib.parse import quote_plus
 
 import orjson
@@ -69,13 +69,17 @@ class DueGroup:
     oldest_ms: int
 
 
-@dataclass(frozen=True)
-class ClaimedItem:
+class ClaimedItem(NamedTuple):
     """A row the worker has marked in flight.
 
     The item is kept as the JSON it was stored as (``raw``): a request body is those bytes
     spliced together (``amplitude_api.request_data``), so the common path never decodes an
     item only to encode it again. ``item`` decodes it for the paths that read it.
+
+    Why a NamedTuple rather than a frozen dataclass: a claim makes one per row, up to 2,000
+    per request, and a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__`` (1.3 µs a row, a quarter of the whole claim). A tuple is built in
+    C from the row SQLite hands back (``_make``), and is just as immutable.
     """
 
     row_id: Any
@@ -257,48 +261,50 @@ def next_attempt_ms(c: sqlite3.Connection, t: int) -> int | None:
     return c.execute(f"SELECT MIN(next_attempt_ms) FROM {_FROM_WAITING} AND next_attempt_ms > ?", (t,)).fetchone()[0]
 
 
-# One row holding the whole batch: per item a record "metadata JSON, US, item JSON", records
-# joined by RS. The items are spliced in as stored (no re-parsing in SQLite or Python); JSON
-# text never holds a raw control character (json_quote and orjson escape them), so the two
-# separators cannot occur inside a record.
-_RS, _US = "\x1e", "\x1f"
-_CLAIM_AS_ONE_ROW = (
-    "SELECT group_concat('[' || id || ',' || json_quote(message_id) || ',' || json_quote(endpoint)"
-    " || ',' || COALESCE(CAST(options AS TEXT), 'null') || ',' || json_quote(device_id)"
-    " || ',' || json_quote(user_id) || ',' || attempts || ',' || size || ']' || char(31) || CAST(item AS TEXT), char(30))"
-    " FROM (SELECT * FROM items WHERE state='pending' AND group_key=? AND next_attempt_ms <= ? ORDER BY id LIMIT ?)"
+# A group's due rows in id order, each row's columns in ClaimedItem's field order, so a row
+# becomes a ClaimedItem without a Python call per field. CAST: edgeproxy stores items as
+# BLOBs, but a row some other tool wrote as TEXT would come back as a str, and a request body
+# is spliced from bytes.
+_CLAIM = (
+    "SELECT id, message_id, endpoint, CAST(item AS BLOB), options, device_id, user_id, attempts, size"
+    " FROM items WHERE state='pending' AND group_key=? AND next_attempt_ms <= ? ORDER BY id LIMIT ?"
 )
 
 
-def due_rows(c: sqlite3.Connection, key: str, t: int, limit: int) -> list[tuple[list[Any], bytes]]:
-    """The first ``limit`` due rows of a group in id order: (metadata, item JSON) each.
+def due_rows(c: sqlite3.Connection, key: str, t: int, limit: int) -> list[tuple[Any, ...]]:
+    """The first ``limit`` due rows of a group in id order, as ``pick`` takes them.
 
-    Why one row rather than one per item: the sqlite3 module releases and re-takes the GIL
-    for every row it steps through; one text is one step. The metadata is ClaimedItem's
-    fields but the item: id, message_id, endpoint, options, device_id, user_id, attempts, size.
+    Plain rows, measured against the alternatives on 500-row claims: SQLite building one
+    text of the whole batch (``group_concat`` of ``json_quote``-d metadata, one step through
+    the sqlite3 module) cost 2.0 µs a row before Python split and parsed it, 5.3 µs in all;
+    ``fetchall`` of the columns costs 0.9 µs a row. (The single text dates from when the SQL
+    ran on a thread of its own, where each row's GIL re-take could wait for the loop.)
     """
-    (text,) = c.execute(_CLAIM_AS_ONE_ROW, (key, t, limit)).fetchone()
-    if not text:
-        return []
-    rows = []
-    for record in text.split(_RS):
-        meta, _, item = record.partition(_US)
-        rows.append((orjson.loads(meta), item.encode()))
-    rows.sort(key=lambda r: r[0][0])  # group_concat's order is not promised
-    return rows
+    cursor = c.cursor()
+    cursor.row_factory = None  # plain tuples: the spool's connection makes sqlite3.Row objects
+    return cursor.execute(_CLAIM, (key, t, limit)).fetchall()
 
 
-def pick(rows: Sequence[tuple[list[Any], bytes]], *, limit: int, max_bytes: int, skip: Container[int]) -> list[ClaimedItem]:
+def pick(rows: Sequence[tuple[Any, ...]], *, limit: int, max_bytes: int, skip: Container[int]) -> list[ClaimedItem]:
     """Up to ``limit`` of ``rows`` (from due_rows) not in ``skip``, sizes summing to ``max_bytes`` at most."""
     taken: list[ClaimedItem] = []
     total = 0
-    for (row_id, message_id, endpoint, options, device_id, user_id, attempts, size), raw in rows:
-        if row_id in skip:
+    make = ClaimedItem._make
+    options: dict[str, Any] = {}  # one group shares one options text: parse it once
+    for row in rows:
+        if row[0] in skip:
             continue
+        size = row[8]
         if len(taken) >= limit or (taken and total + size + 1 > max_bytes):
             break
         total += size + 1
-        taken.append(ClaimedItem(row_id, message_id, endpoint, raw, options, device_id, user_id, attempts, size))
+        item = make(row)
+        if item.options is not None:
+            text = item.options
+            if text not in options:
+                options[text] = orjson.loads(text)
+            item = item._replace(options=options[text])
+        taken.append(item)
     return taken
 
 
