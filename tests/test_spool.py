@@ -374,6 +374,26 @@ async def test_delivered_rows_are_pruned_to_retention(make_queue) -> None:
     assert [e["message_id"] for e in events] == [f"m{i}" for i in range(129, 124, -1)]
 
 
+async def test_delivered_rows_are_counted_only_when_they_may_be_past_retention(tmp_path: Path) -> None:
+    """Counting the delivered rows walks all of them: after the first count the spool adds up
+    what it acknowledged and counts again only when that may pass retention plus the slack."""
+    s = Spool(tmp_path, retention=50)  # limit: 50 + a slack of 100
+    await s.open()
+    try:
+        await s.append([make_item(i) for i in range(400)])
+        [group] = await s.due_groups()
+        for _ in range(40):  # 40 acks of 10 rows
+            claimed = await s.claim(group.group_key, limit=10, max_bytes=10**6)
+            await s.ack([c.row_id for c in claimed])
+        counted, delivered = s._retention.counted, (await s.stats())["delivered"]
+    finally:
+        await s.close()
+    # Counts: the first ack, then whenever the bound passes 150 (each time ~100 rows later,
+    # as a prune leaves 50): 1 + 3.
+    assert counted == 4
+    assert 50 <= delivered <= 150
+
+
 async def test_mapping_refusals_are_dead_letters_that_replay_skips(spool: Spool) -> None:
     refused = DeadLetter("bad-1", {"type": "track", "event": ""}, "event name is empty", "device-1", 1000, now_ms())
     await spool.append([make_item(1)], dead=[refused])

@@ -154,6 +154,32 @@ class _Room:
         sql.ensure_room(c, self.max_bytes)
 
 
+class _Retention:
+    """Keeps the delivered rows (shown by /debug) at ``retention`` plus a slack, counting them seldom.
+
+    The count walks every delivered row's index entry: run after each acknowledged batch it
+    cost ~1 µs an event. Between counts an upper bound is kept, the last count plus the rows
+    acknowledged since; only when it passes the limit are the rows counted (and maybe pruned).
+    The bound is high when rows left some other way (pruned for room, ``ensure_room``): the
+    next count comes sooner. It is low only after a transaction that pruned and then rolled
+    back, by what that prune removed: the table holds at most another slack's worth until
+    the next count.
+    """
+
+    def __init__(self, retention: int) -> None:
+        self.retention = retention
+        self.limit = sql.prune_limit(retention)
+        self.bound: int | None = None  # unknown until the first count
+        self.counted = 0
+
+    def acked(self, c: sqlite3.Connection, n: int) -> None:
+        if self.bound is not None and self.bound + n <= self.limit:
+            self.bound += n
+            return
+        self.bound = sql.prune_delivered(c, self.retention)
+        self.counted += 1
+
+
 @dataclass(frozen=True)
 class _Append:
     """One caller's encoded rows. The writer merges every append of a transaction into one
@@ -316,6 +342,7 @@ class Spool:
         self.path = path if is_file else path / SPOOL_FILENAME
         self.metrics = metrics
         self.retention = retention
+        self._retention = _Retention(retention)
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         self.synchronous = synchronous.upper()
@@ -619,8 +646,9 @@ class Spool:
 
         def apply(c: sqlite3.Connection) -> None:
             try:
-                sql.settle(c, t, ack=ack, dead=reasons, retry=retry, release=release, response=response,
-                           retention=self.retention)
+                sql.settle(c, t, ack=ack, dead=reasons, retry=retry, release=release, response=response)
+                if ack:
+                    self._retention.acked(c, len(ack))
             finally:
                 land()  # inside the transaction: later operations see rows and in flight agree
 

@@ -317,8 +317,9 @@ def settle(
     retry: Sequence[tuple[Sequence[int], int, str]],
     release: Sequence[tuple[Sequence[int], int]],
     response: tuple[str, int | None, int, str] | None,
-    retention: int,
 ) -> None:
+    """Apply one request's verdict to its rows. Pruning the delivered rows is the caller's
+    (``prune_delivered``): the spool counts them only now and then."""
     for chunk in _chunks(list(ack)):
         c.execute(
             f"UPDATE items SET state='delivered', delivered_ms=?, last_error=NULL WHERE id IN ({_placeholders(len(chunk))})",
@@ -346,8 +347,6 @@ def settle(
         endpoint, status, n, body = response
         c.execute("INSERT INTO responses (time_ms, endpoint, status, items, body) VALUES (?,?,?,?,?)", (t, endpoint, status, n, body))
         c.execute("DELETE FROM responses WHERE id <= (SELECT MAX(id) FROM responses) - ?", (RESPONSE_LOG_KEEP,))
-    if ack:
-        prune_delivered(c, retention)
 
 
 def events_for_session(
@@ -389,24 +388,31 @@ def undelivered(c: sqlite3.Connection, which: str, limit: int, in_flight: Sequen
     return out
 
 
-def prune_delivered(c: sqlite3.Connection, retention: int) -> None:
-    """Keep the newest ``retention`` delivered rows (for /debug), give the rest back.
+def prune_delivered(c: sqlite3.Connection, retention: int) -> int:
+    """Keep the newest ``retention`` delivered rows (for /debug), give the rest back; returns
+    how many delivered rows there are now.
 
-    Runs after every acknowledged batch, so it only counts (a covering-index scan) until the
-    surplus is worth a delete: finding the cut-off row sorts every delivered row.
+    Only counts (a covering-index scan) until the surplus is worth a delete: finding the
+    cut-off row sorts every delivered row.
     """
     (count,) = c.execute("SELECT COUNT(*) FROM items WHERE state='delivered'").fetchone()
-    if count <= retention + (prune_slack(retention) if retention else 0):
-        return
+    if count <= prune_limit(retention):
+        return int(count)
     c.execute(
         "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state='delivered' ORDER BY id LIMIT ?)",
         (count - retention,),
     )
+    return retention
 
 
 def prune_slack(retention: int) -> int:
     """Delivered rows allowed over ``retention`` before a prune: a tenth, at least 100."""
     return max(100, retention // 10)
+
+
+def prune_limit(retention: int) -> int:
+    """The most delivered rows kept before a prune: ``retention`` plus the slack (none for 0)."""
+    return retention + (prune_slack(retention) if retention else 0)
 
 
 def stats(c: sqlite3.Connection, t: int) -> dict[str, Any]:
