@@ -219,6 +219,47 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
+BARE_AIOHTTP_PROXY = """
+import sys
+import aiohttp
+import uvloop
+from aiohttp import web
+
+ORIGIN = sys.argv[2]
+
+async def session(app):
+    app["client"] = aiohttp.ClientSession(auto_decompress=False, connector=aiohttp.TCPConnector(limit=0))
+    yield
+    await app["client"].close()
+
+async def relay(request):
+    async with request.app["client"].get(ORIGIN + request.raw_path) as upstream:
+        response = web.StreamResponse(status=upstream.status)
+        response.content_type = upstream.content_type
+        response.content_length = upstream.content_length
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_chunked(64 * 1024):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+uvloop.install()
+app = web.Application()
+app.cleanup_ctx.append(session)
+app.router.add_get("/{tail:.*}", relay)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def start_bare_aiohttp_proxy(procs: Processes, origin_url: str) -> Server:
+    """The framework reference for the website: aiohttp on uvloop streaming GETs from the origin
+    through one ClientSession, relaying status, type and length and nothing else (no headers
+    filtered or added, no cookie): the least a streaming reverse proxy in aiohttp does."""
+    port = free_port()
+    argv = [sys.executable, "-c", BARE_AIOHTTP_PROXY, str(port), origin_url.rstrip("/")]
+    return procs.spawn("bare-aiohttp-proxy", argv, port, core=SUT_CORE)
+
+
 def start_bare_aiohttp(procs: Processes) -> Server:
     """The framework reference: aiohttp on uvloop, a handler that only reads the body."""
     port = free_port()
