@@ -27,6 +27,7 @@ from edgeproxy.delivery.spool import (
     group_key,
     now_ms,
 )
+from edgeproxy.delivery import spool as spool_module
 from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery.spool_cli import replay, spool_report
 from edgeproxy.delivery.redis_queue import RedisQueue
@@ -374,10 +375,20 @@ async def test_delivered_rows_are_pruned_to_retention(make_queue) -> None:
     assert [e["message_id"] for e in events] == [f"m{i}" for i in range(129, 124, -1)]
 
 
-async def test_delivered_rows_are_counted_only_when_they_may_be_past_retention(tmp_path: Path) -> None:
-    """Counting the delivered rows walks all of them: after the first count the spool adds up
-    what it acknowledged and counts again only when that may pass retention plus the slack."""
-    s = Spool(tmp_path, retention=50)  # limit: 50 + a slack of 100
+async def test_pruning_goes_in_small_steps_and_counts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past retention plus the slack, the oldest delivered rows go PRUNE_CHUNK at a time (each
+    step its own transaction, so appends run in between); the rows are counted once, then
+    followed in memory."""
+    monkeypatch.setattr(spool_module, "PRUNE_CHUNK", 10)
+    deletes: list[int] = []
+    real_delete = sql.delete_oldest_delivered
+
+    def delete(c: sqlite3.Connection, n: int) -> int:
+        deletes.append(n)
+        return real_delete(c, n)
+
+    monkeypatch.setattr(sql, "delete_oldest_delivered", delete)
+    s = Spool(tmp_path, retention=50)  # pruning starts past 50 + a slack of 100
     await s.open()
     try:
         await s.append([make_item(i) for i in range(400)])
@@ -385,13 +396,50 @@ async def test_delivered_rows_are_counted_only_when_they_may_be_past_retention(t
         for _ in range(40):  # 40 acks of 10 rows
             claimed = await s.claim(group.group_key, limit=10, max_bytes=10**6)
             await s.ack([c.row_id for c in claimed])
-        counted, delivered = s._retention.counted, (await s.stats())["delivered"]
+        delivered = (await s.stats())["delivered"]
+        newest = [e["message_id"] for e in await s.events_for_session("device-1", limit=3)]
     finally:
         await s.close()
-    # Counts: the first ack, then whenever the bound passes 150 (each time ~100 rows later,
-    # as a prune leaves 50): 1 + 3.
-    assert counted == 4
-    assert 50 <= delivered <= 150
+    assert s._retention.counted == 1
+    assert deletes and max(deletes) <= 10 and sum(deletes) == 400 - delivered
+    assert 50 <= delivered <= 150 and s._retention.delivered == delivered
+    assert newest == ["m399", "m398", "m397"]  # the oldest went
+
+
+async def test_a_large_ack_lands_in_pieces_and_its_rows_stay_in_flight_until_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks past ACK_CHUNK follow in transactions of their own; until its own lands, a row is
+    in flight, so a claim made meanwhile never hands it out a second time."""
+    monkeypatch.setattr(spool_module, "ACK_CHUNK", 10)
+    s = Spool(tmp_path)
+    await s.open()
+    try:
+        await s.append([make_item(i) for i in range(40)])
+        [group] = await s.due_groups()
+        claimed = await s.claim(group.group_key, limit=35, max_bytes=10**6)
+        before = s.transactions
+        settling = asyncio.ensure_future(s.ack([c.row_id for c in claimed]))
+        await asyncio.sleep(0)  # the first piece is queued
+        meanwhile = await s.claim(group.group_key, limit=100, max_bytes=10**6)
+        await settling
+        transactions = s.transactions - before
+        stats = await s.stats()
+    finally:
+        await s.close()
+    assert [c.message_id for c in meanwhile] == [f"m{i}" for i in range(35, 40)]
+    assert transactions >= 4  # 35 acks in pieces of 10
+    assert (stats["delivered"], stats["in_flight"], stats["depth"]) == (35, 5, 0)
+
+
+async def test_the_oldest_delivered_rows_are_found_without_sorting(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    await s.open()
+    await s.close()
+    conn = sqlite3.connect(s.path)
+    plan = [row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN SELECT id FROM {sql._DELIVERED} ORDER BY id LIMIT 5")]
+    conn.close()
+    assert any("items_delivered" in step for step in plan) and not any("TEMP B-TREE" in step for step in plan)
 
 
 async def test_mapping_refusals_are_dead_letters_that_replay_skips(spool: Spool) -> None:

@@ -106,12 +106,21 @@ V5_STATEMENTS = (
     "CREATE INDEX IF NOT EXISTS items_waiting ON items(next_attempt_ms) WHERE state = 'pending' AND next_attempt_ms > 0",
 )
 
+# Version 6: delivered rows (kept for /debug up to ``retention``) have an index of their own in
+# id order, so pruning finds the oldest ones by reading as many index entries as it deletes.
+# Before, every prune sorted all delivered rows (0.7 ms for 11,000 of them) to find the oldest,
+# which ruled out pruning in small steps, and a 1,000-row prune held the event loop for ~10 ms.
+V6_STATEMENTS = (
+    "CREATE INDEX IF NOT EXISTS items_delivered ON items(id) WHERE state = 'delivered'",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "items and responses", V1_STATEMENTS),
     Migration(2, "dead letters keep a reason code", V2_STATEMENTS),
     Migration(3, "the dead-letter index covers dead rows only", V3_STATEMENTS),
     Migration(4, "claims read a group's backlog in id order", V4_STATEMENTS),
     Migration(5, "rows waiting for a later attempt have their own index", V5_STATEMENTS),
+    Migration(6, "delivered rows have their own index, for pruning in small steps", V6_STATEMENTS),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 
