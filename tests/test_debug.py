@@ -102,6 +102,30 @@ async def test_forged_login_cookie_is_refused(tmp_path, aiohttp_client):
     assert (await c.get("/debug?format=json")).status == 401
 
 
+def test_a_refused_login_cookie_leaves_no_reference_cycle(tmp_path) -> None:
+    """The login cookie is checked by itsdangerous, which leaves a reference cycle behind a
+    refused value unless the view clears it: a stream of forged cookies must not feed the
+    cycle collector (see ``forget_refusal``)."""
+    import gc
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from edgeproxy.edge.debug import DebugViews
+
+    views = DebugViews(make_settings(tmp_path, debug__token=TOKEN), ["k" * 32], store=None, spool=None, identity=None,
+                       sink=None, counters=dict)
+    requests = [make_mocked_request("GET", "/debug", headers={"Cookie": f"_ep_debug={value}"})
+                for value in ("operator.forged.signature", "b3BlcmF0b3I.awSTEQ.zzBYZXNM9R6uXrb8XAc5k517yyE")]
+    gc.collect()
+    gc.disable()
+    try:
+        assert not any(views._allowed(r) for r in requests * 5)
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable == 0
+
+
 async def test_loopback_only_without_token(tmp_path, aiohttp_client):
     # Behind a trusted proxy the client IP comes from X-Forwarded-For: a remote visitor is refused.
     c = await aiohttp_client(create_app(make_settings(tmp_path, server__trusted_proxies=["127.0.0.1"])))

@@ -20,7 +20,7 @@ from aiohttp import web
 from itsdangerous import BadSignature
 
 from edgeproxy.config import Settings
-from edgeproxy.identity.cookies import make_serializer
+from edgeproxy.identity.cookies import forget_refusal, make_serializer
 
 LOGIN_COOKIE = "_ep_debug"
 LOGIN_MAX_AGE = 12 * 3600
@@ -70,7 +70,8 @@ class DebugViews:
             try:
                 self.serializer.loads(cookie, max_age=LOGIN_MAX_AGE)
                 return True
-            except BadSignature:
+            except BadSignature as exc:
+                forget_refusal(exc)  # else a reference cycle pins this request until the collector runs
                 return False
         return False
 

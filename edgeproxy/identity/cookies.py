@@ -185,7 +185,7 @@ def make_serializer(keys: Sequence[str], salt: str, clock: Callable[[], float] =
     )
 
 
-def _drop_traceback(exc: BaseException) -> None:
+def forget_refusal(exc: BaseException) -> None:
     """Clear a refused cookie's error frames, to break the reference cycle itsdangerous leaves.
 
     ``TimestampSigner.unsign`` catches the signature error into a local variable and raises
@@ -251,7 +251,7 @@ class CookieCodec:
             raw, signed_at = self._device_signer.unsign(value, max_age=self._max_age, return_timestamp=True)  # type: ignore[call-arg]
             device = self._device_payload(self._decode(self._device, raw))
         except (BadData, ValueError, TypeError, OverflowError) as exc:  # garbled base64/zlib/json too
-            _drop_traceback(exc)
+            forget_refusal(exc)
             return None
         if device is None:
             return None
@@ -299,7 +299,7 @@ class CookieCodec:
         try:
             return self._decode(serializer, signer.unsign(value, max_age=self._max_age))  # type: ignore[call-arg]
         except (BadData, ValueError, TypeError, OverflowError) as exc:  # garbled base64/zlib/json too (orjson's error is a ValueError)
-            _drop_traceback(exc)
+            forget_refusal(exc)
             return None
 
     @staticmethod
