@@ -15,7 +15,7 @@ import pytest
 from edgeproxy.delivery import spool_sql
 from edgeproxy.delivery.spool import ReplayFilter, Spool, SpoolUnavailable, group_key
 from edgeproxy.delivery.spool_cli import replay, spool_report
-from edgeproxy.delivery.spool_schema import CURRENT_VERSION, MIGRATIONS
+from edgeproxy.delivery.spool_schema import CURRENT_VERSION, MIGRATIONS, SCHEMA
 
 RELEASE_1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -87,6 +87,26 @@ async def test_a_new_spool_records_every_version(tmp_path: Path) -> None:
     await s.open()
     await s.close()
     assert versions(s.path) == [m.version for m in MIGRATIONS] and versions(s.path)[-1] == CURRENT_VERSION
+
+
+async def test_the_schema_script_builds_what_a_new_spool_has(tmp_path: Path) -> None:
+    """``SCHEMA`` (for scratch databases, bench/) is the latest layout, not the first release's."""
+    s = Spool(tmp_path)
+    await s.open()
+    await s.close()
+    scratch = sqlite3.connect(":memory:")
+    scratch.executescript(SCHEMA)
+
+    def layout(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+        return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master"
+                                   " WHERE name NOT LIKE 'sqlite_%' AND name != 'schema_version'"))
+
+    spool = sqlite3.connect(s.path)
+    try:
+        assert layout(scratch) == layout(spool)
+    finally:
+        spool.close()
+        scratch.close()
 
 
 async def test_a_release_1_spool_is_migrated_and_keeps_its_events(tmp_path: Path) -> None:

@@ -124,8 +124,9 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 
-# The latest schema as one script, for tools that build a scratch database (bench/).
-SCHEMA = ";\n".join(V1_STATEMENTS) + ";\n"
+# The latest schema as one script, for tools that build a scratch database (bench/): every
+# migration's statements in order, as a new spool gets them.
+SCHEMA = "".join(statement + ";\n" for m in MIGRATIONS for statement in m.statements)
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version ("
