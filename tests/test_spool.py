@@ -406,6 +406,39 @@ async def test_pruning_goes_in_small_steps_and_counts_once(tmp_path: Path, monke
     assert newest == ["m399", "m398", "m397"]  # the oldest went
 
 
+async def test_a_failed_prune_fails_no_settle_and_the_next_one_carries_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The acks have landed when pruning runs: a failed step is logged, and the worker is not
+    told its settle failed (it would send the rows again)."""
+    real_delete = sql.delete_oldest_delivered
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def delete(c: sqlite3.Connection, n: int) -> int:
+        if failures:
+            raise failures.pop()
+        return real_delete(c, n)
+
+    monkeypatch.setattr(sql, "delete_oldest_delivered", delete)
+    s = Spool(tmp_path, retention=0)  # every delivered row is pruned
+    await s.open()
+    try:
+        await s.append([make_item(i) for i in range(6)])
+        [group] = await s.due_groups()
+        first = await s.claim(group.group_key, limit=3, max_bytes=10**6)
+        await s.ack([c.row_id for c in first])  # the prune fails: no exception here
+        after_failure = await s.stats()
+        second = await s.claim(group.group_key, limit=3, max_bytes=10**6)
+        await s.ack([c.row_id for c in second])
+        after_next = await s.stats()
+    finally:
+        await s.close()
+    assert "pruning delivered rows failed" in caplog.text
+    assert (after_failure["delivered"], after_failure["depth"]) == (3, 3)
+    assert [c.message_id for c in second] == ["m3", "m4", "m5"]  # the first three were not sent again
+    assert (after_next["delivered"], after_next["depth"]) == (0, 0)
+
+
 async def test_a_large_ack_lands_in_pieces_and_its_rows_stay_in_flight_until_then(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

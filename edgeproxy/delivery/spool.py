@@ -703,15 +703,21 @@ class Spool:
             await self._prune()
 
     async def _prune(self) -> None:
-        """Steps of pruning, one transaction each, until the delivered rows are within retention."""
+        """Steps of pruning, one transaction each, until the delivered rows are within retention.
+
+        Housekeeping: the acks have landed by now, so a failed step is logged, not raised (the
+        worker would take it for a failed settle and send the rows again); the next settle
+        counts the rows afresh and carries on.
+        """
         for _ in range(PRUNE_STEPS_PER_SETTLE):
             if not self._retention.due():
                 return
             try:
                 await self._submit(self._retention.step)
-            except BaseException:
+            except Exception as exc:
                 self._retention.forget()
-                raise
+                log.warning("pruning delivered rows failed, to be tried again after the next ack: %s", exc)
+                return
 
     async def ack(self, row_ids: Sequence[int]) -> None:
         await self.settle(ack=row_ids)
