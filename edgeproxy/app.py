@@ -101,7 +101,7 @@ def create_app(settings: Settings) -> web.Application:
         (not on pages a shared cache may store: every visitor would get the same id)."""
         if shared_cacheable(response.headers):
             return
-        jar = identity.read_cookie_header(request.headers.get("Cookie"))
+        jar = identity.read_cookie_header(request.headers.get("Cookie"), session=False)
         set_cookies(response, identity.page_cookies(jar, int(time.time() * 1000)))
 
     setup_origin(app, settings, on_html=on_html)

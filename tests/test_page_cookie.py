@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
-from test_ingest import make_settings
+from test_ingest import make_settings, track
 
 from edgeproxy.app import create_app
 from edgeproxy.edge.cookies_out import shared_cacheable
+from edgeproxy.identity.cookies import CookieCodec
 
 
 @pytest.mark.parametrize(
@@ -55,3 +56,22 @@ async def test_a_page_a_cdn_may_cache_gets_no_cookie(site) -> None:
     resp = await site.get("/", params={"cc": "public, max-age=600"})
     assert resp.status == 200 and "hi" in await resp.text()
     assert "_ep_did" not in resp.cookies and "Set-Cookie" not in resp.headers
+
+
+async def test_a_page_view_verifies_the_device_cookie_only(site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page sets at most the device cookie: the session cookie (~10 µs to verify) is not read."""
+    first = await site.post("/_e/v1/t", json=track(anonymousId="anon-page-1", messageId="m-page-1"))
+    assert first.status == 200 and "_ep_sess" in first.cookies
+    sessions_read: list[str] = []
+    real = CookieCodec.load_session
+
+    def load_session(self: CookieCodec, value: str | None, device_id: str | None):  # type: ignore[no-untyped-def]
+        sessions_read.append(device_id or "")
+        return real(self, value, device_id)
+
+    monkeypatch.setattr(CookieCodec, "load_session", load_session)
+    resp = await site.get("/", params={"cc": "private, max-age=60"})
+    assert resp.status == 200 and resp.cookies.get("_ep_did") is None  # known, fresh device: nothing to renew
+    assert sessions_read == []
+    await site.post("/_e/v1/t", json=track(anonymousId="anon-page-1", messageId="m-page-2"))
+    assert sessions_read == ["anon-page-1"]  # a tracking call still reads it
