@@ -11,7 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from itsdangerous import TimestampSigner
+
 from edgeproxy.config import Settings
+from edgeproxy.identity import cookies as cookies_module
 from edgeproxy.identity.cookies import (
     MAX_DEVICE_ID_LEN,
     CookieCodec,
@@ -155,6 +158,32 @@ def test_a_refused_cookie_leaves_no_reference_cycle():
     finally:
         gc.enable()
     assert unreachable == 0
+
+
+def test_the_cookie_caches_keep_the_most_recently_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value in use stays remembered (no signature check) however many others come after,
+    where clearing the full table made every visitor's next call verify again."""
+    monkeypatch.setattr(cookies_module, "VERIFIED_CACHE_SIZE", 3)
+    c = codec()
+    checked: list[str] = []
+    real_unsign = TimestampSigner.unsign
+
+    def unsign(self, value, *args, **kwargs):  # type: ignore[no-untyped-def]
+        checked.append(value if isinstance(value, str) else value.decode())
+        return real_unsign(self, value, *args, **kwargs)
+
+    monkeypatch.setattr(TimestampSigner, "unsign", unsign)
+    kept = c.dump_session("dev-0", STATE)
+    for i in range(1, 10):  # nine more issued; the first one is used in between
+        assert c.load_session(kept, "dev-0").session_id == STATE.session_id  # type: ignore[union-attr]
+        c.dump_session(f"dev-{i}", STATE)
+    assert c.load_session(kept, "dev-0").session_id == STATE.session_id  # type: ignore[union-attr]
+    devices = [codec().dump_device(f"dev-{i}") for i in range(5)]
+    for value in devices:
+        c.load_device(value)
+        c.load_device(devices[0])
+    assert checked == devices  # each device cookie verified once; dev-0's stayed remembered
+    assert len(c._issued_sessions) == 3 and len(c._verified_devices) == 3
 
 
 def test_oversized_cookie_is_ignored_even_if_signed():
