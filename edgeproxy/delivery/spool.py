@@ -168,7 +168,7 @@ class _Retention:
     PRUNE_CHUNK a transaction (``step``), down to retention. The number of delivered rows is
     counted once, then kept in memory: the acks add to it, the deletions take from it. Counting
     walks every delivered row's index entry (~1 µs an event when it ran after each batch).
-    When the number is wrong (rows pruned for room by ``ensure_room``; a transaction that failed
+    When the number is wrong (rows deleted for room by ``ensure_room``; a transaction that failed
     after ``acked``) a step deletes fewer rows than it asked for, or the settle fails: either
     way the number is forgotten and counted again at the next step.
     """
@@ -367,7 +367,6 @@ class Spool:
         is_file = path.suffix in DB_SUFFIXES and not path.is_dir()
         self.path = path if is_file else path / SPOOL_FILENAME
         self.metrics = metrics
-        self.retention = retention
         self._retention = _Retention(retention)
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")

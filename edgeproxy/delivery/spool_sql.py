@@ -184,6 +184,11 @@ def used_bytes(c: sqlite3.Connection) -> int:
     return int(c.execute(_USED_BYTES).fetchone()[0])
 
 
+# The delivered rows, through their own index (schema v6; INDEXED BY because, without ANALYZE
+# statistics, SQLite prefers the claim index and sorts).
+_DELIVERED = "items INDEXED BY items_delivered WHERE state='delivered'"
+
+
 def ensure_room(c: sqlite3.Connection, max_bytes: int | None) -> None:
     """Refuse an append once the spool holds ``max_bytes``: the disk budget is the operator's.
 
@@ -195,7 +200,7 @@ def ensure_room(c: sqlite3.Connection, max_bytes: int | None) -> None:
         return
     used = used_bytes(c)
     if used >= max_bytes:
-        prune_delivered(c, 0)
+        c.execute(f"DELETE FROM {_DELIVERED}")
         used = used_bytes(c)
     if used >= max_bytes:
         raise SpoolFull(
@@ -319,7 +324,7 @@ def settle(
     response: tuple[str, int | None, int, str] | None,
 ) -> None:
     """Apply one request's verdict to its rows. Pruning the delivered rows is the caller's
-    (``prune_delivered``): the spool counts them only now and then."""
+    (``delete_oldest_delivered``): the spool prunes in steps of their own transactions."""
     for chunk in _chunks(list(ack)):
         c.execute(
             f"UPDATE items SET state='delivered', delivered_ms=?, last_error=NULL WHERE id IN ({_placeholders(len(chunk))})",
@@ -386,20 +391,6 @@ def undelivered(c: sqlite3.Connection, which: str, limit: int, in_flight: Sequen
             row["state"] = "inflight"
         out.append(row)
     return out
-
-
-_DELIVERED = "items INDEXED BY items_delivered WHERE state='delivered'"
-
-
-def prune_delivered(c: sqlite3.Connection, retention: int) -> int:
-    """Keep the newest ``retention`` delivered rows (for /debug), give the rest back; returns
-    how many delivered rows there are now. At once, whatever the surplus: for the room check
-    (``ensure_room``) and tools; the serving spool prunes in steps (``delete_oldest_delivered``).
-    """
-    count = count_delivered(c)
-    if count <= prune_limit(retention):
-        return count
-    return count - delete_oldest_delivered(c, count - retention)
 
 
 def count_delivered(c: sqlite3.Connection) -> int:
