@@ -57,6 +57,17 @@ class Rejected(ValueError):
 
 def parse_iso(value: Any, field: str) -> datetime:
     """An ISO-8601 timestamp as an aware UTC datetime; ``Rejected`` names the field otherwise."""
+    if type(value) is str:
+        # The usual text (``Date.toISOString()``'s, ending in "Z") first, as it is: Python
+        # 3.11 reads the "Z" itself, and the general path's strip and rewrite cost more
+        # than the parse. Anything it declines or reads in another zone goes the long way.
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is timezone.utc:
+                return parsed
     if not isinstance(value, str) or not value:
         raise Rejected(field, f"must be an ISO-8601 date string, got {type(value).__name__}")
     text = value.strip()
@@ -71,10 +82,26 @@ def parse_iso(value: Any, field: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 def format_iso(moment: datetime) -> str:
-    """Segment's timestamp format: UTC, millisecond precision, ``Z``."""
-    # isoformat is twice as fast as strftime and always writes four year digits; "+00:00" -> "Z".
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """Segment's timestamp format: UTC, millisecond precision (truncated), ``Z``.
+
+    Written from the fields, the text up to the second remembered: ``isoformat`` with a
+    timespec and an offset to cut off cost ~4 µs on the bench machine, this ~1 µs, and it
+    runs once or twice for every event (the corrected timestamp, the receive time).
+    """
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    return _to_the_second(moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second) + \
+        _MILLIS[moment.microsecond // 1000]
+
+
+@lru_cache(maxsize=256)
+def _to_the_second(year: int, month: int, day: int, hour: int, minute: int, second: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS``: events of one request, and requests of one second, share it."""
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
 
 
 @lru_cache(maxsize=64)

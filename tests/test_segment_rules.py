@@ -146,3 +146,37 @@ def test_skew_correction_is_exact(skew_ms, delay_ms):
                 "timestamp": segment.format_iso(client_event), "sentAt": segment.format_iso(sent)})
     corrected = segment.parse_iso(msg["timestamp"], "timestamp")
     assert abs((RECEIVED - corrected) - timedelta(milliseconds=delay_ms)) <= timedelta(milliseconds=1)
+
+
+def _isoformat_reference(moment: datetime) -> str:
+    """What ``format_iso`` wrote before it formatted from the fields: the definition it must keep."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(timedelta(hours=-8))])))
+def test_format_iso_writes_what_isoformat_writes(moment):
+    assert segment.format_iso(moment) == _isoformat_reference(moment)
+
+
+def test_format_iso_truncates_to_the_millisecond_and_pads_the_year():
+    assert segment.format_iso(datetime(7, 2, 3, 4, 5, 6, 999999, tzinfo=timezone.utc)) == "0007-02-03T04:05:06.999Z"
+    assert segment.format_iso(datetime(2026, 3, 14, 0, 30, tzinfo=timezone(timedelta(hours=1)))) == "2026-03-13T23:30:00.000Z"
+
+
+def _parse_reference(text: str) -> datetime:
+    """``parse_iso``'s general path alone: strip, "Z" as +00:00, naive as UTC."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+       st.sampled_from(["Z", "z", "+00:00", "-00:00", "+02:00", "", " "]), st.sampled_from(["milliseconds", "microseconds", "seconds"]))
+def test_parse_iso_reads_every_form_as_the_general_path_does(moment, suffix, timespec):
+    text = moment.isoformat(timespec=timespec) + suffix
+    parsed = segment.parse_iso(text, "timestamp")
+    assert parsed == _parse_reference(text) and parsed.tzinfo is timezone.utc
