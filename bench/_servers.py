@@ -266,7 +266,8 @@ def start_bare_aiohttp(procs: Processes) -> Server:
     return procs.spawn("bare-aiohttp", [sys.executable, "-c", BARE_AIOHTTP, str(port)], port, core=SUT_CORE)
 
 
-def edgeproxy_env(port: int, data_dir: Path, amplitude_url: str, origin_url: str, session_store: str) -> dict[str, str]:
+def edgeproxy_env(port: int, data_dir: Path, amplitude_url: str, origin_url: str, session_store: str,
+                  durability: str = "power_loss") -> dict[str, str]:
     """The whole configuration of the edgeproxy under test, from the environment.
 
     Inherited ``EDGEPROXY_*`` variables are dropped so a developer's shell cannot change what
@@ -284,17 +285,18 @@ def edgeproxy_env(port: int, data_dir: Path, amplitude_url: str, origin_url: str
         "EDGEPROXY_ORIGIN__URL": origin_url,
         "EDGEPROXY_SESSIONS__SECURE_COOKIES": "false",
         "EDGEPROXY_SESSIONS__STORE": session_store,
+        "EDGEPROXY_DELIVERY__DURABILITY": durability,
         "PYTHONPATH": str(ROOT),
     })
     return env
 
 
 def start_edgeproxy(procs: Processes, name: str, *, amplitude_url: str, origin_url: str,
-                    session_store: str = "memory") -> Server:
+                    session_store: str = "memory", durability: str = "power_loss") -> Server:
     """``edgeproxy serve`` with its SQLite spool and delivery on, in a fresh data_dir."""
     port = free_port()
     data_dir = procs.workdir / f"{name}-data"
-    env = edgeproxy_env(port, data_dir, amplitude_url, origin_url, session_store)
+    env = edgeproxy_env(port, data_dir, amplitude_url, origin_url, session_store, durability)
     return procs.spawn(name, [sys.executable, "-m", "edgeproxy", "serve"], port, core=SUT_CORE, env=env)
 
 
