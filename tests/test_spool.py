@@ -211,6 +211,33 @@ async def test_the_wal_is_checkpointed_into_the_database_in_the_background(tmp_p
         await s.close()
 
 
+async def test_a_running_checkpoint_does_not_hold_up_acknowledgements(tmp_path: Path, monkeypatch) -> None:
+    """Flushes and checkpoints have threads of their own: a slow checkpoint (10-22 ms under
+    load) must not make the appends committed meanwhile wait for it."""
+    import threading
+
+    from edgeproxy.delivery import spool as spool_module
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_checkpoint(self, conn) -> None:
+        entered.set()
+        release.wait(10)  # bounded: the test releases it in any case
+
+    monkeypatch.setattr(spool_module, "CHECKPOINT_EVERY_S", 0.02)
+    monkeypatch.setattr(spool_module._Syncer, "_checkpoint", slow_checkpoint)
+    s = Spool(tmp_path, synchronous="FULL")
+    await s.open()
+    try:
+        await s.append([make_item(1)])  # a commit: the next checkpoint has work
+        assert await asyncio.to_thread(entered.wait, 5), "no checkpoint started"
+        await asyncio.wait_for(s.append([make_item(2)]), 5)  # flushed and acknowledged mid-checkpoint
+        assert (await s.stats())["depth"] == 2
+    finally:
+        release.set()
+        await s.close()
+
+
 async def test_concurrent_appends_all_land(spool) -> None:
     await asyncio.gather(*(spool.append([make_item(i)]) for i in range(200)))
     assert (await spool.stats())["depth"] == 200
