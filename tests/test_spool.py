@@ -137,6 +137,35 @@ async def test_an_append_is_acknowledged_only_after_the_wal_is_flushed(tmp_path:
         await s.close()
 
 
+async def test_appends_made_during_a_flush_share_the_next_transaction(tmp_path: Path, monkeypatch) -> None:
+    """They could not be acknowledged before the next flush anyway: committing each on its own
+    (a commit costs about as much CPU as the rest of a single-event call's spool work) bought
+    nothing. Held back, they are committed together when the flush in progress ends."""
+    flush = BlockingFlush()
+    monkeypatch.setattr(os, "fdatasync", flush)
+    s = Spool(tmp_path)
+    await s.open()
+    try:
+        first = asyncio.ensure_future(s.append([make_item(0)]))
+        await asyncio.sleep(0.1)
+        assert flush.calls == 1 and not first.done()  # the flush of the first commit is running
+        assert (await s.stats())["depth"] == 1  # reads are not held back by a flush
+        before = s.transactions
+        later = []
+        for i in range(1, 4):  # one per turn of the loop: each used to be a transaction of its own
+            later.append(asyncio.ensure_future(s.append([make_item(i)])))
+            await asyncio.sleep(0.02)
+        assert s.transactions == before and not any(t.done() for t in later)
+        flush.release.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), 5)
+        assert s.transactions == before + 1  # the three appends: one transaction
+        assert (await s.stats())["depth"] == 4
+        assert flush.calls == 2
+    finally:
+        flush.release.set()
+        await s.close()
+
+
 async def test_a_failed_flush_fails_the_append(tmp_path: Path, monkeypatch) -> None:
     flush = BlockingFlush(fail=True)
     flush.release.set()

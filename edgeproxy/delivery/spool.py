@@ -3,7 +3,11 @@
 SQLite in WAL mode, embedded, no server. GROUP COMMIT on the event loop: the calls made during
 one turn of the loop (every request's append, the worker's claims and verdicts, reads) run
 together in one transaction when the turn ends. Each ``await spool.append(...)`` returns only
-after its rows are committed and, with the default durability, flushed to disk.
+after its rows are committed and, with the default durability, flushed to disk. Appends made
+while a flush is in progress wait for it to end and are then committed together: they could
+not be acknowledged before the next flush anyway, and at ~1,000 calls/s, where few calls
+share a turn, a commit each was a large part of a call's CPU (measured: 10% less CPU per
+call and a higher rate at the same connections). Everything else is committed at once.
 
 Why the SQL runs on the event loop and not in a writer thread: the statements take
 microseconds of CPU, and a thread has to win the GIL back after every one of them. On a busy
@@ -476,8 +480,9 @@ class Spool:
             raise SpoolUnavailable("the spool is closed")
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._jobs.append((fn, fut))
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)  # after the rest of this turn
+        # After the rest of this turn; an append, while a flush runs, after that flush (_synced).
+        if self._flush_handle is None and not (self._unsynced and isinstance(fn, _Append)):
+            self._flush_handle = self._loop.call_soon(self._flush)
         return await fut
 
     def _flush(self) -> None:
@@ -529,6 +534,8 @@ class Spool:
                     _settle(fut, None, None)
                 else:
                     _settle(fut, None, SpoolUnavailable(f"spool flush to disk failed: {error}"))
+        if self._jobs and self._flush_handle is None and not self._unsynced and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self._flush)  # the appends held for this flush
 
     def _execute(
         self, conn: sqlite3.Connection, jobs: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
