@@ -36,7 +36,7 @@ rate; the achieved rate is printed). Any non-2xx answer or socket error aborts t
 After each edgeproxy round the harness waits until delivery caught up, so a backlog never
 steals the next server's CPU.
 
-Run (``make bench`` runs it with the defaults, about 5 minutes):
+Run (``make bench`` runs it with the defaults, about 7 minutes):
 
     .venv/bin/python bench/bench_ingest.py [--quick] [--rounds 3] [--seconds 5] [--warmup 2]
         [--connections 32] [--only ingest|new|batch|redis|crash|website|memory|forwarding] [--json FILE]
