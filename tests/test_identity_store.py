@@ -435,3 +435,13 @@ def test_open_store_rejects_other_values_naming_the_key():
     s.sessions.store = "memcached://x"
     with pytest.raises(ValueError, match="sessions.store"):
         open_store(s)
+
+
+def test_redis_replies_are_parsed_by_hiredis() -> None:
+    """pyproject asks for ``redis[hiredis]``: redis-py then parses replies in C instead of
+    Python, ~10% more single-event calls/s with Redis sessions (bench A/B, two alternations)."""
+    import redis.asyncio.connection
+    import redis.utils
+
+    assert redis.utils.HIREDIS_AVAILABLE
+    assert redis.asyncio.connection.DefaultParser.__name__ == "_AsyncHiredisParser"
