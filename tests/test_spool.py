@@ -8,6 +8,7 @@ and Redis streams on a real redis-server); SQLite specifics (WAL, files, group c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -116,13 +117,23 @@ class BlockingFlush:
             raise OSError(5, "Input/output error")
 
 
+@contextlib.asynccontextmanager
+async def spool_with_flush(tmp_path: Path, monkeypatch, flush: BlockingFlush, **kwargs):
+    """An open Spool whose WAL flushes go through ``flush``; released and closed afterwards."""
+    monkeypatch.setattr(os, "fdatasync", flush)
+    s = Spool(tmp_path, **kwargs)
+    await s.open()
+    try:
+        yield s
+    finally:
+        flush.release.set()
+        await s.close()
+
+
 async def test_an_append_is_acknowledged_only_after_the_wal_is_flushed(tmp_path: Path, monkeypatch) -> None:
     """power_loss durability: committed is not enough, the WAL must be on disk before the 200."""
     flush = BlockingFlush()
-    monkeypatch.setattr(os, "fdatasync", flush)
-    s = Spool(tmp_path)
-    await s.open()
-    try:
+    async with spool_with_flush(tmp_path, monkeypatch, flush) as s:
         task = asyncio.ensure_future(s.append([make_item(1)]))
         await asyncio.sleep(0.2)
         assert not task.done() and flush.calls >= 1
@@ -132,9 +143,6 @@ async def test_an_append_is_acknowledged_only_after_the_wal_is_flushed(tmp_path:
         flush.release.set()
         await asyncio.wait_for(task, 5)
         assert (await s.stats())["depth"] == 1  # reads and the worker's calls never wait for a flush
-    finally:
-        flush.release.set()
-        await s.close()
 
 
 async def test_appends_made_during_a_flush_share_the_next_transaction(tmp_path: Path, monkeypatch) -> None:
@@ -142,10 +150,7 @@ async def test_appends_made_during_a_flush_share_the_next_transaction(tmp_path: 
     (a commit costs about as much CPU as the rest of a single-event call's spool work) bought
     nothing. Held back, they are committed together when the flush in progress ends."""
     flush = BlockingFlush()
-    monkeypatch.setattr(os, "fdatasync", flush)
-    s = Spool(tmp_path)
-    await s.open()
-    try:
+    async with spool_with_flush(tmp_path, monkeypatch, flush) as s:
         first = asyncio.ensure_future(s.append([make_item(0)]))
         await asyncio.sleep(0.1)
         assert flush.calls == 1 and not first.done()  # the flush of the first commit is running
@@ -161,35 +166,21 @@ async def test_appends_made_during_a_flush_share_the_next_transaction(tmp_path: 
         assert s.transactions == before + 1  # the three appends: one transaction
         assert (await s.stats())["depth"] == 4
         assert flush.calls == 2
-    finally:
-        flush.release.set()
-        await s.close()
 
 
 async def test_a_failed_flush_fails_the_append(tmp_path: Path, monkeypatch) -> None:
     flush = BlockingFlush(fail=True)
     flush.release.set()
-    monkeypatch.setattr(os, "fdatasync", flush)
-    s = Spool(tmp_path)
-    await s.open()
-    try:
+    async with spool_with_flush(tmp_path, monkeypatch, flush) as s:
         with pytest.raises(SpoolUnavailable, match="flush to disk failed.*Input/output error"):
             await s.append([make_item(1)])
-    finally:
-        await s.close()
 
 
 async def test_process_crash_durability_acknowledges_at_commit(tmp_path: Path, monkeypatch) -> None:
     flush = BlockingFlush()  # never released: an append that waited for it would time out
-    monkeypatch.setattr(os, "fdatasync", flush)
-    s = Spool(tmp_path, synchronous="NORMAL")
-    await s.open()
-    try:
+    async with spool_with_flush(tmp_path, monkeypatch, flush, synchronous="NORMAL") as s:
         await asyncio.wait_for(asyncio.gather(*(s.append([make_item(i)]) for i in range(20))), 5)
         assert flush.calls == 0
-    finally:
-        flush.release.set()
-        await s.close()
 
 
 async def test_a_write_lock_held_elsewhere_delays_appends_without_blocking_the_loop(sqlite_spool: Spool) -> None:
