@@ -480,10 +480,14 @@ class Spool:
             raise SpoolUnavailable("the spool is closed")
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._jobs.append((fn, fut))
-        # After the rest of this turn; an append, while a flush runs, after that flush (_synced).
-        if self._flush_handle is None and not (self._unsynced and isinstance(fn, _Append)):
-            self._flush_handle = self._loop.call_soon(self._flush)
+        if not (self._unsynced and isinstance(fn, _Append)):  # an append, while a flush runs: after it (_synced)
+            self._flush_soon()
         return await fut
+
+    def _flush_soon(self) -> None:
+        """Run the queued operations after the rest of this turn of the loop (once, however many ask)."""
+        if self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Run the queued operations in one transaction and settle their futures."""
@@ -522,8 +526,8 @@ class Spool:
             self._commits += 1
             self._unsynced.append((self._commits, durable))
             self._syncer.request(self._commits)
-        if self._jobs and self._flush_handle is None:
-            self._flush_handle = loop.call_soon(self._flush)
+        if self._jobs:
+            self._flush_soon()
 
     def _synced(self, seq: int, error: BaseException | None) -> None:
         """The syncer flushed the WAL up to commit ``seq``: those appends are durable (or failed)."""
@@ -534,8 +538,8 @@ class Spool:
                     _settle(fut, None, None)
                 else:
                     _settle(fut, None, SpoolUnavailable(f"spool flush to disk failed: {error}"))
-        if self._jobs and self._flush_handle is None and not self._unsynced and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self._flush)  # the appends held for this flush
+        if self._jobs and not self._unsynced:
+            self._flush_soon()  # the appends held for this flush
 
     def _execute(
         self, conn: sqlite3.Connection, jobs: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
