@@ -12,6 +12,10 @@ generator ``wrk -t1`` and the stand-ins for the outside world on core 1):
   visitor (the Cookie header carries the cookies edgeproxy set on a first request); memory
   sessions, SQLite spool with group commit, delivery ON to a local Amplitude responder (nginx
   answering ``200 {"code":200,"events_ingested":…}`` at /2/httpapi);
+- with ``ingest``, a third reference: edgeproxy's own tracking handler with a queue that keeps
+  nothing (``_handler_only.py``: parse, cookies, session touch, mapping, response; no spool,
+  no flush, no delivery), so each run tells how much of a call is that work and how much the
+  durable spool and the delivery around it;
 - ``new``: the same with no cookie and a new anonymousId and messageId per request (wrk Lua),
   so every request starts a session;
 - ``batch``: ``POST /_e/v1/b`` with 20 events per request, reported in events/s;
@@ -65,6 +69,7 @@ import _wrk as wrk  # noqa: E402
 from _servers import BenchError, Processes, Server  # noqa: E402
 
 SCENARIOS = ("ingest", "new", "batch", "redis", "crash", "website", "memory", "forwarding")
+SINGLE_EVENT = ("ingest", "new", "redis", "crash")  # the /v1/t rows, each also compared with the handler alone
 HTTP_SCENARIOS = {"ingest", "new", "batch", "redis", "crash", "website"}
 PAGE_BYTES = 100 * 1024
 SESSIONS = 100_000
@@ -229,6 +234,9 @@ def build_targets(procs: Processes, only: set[str], tmp: Path, responder: Server
         edge = srv.start_edgeproxy(procs, "edgeproxy", amplitude_url=amp_url, origin_url=origin.url())
         cookie = returning_cookie(edge, single)
         if "ingest" in only:
+            handler = srv.start_handler_only(procs, "handler-only", origin_url=origin.url())
+            targets.append(Target("handler", "edgeproxy handler, no spool (reference)", handler.url("/_e/v1/t"),
+                                  *scripted("handler", body=single, cookie=returning_cookie(handler, single))))
             targets.append(Target("ingest", "edgeproxy /v1/t returning visitor", edge.url("/_e/v1/t"),
                                   *scripted("ingest", body=single, cookie=cookie), edge=edge))
         if "new" in only:
@@ -322,6 +330,8 @@ def summarize(targets: Sequence[Target]) -> dict[str, Any]:
         for ref in ("nginx", "bare"):
             if ref in by and t.key not in ("nginx", ref):
                 out[t.key][f"x_{ref}"] = per_round(t.sat, by[ref].sat, lambda a, b: a.rps * t.events_per_request / b.rps)
+        if "handler" in by and t.key in SINGLE_EVENT:
+            out[t.key]["x_handler"] = per_round(t.sat, by["handler"].sat, lambda a, b: a.rps / b.rps)
         if "nginx" in by and t.mod and t.key not in ("nginx", "origin", "bareproxy", "website"):
             out[t.key]["added_p50_ms"] = per_round(t.mod, by["nginx"].mod, lambda a, b: (a.p50_us - b.p50_us) / 1000)
             out[t.key]["added_p99_ms"] = per_round(t.mod, by["nginx"].mod, lambda a, b: (a.p99_us - b.p99_us) / 1000)
@@ -351,7 +361,10 @@ def _rate_row(s: dict[str, Any], unit: str = "req/s") -> str:
 
 
 def _ratios(s: dict[str, Any]) -> str:
-    return f"{s.get('x_nginx', float('nan')):.3f}× nginx-204, {s.get('x_bare', float('nan')):.2f}× bare aiohttp"
+    text = f"{s.get('x_nginx', float('nan')):.3f}× nginx-204, {s.get('x_bare', float('nan')):.2f}× bare aiohttp"
+    if "x_handler" in s:
+        text += f", {s['x_handler']:.2f}× the handler alone"
+    return text
 
 
 def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -362,6 +375,9 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(("nginx 204, same POST (reference)", _rate_row(h["nginx"]), "—", "—"))
         rows.append(("bare aiohttp + uvloop, reads the body (reference)", _rate_row(h["bare"]),
                      f"{h['bare']['x_nginx']:.3f}× nginx-204", "—"))
+    if "handler" in h:
+        rows.append(("edgeproxy's tracking handler alone: parse, cookies, session, map; a queue that keeps nothing "
+                     "(reference)", _rate_row(h["handler"]), _ratios(h["handler"]), "—"))
     for key, name in (("ingest", "single-event ingest `/v1/t`, returning visitor"),
                       ("new", "single-event ingest `/v1/t`, new visitors"),
                       ("redis", "single-event ingest `/v1/t`, Redis sessions"),
@@ -377,7 +393,8 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(("batched ingest `/v1/b`, 20 events/request", _rate_row(s, "events/s") +
                      f" ({s['requests_per_s']:,.0f} req/s)", _ratios(s) + f" in events (target ≥ {TARGET_BATCH}×)",
                      _met(s["x_nginx"] >= TARGET_BATCH)))
-    for key, who in (("ingest", "returning visitor"), ("new", "new visitors"), ("redis", "Redis sessions"),
+    for key, who in (("handler", "the handler alone (reference)"), ("ingest", "returning visitor"),
+                     ("new", "new visitors"), ("redis", "Redis sessions"),
                      ("crash", "returning visitor, `process_crash` (no fdatasync before the 200)")):
         if key in h and "added_p50_ms" in h[key]:
             s = h[key]

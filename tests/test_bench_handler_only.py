@@ -1,0 +1,56 @@
+"""bench/_handler_only.py, the ingest benchmark's "handler alone" reference, still runs edgeproxy's handler.
+
+The reference is only meaningful while it does the work the real server does before the
+spool: if the handler's wiring changed and the reference answered without parsing, touching
+the session or mapping, the benchmark would report a ceiling that means nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from edgeproxy.config import Settings
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_reference() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_handler_only", BENCH / "_handler_only.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def settings(tmp_path: Path) -> Settings:
+    s = Settings()
+    s.delivery.data_dir = str(tmp_path / "data")
+    s.sessions.secure_cookies = False
+    s.sessions.signing_keys = ["k" * 32]
+    s.amplitude.api_key = "bench-dummy-api-key"
+    return s
+
+
+TRACK = {
+    "type": "track", "event": "Viewed", "anonymousId": "anon-1", "writeKey": "wk", "messageId": "m-1",
+    "context": {"library": {"name": "analytics.js", "version": "next-1.84.3"}},
+}
+
+
+async def test_the_reference_parses_sets_session_cookies_and_maps(tmp_path, aiohttp_client):
+    ref = load_reference()
+    queue = ref.CountingQueue()
+    client = await aiohttp_client(ref.build_app(settings(tmp_path), queue))
+
+    resp = await client.post("/_e/v1/t", json=TRACK)
+    assert resp.status == 200, await resp.text()
+    assert {"_ep_did", "_ep_sess", "analytics_session_id"} <= set(resp.cookies)
+    assert queue.items == 1  # one mapped Amplitude item handed to the queue
+
+    resp = await client.post("/_e/v1/t", json={**TRACK, "type": "nonsense"})
+    assert resp.status == 400  # the real validation, not a blanket 200
+    assert queue.items == 1
