@@ -29,9 +29,7 @@ from edgeproxy.cli import prepare_gc  # noqa: E402
 from edgeproxy.config import Settings, load_settings  # noqa: E402
 from edgeproxy.delivery.spool import DeadLetter, SpoolItem  # noqa: E402
 from edgeproxy.edge.ingest import IngestContext, IngestHandlers  # noqa: E402
-from edgeproxy.identity.cookies import load_signing_keys  # noqa: E402
 from edgeproxy.identity.service import IdentityService  # noqa: E402
-from edgeproxy.identity.store import open_store  # noqa: E402
 from edgeproxy.mapping import Mapper  # noqa: E402
 from edgeproxy.metrics import Metrics  # noqa: E402
 
@@ -49,7 +47,7 @@ class CountingQueue:
 def build_app(settings: Settings, queue: CountingQueue) -> web.Application:
     """The tracking routes as ``edgeproxy.app.create_app`` wires them, around ``queue``."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the signing key file lives there
-    identity = IdentityService(settings, open_store(settings), load_signing_keys(settings))
+    identity = IdentityService.from_settings(settings)
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
     handlers = IngestHandlers(IngestContext(settings, identity, mapper, queue, Metrics()))  # type: ignore[arg-type]
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
