@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from edgeproxy.config import Settings
+from test_ingest import make_settings, track
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -26,31 +26,16 @@ def load_reference() -> ModuleType:
     return module
 
 
-def settings(tmp_path: Path) -> Settings:
-    s = Settings()
-    s.delivery.data_dir = str(tmp_path / "data")
-    s.sessions.secure_cookies = False
-    s.sessions.signing_keys = ["k" * 32]
-    s.amplitude.api_key = "bench-dummy-api-key"
-    return s
-
-
-TRACK = {
-    "type": "track", "event": "Viewed", "anonymousId": "anon-1", "writeKey": "wk", "messageId": "m-1",
-    "context": {"library": {"name": "analytics.js", "version": "next-1.84.3"}},
-}
-
-
 async def test_the_reference_parses_sets_session_cookies_and_maps(tmp_path, aiohttp_client):
     ref = load_reference()
     queue = ref.CountingQueue()
-    client = await aiohttp_client(ref.build_app(settings(tmp_path), queue))
+    client = await aiohttp_client(ref.build_app(make_settings(tmp_path, amplitude__api_key="bench-dummy-api-key"), queue))
 
-    resp = await client.post("/_e/v1/t", json=TRACK)
+    resp = await client.post("/_e/v1/t", json=track())
     assert resp.status == 200, await resp.text()
     assert {"_ep_did", "_ep_sess", "analytics_session_id"} <= set(resp.cookies)
     assert queue.items == 1  # one mapped Amplitude item handed to the queue
 
-    resp = await client.post("/_e/v1/t", json={**TRACK, "type": "nonsense"})
+    resp = await client.post("/_e/v1/t", json=track(type="nonsense"))
     assert resp.status == 400  # the real validation, not a blanket 200
     assert queue.items == 1
