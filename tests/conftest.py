@@ -1,7 +1,8 @@
-"""Shared test setup: the Amplitude stand-in fixture and a Hypothesis profile for busy machines."""
+"""Shared test setup: the Amplitude and Segment stand-in fixtures and a Hypothesis profile for busy machines."""
 
 import pytest
 from fake_amplitude import TEST_API_KEY, FakeAmplitude, fake_amplitude  # noqa: F401  (pytest fixture)
+from fake_segment import fake_segment  # noqa: F401  (pytest fixture)
 from hypothesis import HealthCheck, settings
 
 # CI machines run other work at the same time: time-based health checks and per-example
