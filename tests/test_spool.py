@@ -838,7 +838,8 @@ def _backlog_conn(path: Path, pending: int) -> sqlite3.Connection:
     migrate(conn, path)
     event = b'{"event_type":"e"}'
     rows = [(f"m{i}", "httpapi", group_key("httpapi", {"min_id_length": 1} if i % 10 == 0 else None), event,
-             b'{"min_id_length":1}' if i % 10 == 0 else None, "d", None, 1, 1_000 + i, len(event)) for i in range(pending)]
+             b'{"min_id_length":1}' if i % 10 == 0 else None, "d", None, 1, 1_000 + i, len(event), "amplitude", "default")
+            for i in range(pending)]
     conn.execute("BEGIN")
     spool_sql.insert_items(conn, rows, [])
     conn.execute("UPDATE items SET attempts=1, next_attempt_ms=? WHERE id <= 5", (10**12,))

@@ -50,7 +50,7 @@ class DeliveryQueue(Protocol):
         dead: Mapping[Any, str | tuple[str, str]] | None = None,
         retry: Sequence[tuple[Sequence[Any], int, str]] = (),
         release: Sequence[tuple[Sequence[Any], int]] = (),
-        response: tuple[str, int | None, int, str] | None = None,
+        response: tuple[Any, ...] | None = None,
         now: int | None = None,
     ) -> None:
         """One request's verdict at once. ``dead``: row -> (reason code, text), or a bare text
@@ -73,6 +73,9 @@ class DeliveryQueue(Protocol):
         """Items ``"in_flight"`` (sent, answer awaited) or ``"retrying"`` (waiting to be sent again)."""
 
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]: ...
+
+    async def depth_by_target(self) -> list[dict[str, Any]]:
+        """Undelivered (``pending``: waiting, retrying or in flight) and dead items per (target, source)."""
 
     async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
         """Dead letters with an item that match ``selection`` back to be delivered; returns how many."""

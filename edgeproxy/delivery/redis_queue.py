@@ -52,7 +52,14 @@ from edgeproxy.delivery.spool import (
     item_size,
     now_ms,
 )
-from edgeproxy.delivery.spool_sql import MAPPING_REASON, RESPONSE_LOG_KEEP, dead_reason, settled_rows
+from edgeproxy.delivery.spool_sql import (
+    DEFAULT_SOURCE,
+    DEFAULT_TARGET,
+    MAPPING_REASON,
+    RESPONSE_LOG_KEEP,
+    dead_reason,
+    settled_rows,
+)
 from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy.delivery")
@@ -75,7 +82,7 @@ def encode_record(it: SpoolItem, key: str) -> bytes:
         "message_id": it.message_id, "endpoint": it.endpoint, "group_key": key,
         "item": orjson.Fragment(encoded), "options": it.options, "device_id": it.device_id, "user_id": it.user_id,
         "session_id": it.session_id, "received_ms": it.received_ms, "size": item_size(it.endpoint, encoded),
-        "attempts": 0, "last_error": None,
+        "attempts": 0, "last_error": None, "target": it.target, "source": it.source,
     })
 
 
@@ -85,6 +92,7 @@ def encode_refusal(d: DeadLetter) -> bytes:
         "message_id": d.message_id, "endpoint": None, "group_key": None, "item": None, "payload": d.payload,
         "device_id": d.device_id, "session_id": d.session_id, "received_ms": d.received_ms,
         "attempts": 0, "last_error": d.reason, "dead_code": MAPPING_REASON, "dead_ms": d.received_ms,
+        "target": DEFAULT_TARGET, "source": d.source,
     })
 
 
@@ -168,7 +176,7 @@ class RedisQueue:
         try:
             records = []
             for it in items:
-                key = group_key(it.endpoint, it.options)
+                key = group_key(it.endpoint, it.options, it.target, it.source)
                 records.append((key, encode_record(it, key)))
             refusals = [encode_refusal(d) for d in dead]
         except (TypeError, orjson.JSONEncodeError) as exc:
@@ -256,7 +264,8 @@ class RedisQueue:
             if not first:
                 continue
             rec = orjson.loads(first[0][1][b"d"])
-            groups.append(DueGroup(key, rec["endpoint"], rec["options"], count, rec["received_ms"]))
+            groups.append(DueGroup(key, rec["endpoint"], rec["options"], count, rec["received_ms"],
+                                   rec.get("target", DEFAULT_TARGET), rec.get("source", DEFAULT_SOURCE)))
         return groups
 
     async def _recover(self, key: str) -> None:
@@ -307,7 +316,8 @@ class RedisQueue:
             total += rec["size"] + 1
             self._inflight[row] = rec
             taken.append(ClaimedItem(row, rec["message_id"], rec["endpoint"], orjson.dumps(rec["item"]), rec["options"],
-                                     rec["device_id"], rec["user_id"], rec["attempts"], rec["size"]))
+                                     rec["device_id"], rec["user_id"], rec["attempts"], rec["size"],
+                                     rec.get("received_ms") or 0))
         if back:
             await self._run_settle(back)
         return taken
@@ -326,7 +336,7 @@ class RedisQueue:
         dead: Mapping[Any, str | tuple[str, str]] | None = None,
         retry: Sequence[tuple[Sequence[Any], int, str]] = (),
         release: Sequence[tuple[Sequence[Any], int]] = (),
-        response: tuple[str, int | None, int, str] | None = None,
+        response: tuple[Any, ...] | None = None,
         now: int | None = None,
     ) -> None:
         """Apply one request's verdict in one script run (see the module docstring).
@@ -371,8 +381,9 @@ class RedisQueue:
         for row in settled_rows(ack, dead or {}, retry, release):
             held.pop(row, None)
         if response is not None:
-            endpoint, status, n, body = response
-            entry = orjson.dumps({"time_ms": t, "endpoint": endpoint, "status": status, "items": n, "body": body})
+            endpoint, status, n, body, target, source = (*response, DEFAULT_TARGET, DEFAULT_SOURCE)[:6]
+            entry = orjson.dumps({"time_ms": t, "endpoint": endpoint, "status": status, "items": n, "body": body,
+                                  "target": target, "source": source})
             try:
                 await self.redis.xadd(self.responses_key, {"d": entry}, maxlen=RESPONSE_LOG_KEEP, approximate=False)
             except (RedisError, OSError) as exc:
@@ -440,6 +451,9 @@ class RedisQueue:
 
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
         return await views.recent_responses(self, limit)
+
+    async def depth_by_target(self) -> list[dict[str, Any]]:
+        return await views.depth_by_target(self)
 
     async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
         """Dead letters that have an item (and match ``selection``) back into their stream; returns how many."""

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from edgeproxy.delivery.redis_lua import GROUP
 from edgeproxy.delivery.spool import ReplayFilter, SpoolUnavailable
-from edgeproxy.delivery.spool_sql import OTHER_REASON
+from edgeproxy.delivery.spool_sql import DEFAULT_SOURCE, DEFAULT_TARGET, OTHER_REASON
 
 if TYPE_CHECKING:
     from edgeproxy.delivery.redis_queue import RedisQueue
@@ -48,6 +48,7 @@ async def events_for_session(q: RedisQueue, device_id: str, session_id: int | No
             return
         out = {k: rec.get(k) for k in ("message_id", "endpoint", "item", "attempts", "last_error", "received_ms")}
         out["state"], out["delivered_ms"] = state, rec.get("delivered_ms")
+        out["target"], out["source"] = _target(rec)
         if state == "pending" and rec.get("next_attempt_ms"):
             out["next_attempt_ms"] = rec["next_attempt_ms"]
         if rec.get("payload") is not None:
@@ -80,6 +81,11 @@ async def _pending_ids(q: RedisQueue, stream: str, count: int = DEBUG_SCAN) -> l
         return []
 
 
+def _target(rec: dict[str, Any]) -> tuple[str, str]:
+    """(target, source): records written before targets existed are the default Amplitude's."""
+    return rec.get("target") or DEFAULT_TARGET, rec.get("source") or DEFAULT_SOURCE
+
+
 def _reason_code(rec: dict[str, Any]) -> str:
     """A dead letter's reason code; records written before codes existed count as "other"."""
     return rec.get("dead_code") or OTHER_REASON
@@ -99,7 +105,7 @@ async def dead_letters(q: RedisQueue, limit: int = 100) -> list[dict[str, Any]]:
             "payload": rec.get("payload"), "reason": rec.get("last_error"), "reason_code": _reason_code(rec),
             "device_id": rec.get("device_id"), "session_id": rec.get("session_id"), "attempts": rec.get("attempts", 0),
             "received_ms": rec.get("received_ms"), "dead_ms": rec.get("dead_ms"),
-            "replayable": rec.get("item") is not None,
+            "replayable": rec.get("item") is not None, "target": _target(rec)[0], "source": _target(rec)[1],
         })
     return out
 
@@ -137,6 +143,7 @@ def _undelivered_row(rec: dict[str, Any], state: str) -> dict[str, Any]:
     """The fields /debug's in-flight and retrying tables show, as the SQLite spool's rows carry them."""
     out = {k: rec.get(k) for k in ("message_id", "endpoint", "item", "attempts", "last_error", "received_ms", "device_id")}
     out["state"], out["delivered_ms"] = state, None
+    out["target"], out["source"] = _target(rec)
     return out
 
 
@@ -190,7 +197,35 @@ async def recent_responses(q: RedisQueue, limit: int = 50) -> list[dict[str, Any
         entries = await q.redis.xrevrange(q.responses_key, count=limit)
     except (RedisError, OSError) as exc:
         raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
-    return [orjson.loads(fields[b"d"]) for _, fields in entries]
+    out = []
+    for _, fields in entries:
+        rec = orjson.loads(fields[b"d"])
+        rec["target"], rec["source"] = _target(rec)
+        out.append(rec)
+    return out
+
+
+async def depth_by_target(q: RedisQueue) -> list[dict[str, Any]]:
+    """Undelivered items per (target, source) from each stream's first record (a stream is
+    one group: one target and source) and the delayed set, dead letters from a scan."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+
+    def add(pair: tuple[str, str], state: str, n: int) -> None:
+        counts.setdefault(pair, {"pending": 0, "dead": 0})[state] += n
+
+    try:
+        for key in sorted(_s(k) for k in await q.redis.smembers(q.groups_key)):
+            first = await q.redis.xrange(q.stream(key), count=1)
+            if first:
+                add(_target(orjson.loads(first[0][1][b"d"])), "pending", int(await q.redis.xlen(q.stream(key))))
+        for member, _ in await q.redis.zrange(q.delayed_key, 0, -1, withscores=True):
+            add(_target(orjson.loads(member.split(b"\n", 1)[1])), "pending", 1)
+        async for chunk in _scan_dead(q):
+            for _, rec in chunk:
+                add(_target(rec), "dead", 1)
+    except (RedisError, OSError) as exc:
+        raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+    return [{"target": t, "source": src, **n} for (t, src), n in sorted(counts.items())]
 
 
 def replay_matches(rec: dict[str, Any], selection: ReplayFilter) -> bool:
@@ -201,6 +236,10 @@ def replay_matches(rec: dict[str, Any], selection: ReplayFilter) -> bool:
     if selection.reasons and _reason_code(rec) not in selection.reasons:
         return False
     if selection.endpoint is not None and rec.get("endpoint") != selection.endpoint:
+        return False
+    target, source = _target(rec)
+    if (selection.target is not None and target != selection.target) or \
+            (selection.source is not None and source != selection.source):
         return False
     return not selection.message_ids or rec.get("message_id") in selection.message_ids
 
@@ -252,6 +291,7 @@ def queue_report(url: str, *, limit: int = 20) -> dict[str, Any]:
     """``edgeproxy spool`` against Redis: the same report as for the SQLite spool."""
     async def report(q: Any) -> dict[str, Any]:
         out = await q.stats()
+        out["by_target"] = await q.depth_by_target()
         out["dead_by_reason"] = await q.dead_by_reason()
         out["dead_letters"] = await q.dead_letters(limit)
         out["recent_responses"] = await q.recent_responses(limit)

@@ -55,6 +55,8 @@ import orjson
 from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery.spool_schema import SCHEMA, SchemaTooNew, migrate
 from edgeproxy.delivery.spool_sql import (
+    DEFAULT_SOURCE,
+    DEFAULT_TARGET,
     ClaimedItem,
     DueGroup,
     ReplayFilter,
@@ -119,6 +121,8 @@ class SpoolItem:
     user_id: str | None
     session_id: int | None
     received_ms: int
+    target: str = DEFAULT_TARGET  # who delivers it: "amplitude", or "segment" (the relay)
+    source: str = DEFAULT_SOURCE
 
 
 @dataclass(slots=True)
@@ -131,6 +135,7 @@ class DeadLetter:
     device_id: str | None
     session_id: int | None
     received_ms: int
+    source: str = DEFAULT_SOURCE
 
 
 class _Room:
@@ -238,15 +243,16 @@ def _encode_append(items: Sequence[SpoolItem], dead: Sequence[DeadLetter], room:
         encoded = orjson.dumps(it.item)
         options = orjson.dumps(it.options) if it.options else None
         rows.append((
-            it.message_id, it.endpoint, group_key(it.endpoint, it.options), encoded,
+            it.message_id, it.endpoint, group_key(it.endpoint, it.options, it.target, it.source), encoded,
             options, it.device_id, it.user_id,
-            it.session_id, it.received_ms, item_size(it.endpoint, encoded),
+            it.session_id, it.received_ms, item_size(it.endpoint, encoded), it.target, it.source,
         ))
         size += len(encoded) + (len(options) if options else 0)
     dead_rows = []
     for d in dead:
         payload = orjson.dumps(d.payload)
-        dead_rows.append((d.message_id, payload, d.device_id, d.session_id, d.received_ms, d.reason, d.received_ms))
+        dead_rows.append((d.message_id, payload, d.device_id, d.session_id, d.received_ms, d.reason, d.received_ms,
+                          d.source))
         size += len(payload)
     return _Append(rows, dead_rows, 2 * size + _Room.ROW_ALLOWANCE * (len(rows) + len(dead_rows)), room)
 
@@ -675,7 +681,7 @@ class Spool:
         dead: Mapping[int, str | tuple[str, str]] | None = None,
         retry: Sequence[tuple[Sequence[int], int, str]] = (),
         release: Sequence[tuple[Sequence[int], int]] = (),
-        response: tuple[str, int | None, int, str] | None = None,
+        response: tuple[Any, ...] | None = None,
         now: int | None = None,
     ) -> None:
         """Apply the outcome of one request.
@@ -683,7 +689,7 @@ class Spool:
         ``ack``: delivered. ``dead``: row id -> (reason code, text), or a bare text. ``retry``: (row ids, next attempt ms,
         error), counting an attempt. ``release``: (row ids, not before ms) back to pending
         without counting an attempt (work claimed but not sent). ``response``: (endpoint,
-        status or None, items, body excerpt) for the upstream response log.
+        status or None, items, body excerpt[, target, source]) for the upstream response log.
 
         One transaction holds everything but acks past the first ACK_CHUNK, which follow in
         transactions of their own (see ACK_CHUNK), and then the pruning they call for. Each
@@ -704,7 +710,7 @@ class Spool:
 
         def applying(
             ack: Sequence[int], dead: Mapping[int, tuple[str, str]], retry: Sequence[tuple[Sequence[int], int, str]],
-            release: Sequence[tuple[Sequence[int], int]], response: tuple[str, int | None, int, str] | None,
+            release: Sequence[tuple[Sequence[int], int]], response: tuple[Any, ...] | None,
         ) -> Callable[[sqlite3.Connection], None]:
             def apply(c: sqlite3.Connection) -> None:
                 try:
@@ -785,6 +791,9 @@ class Spool:
 
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._submit(lambda c: sql.recent_responses(c, limit))
+
+    async def depth_by_target(self) -> list[dict[str, Any]]:
+        return await self._submit(sql.depth_by_target)
 
     async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
         """Put dead letters that have an item (and match ``selection``) back to pending; returns how many."""

@@ -42,6 +42,7 @@ def spool_report(path: Path, *, limit: int = 20) -> dict[str, Any]:
     conn = _cli_connect(path, readonly=True)
     try:
         report = sql.stats(conn, now_ms())
+        report["by_target"] = sql.depth_by_target(conn)
         report["dead_by_reason"] = sql.dead_by_reason(conn)
         report["dead_letters"] = sql.dead_letters(conn, limit)
         report["recent_responses"] = sql.recent_responses(conn, limit)

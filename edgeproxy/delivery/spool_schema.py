@@ -114,6 +114,17 @@ V6_STATEMENTS = (
     "CREATE INDEX IF NOT EXISTS items_delivered ON items(id) WHERE state = 'delivered'",
 )
 
+# Version 7: delivery targets. Each row says who delivers it (``target``: "amplitude", or
+# "segment" for the relay to Segment's tracking API) and for which source (write keys with
+# their own Amplitude project and relay); responses say whose answer they were. Rows written
+# before are the default source's Amplitude items.
+V7_STATEMENTS = (
+    "ALTER TABLE items ADD COLUMN target TEXT NOT NULL DEFAULT 'amplitude'",
+    "ALTER TABLE items ADD COLUMN source TEXT NOT NULL DEFAULT 'default'",
+    "ALTER TABLE responses ADD COLUMN target TEXT NOT NULL DEFAULT 'amplitude'",
+    "ALTER TABLE responses ADD COLUMN source TEXT NOT NULL DEFAULT 'default'",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "items and responses", V1_STATEMENTS),
     Migration(2, "dead letters keep a reason code", V2_STATEMENTS),
@@ -121,6 +132,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "claims read a group's backlog in id order", V4_STATEMENTS),
     Migration(5, "rows waiting for a later attempt have their own index", V5_STATEMENTS),
     Migration(6, "delivered rows have their own index, for pruning in small steps", V6_STATEMENTS),
+    Migration(7, "rows and responses name their delivery target and source", V7_STATEMENTS),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 

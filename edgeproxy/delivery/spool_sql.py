@@ -31,6 +31,8 @@ from edgeproxy.amplitude_api import FORM_ENDPOINTS
 RESPONSE_LOG_KEEP = 1000  # upstream responses kept for /debug
 MAPPING_REASON = "mapping"  # the dead-letter code of a Segment message the mapping refused
 OTHER_REASON = "other"  # a dead letter settled with a bare text reason
+DEFAULT_TARGET = "amplitude"  # rows written before targets existed are the default source's Amplitude items
+DEFAULT_SOURCE = "default"
 
 
 def dead_reason(reason: str | tuple[str, str]) -> tuple[str, str]:
@@ -67,6 +69,8 @@ class DueGroup:
     options: dict[str, Any] | None
     count: int
     oldest_ms: int
+    target: str = DEFAULT_TARGET  # "amplitude" or "segment" (the relay): who delivers the group
+    source: str = DEFAULT_SOURCE
 
 
 class ClaimedItem(NamedTuple):
@@ -91,6 +95,7 @@ class ClaimedItem(NamedTuple):
     user_id: str | None
     attempts: int
     size: int
+    received_ms: int = 0  # when the edge accepted it (the relay moves sentAt on by the wait)
 
     @property
     def item(self) -> dict[str, Any]:
@@ -101,9 +106,15 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def group_key(endpoint: str, options: Mapping[str, Any] | None) -> str:
-    """Items batch together only when they share endpoint and options (one request body)."""
-    return endpoint + "|" + (orjson.dumps(options, option=orjson.OPT_SORT_KEYS).decode() if options else "")
+def group_key(endpoint: str, options: Mapping[str, Any] | None, target: str = DEFAULT_TARGET,
+              source: str = DEFAULT_SOURCE) -> str:
+    """Items batch together only when they share target, source, endpoint and options (one
+    request body, one API key). The default source's Amplitude groups keep the key they had
+    before targets existed, so a queue written by an older edgeproxy drains in the same groups."""
+    key = endpoint + "|" + (orjson.dumps(options, option=orjson.OPT_SORT_KEYS).decode() if options else "")
+    if target == DEFAULT_TARGET and source == DEFAULT_SOURCE:
+        return key
+    return f"{target}@{source}|{key}"
 
 
 def item_size(endpoint: str, encoded_item: bytes) -> int:
@@ -127,6 +138,8 @@ def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
         "last_error": row["last_error"],
         "received_ms": row["received_ms"],
         "delivered_ms": row["delivered_ms"],
+        "target": row["target"],
+        "source": row["source"],
     }
     if row["state"] == "pending" and row["next_attempt_ms"]:
         out["next_attempt_ms"] = row["next_attempt_ms"]
@@ -149,9 +162,10 @@ def _chunks(ids: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
         yield ids[i : i + size]
 
 
-ITEM_COLUMNS = "message_id, endpoint, group_key, item, options, device_id, user_id, session_id, received_ms, size, state"
-DEAD_COLUMNS = "message_id, payload, device_id, session_id, received_ms, last_error, dead_ms, state, dead_code"
-ROWS_PER_INSERT = 64  # 64 rows x 11 values stays under SQLite's historical 999-variable limit
+ITEM_COLUMNS = ("message_id, endpoint, group_key, item, options, device_id, user_id, session_id, received_ms, size,"
+                " target, source, state")
+DEAD_COLUMNS = "message_id, payload, device_id, session_id, received_ms, last_error, dead_ms, source, state, dead_code"
+ROWS_PER_INSERT = 64  # 64 rows x 13 values stays under SQLite's historical 999-variable limit
 
 
 def insert_items(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], dead_rows: Sequence[tuple[Any, ...]]) -> None:
@@ -163,11 +177,11 @@ def insert_items(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], dead_ro
     """
     for i in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[i : i + ROWS_PER_INSERT]
-        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,'pending')"] * len(chunk))
+        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,'pending')"] * len(chunk))
         c.execute(f"INSERT INTO items ({ITEM_COLUMNS}) VALUES {values}", [v for row in chunk for v in row])
     for i in range(0, len(dead_rows), ROWS_PER_INSERT):
         chunk = dead_rows[i : i + ROWS_PER_INSERT]
-        values = ",".join([f"(?,?,?,?,?,?,?,'dead','{MAPPING_REASON}')"] * len(chunk))
+        values = ",".join([f"(?,?,?,?,?,?,?,?,'dead','{MAPPING_REASON}')"] * len(chunk))
         c.execute(f"INSERT INTO items ({DEAD_COLUMNS}) VALUES {values}", [v for row in chunk for v in row])
 
 
@@ -248,10 +262,10 @@ def due_groups(c: sqlite3.Connection, t: int) -> list[DueGroup]:
             (key, t, DUE_COUNT_CAP),
         ).fetchone()
         if n:
-            endpoint, options, oldest = c.execute(
-                "SELECT endpoint, options, received_ms FROM items WHERE id=?", (first,)
+            endpoint, options, oldest, target, source = c.execute(
+                "SELECT endpoint, options, received_ms, target, source FROM items WHERE id=?", (first,)
             ).fetchone()
-            out.append(DueGroup(key, endpoint, _loads(options), n, oldest))
+            out.append(DueGroup(key, endpoint, _loads(options), n, oldest, target, source))
     return out
 
 
@@ -271,7 +285,7 @@ def next_attempt_ms(c: sqlite3.Connection, t: int) -> int | None:
 # BLOBs, but a row some other tool wrote as TEXT would come back as a str, and a request body
 # is spliced from bytes.
 _CLAIM = (
-    "SELECT id, message_id, endpoint, CAST(item AS BLOB), options, device_id, user_id, attempts, size"
+    "SELECT id, message_id, endpoint, CAST(item AS BLOB), options, device_id, user_id, attempts, size, received_ms"
     " FROM items WHERE state='pending' AND group_key=? AND next_attempt_ms <= ? ORDER BY id LIMIT ?"
 )
 
@@ -321,7 +335,7 @@ def settle(
     dead: Mapping[int, tuple[str, str]],
     retry: Sequence[tuple[Sequence[int], int, str]],
     release: Sequence[tuple[Sequence[int], int]],
-    response: tuple[str, int | None, int, str] | None,
+    response: tuple[Any, ...] | None,
 ) -> None:
     """Apply one request's verdict to its rows. Pruning the delivered rows is the caller's
     (``delete_oldest_delivered``): the spool prunes in steps of their own transactions."""
@@ -349,8 +363,9 @@ def settle(
                 (next_ms, *chunk),
             )
     if response is not None:
-        endpoint, status, n, body = response
-        c.execute("INSERT INTO responses (time_ms, endpoint, status, items, body) VALUES (?,?,?,?,?)", (t, endpoint, status, n, body))
+        endpoint, status, n, body, target, source = (*response, DEFAULT_TARGET, DEFAULT_SOURCE)[:6]
+        c.execute("INSERT INTO responses (time_ms, endpoint, status, items, body, target, source) VALUES (?,?,?,?,?,?,?)",
+                  (t, endpoint, status, n, body, target, source))
         c.execute("DELETE FROM responses WHERE id <= (SELECT MAX(id) FROM responses) - ?", (RESPONSE_LOG_KEEP,))
 
 
@@ -447,6 +462,17 @@ def stats(c: sqlite3.Connection, t: int) -> dict[str, Any]:
     }
 
 
+def depth_by_target(c: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Undelivered and dead rows per (target, source), for ``edgeproxy spool`` and /debug.
+
+    A walk of the undelivered rows, so not for the per-second gauge (``stats``)."""
+    rows = c.execute(
+        "SELECT target, source, SUM(state='pending') AS pending, SUM(state='dead') AS dead FROM items"
+        " WHERE state IN ('pending', 'dead') GROUP BY target, source ORDER BY target, source"
+    )
+    return [{"target": r[0], "source": r[1], "pending": r[2], "dead": r[3]} for r in rows]
+
+
 def dead_letters(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     out = []
     for r in c.execute("SELECT * FROM items WHERE state='dead' ORDER BY dead_ms DESC, id DESC LIMIT ?", (limit,)):
@@ -457,6 +483,8 @@ def dead_letters(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
             "payload": _loads(r["payload"]),
             "reason": r["last_error"],
             "reason_code": r["dead_code"] or OTHER_REASON,
+            "target": r["target"],
+            "source": r["source"],
             "device_id": r["device_id"],
             "session_id": r["session_id"],
             "attempts": r["attempts"],
@@ -469,7 +497,8 @@ def dead_letters(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
 
 def recent_responses(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     return [
-        {"time_ms": r["time_ms"], "endpoint": r["endpoint"], "status": r["status"], "items": r["items"], "body": r["body"]}
+        {"time_ms": r["time_ms"], "endpoint": r["endpoint"], "status": r["status"], "items": r["items"], "body": r["body"],
+         "target": r["target"], "source": r["source"]}
         for r in c.execute("SELECT * FROM responses ORDER BY id DESC LIMIT ?", (limit,))
     ]
 
@@ -492,6 +521,8 @@ class ReplayFilter:
     endpoint: str | None = None
     message_ids: tuple[str, ...] = ()
     limit: int | None = None
+    target: str | None = None  # "amplitude" or "segment"
+    source: str | None = None
 
     def where(self) -> tuple[str, list[Any]]:
         clauses, params = ["state='dead'", "item IS NOT NULL"], []  # mapping refusals have nothing to send
@@ -504,6 +535,11 @@ class ReplayFilter:
         if self.message_ids:
             clauses.append(f"message_id IN ({_placeholders(len(self.message_ids))})")
             params.extend(self.message_ids)
+        for column in ("target", "source"):
+            value = getattr(self, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
         return " AND ".join(clauses), params
 
 
