@@ -182,7 +182,7 @@ async def forwarding(endpoint_url: str, events: int) -> dict[str, Any]:
             pending = pending[history:]
             gc.collect()
             delivered = lambda: metrics.registry.get_sample_value(  # noqa: E731
-                "edgeproxy_delivered_items_total", {"endpoint": "httpapi"}) or 0.0
+                "edgeproxy_delivered_items_total", {"target": "amplitude", "source": "default", "endpoint": "httpapi"}) or 0.0
             threads0 = thread_cpu_s()
             cpu0, wall0 = time.process_time(), time.perf_counter()
             await worker.start()

@@ -15,6 +15,7 @@ from aiohttp import web
 from edgeproxy import segment
 from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue, describe, open_queue
+from edgeproxy.delivery.targets import build_targets
 from edgeproxy.delivery.worker import DeliveryWorker
 from edgeproxy.edge.cdn import setup_cdn
 from edgeproxy.edge.cookies_out import set_cookies, shared_cacheable
@@ -29,6 +30,7 @@ from edgeproxy.identity.store import open_store
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
 from edgeproxy.session_sweep import SessionSweeper
+from edgeproxy.sources import SourceTable
 
 log = logging.getLogger("edgeproxy")
 
@@ -54,10 +56,11 @@ def create_app(settings: Settings) -> web.Application:
     store = open_store(settings)
     spool = open_queue(settings, metrics)
     identity = IdentityService(settings, store, signing_keys)
+    sources = SourceTable(settings)
     # The server never refuses events for settings the reference checks but that do not affect sending
     # (secret_key is only for Amplitude's GDPR API); `check-config` reports real problems.
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
-    worker = DeliveryWorker(spool, settings, metrics)
+    worker = DeliveryWorker(spool, settings, metrics, targets=build_targets(settings, sources))
     sweeper = SessionSweeper(store, mapper, spool, settings, wake=worker.wake) if settings.sessions.session_events else None
 
     app[SETTINGS] = settings
@@ -67,7 +70,8 @@ def create_app(settings: Settings) -> web.Application:
     app[IDENTITY] = identity
 
     prefix = settings.server.prefix
-    ingest = IngestHandlers(IngestContext(settings, identity, mapper, spool, metrics, wake_delivery=worker.wake))
+    ingest = IngestHandlers(IngestContext(settings, identity, mapper, spool, metrics, wake_delivery=worker.wake,
+                                          sources=sources))
     app.add_routes(ingest.routes(prefix))
     setup_cdn(app, settings)
 
@@ -91,7 +95,7 @@ def create_app(settings: Settings) -> web.Application:
         store=store,
         spool=spool,
         identity=identity,
-        sink=worker.sink if not settings.amplitude.api_key else None,
+        sink=worker.sink if any(t.sink for t in worker.targets.values()) else None,
         counters=lambda: _counters(metrics),
     )
     app.add_routes(debug.routes())
@@ -116,7 +120,8 @@ def create_app(settings: Settings) -> web.Application:
             prefix,
             "memory" if settings.sessions.store == "memory" else "redis",
             describe(settings),
-            "local sink (no amplitude.api_key)" if not settings.amplitude.api_key else "Amplitude",
+            ", ".join(f"{t.name}{' -> local sink (no api_key)' if t.sink else ''}" for t in worker.targets.values())
+            or "none (amplitude.enabled = false and no relay_url)",
         )
 
     async def stop(_: web.Application) -> None:

@@ -23,6 +23,7 @@ SECRET_KEYS = {
     ("sessions", "signing_keys"),
     ("amplitude", "api_key"),
     ("amplitude", "secret_key"),
+    ("segment", "relay_write_key"),
     ("debug", "token"),
 }
 
@@ -73,6 +74,10 @@ class CdnConfig:
 @dataclass
 class SegmentConfig:
     write_keys: list[str] = field(default_factory=list)
+    # Segment's tracking API to relay every accepted message to (cloud-mode), e.g.
+    # "https://api.segment.io"; empty = no relay.
+    relay_url: str = ""
+    relay_write_key: str = ""  # empty = each message is relayed with its own write key
 
 
 @dataclass
@@ -124,6 +129,7 @@ class DebugConfig:
 
 @dataclass
 class AmplitudeConfig:
+    enabled: bool = True  # false: Amplitude is reached through the Segment relay only
     api_key: str = ""
     secret_key: str = ""
     region: str = "north_america"
@@ -152,13 +158,16 @@ class Settings:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     amplitude: AmplitudeConfig = field(default_factory=AmplitudeConfig)
+    # [[sources]]: more write keys, each with its own Amplitude project and relay (sources.py).
+    sources: list[Any] = field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.delivery.data_dir)
 
 
-SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)  # type: ignore[misc]
+                              if f.name != "sources"}
 
 # Keys whose values are durations (seconds as float).
 DURATION_KEYS = {
@@ -290,6 +299,12 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
 
     settings = Settings()
     for section_name, section_raw in raw.items():
+        if section_name == "sources":
+            from edgeproxy.sources import parse_sources
+
+            settings.sources, source_problems = parse_sources(section_raw)
+            problems.extend(source_problems)
+            continue
         if section_name not in SECTIONS:
             problems.append(f"{section_name}: unknown section (known: {', '.join(SECTIONS)})")
             continue
@@ -315,7 +330,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
             problems.append(f"{env_key}: unknown section {section_name!r}")
             continue
         defaults = _defaults_of(section_name)
-        if not hasattr(defaults, key) or key == "subscriptions":
+        if not hasattr(defaults, key) or key in ("subscriptions", "sources"):
             problems.append(f"{env_key}: unknown key {section_name}.{key}")
             continue
         try:
@@ -389,24 +404,45 @@ def validate(s: Settings) -> list[str]:
         problems.append(f"delivery.durability: must be \"power_loss\" or \"process_crash\", got {s.delivery.durability!r}")
     if s.delivery.max_spool_size < MIN_SPOOL_SIZE:
         problems.append(f"delivery.max_spool_size: must be at least 1MB, got {s.delivery.max_spool_size} bytes")
-    if s.amplitude.region not in {"north_america", "europe"}:
-        problems.append(f"amplitude.region: must be one of: \"north_america\" or \"europe\", got {s.amplitude.region!r}")
-    if s.amplitude.endpoint_url and not re.match(r"^https?://[^/]+", s.amplitude.endpoint_url):
-        problems.append(f"amplitude.endpoint_url: must be an http(s) URL, got {s.amplitude.endpoint_url!r}")
-    if not isinstance(s.amplitude.subscriptions, list):
-        problems.append("amplitude.subscriptions: must be an array of tables ([[amplitude.subscriptions]])")
-    else:
-        problems.extend(_subscription_problems(s.amplitude))
+    problems.extend(amplitude_problems(s.amplitude, "amplitude"))
+    problems.extend(relay_problems(s.segment, "segment"))
+    from edgeproxy.sources import sources_problems
+
+    problems.extend(sources_problems(s))
     return problems
 
 
-def _subscription_problems(amp: AmplitudeConfig) -> list[str]:
+def amplitude_problems(amp: AmplitudeConfig, where: str) -> list[str]:
+    """An Amplitude project's settings (``[amplitude]`` or a source's ``[sources.amplitude]``)."""
+    problems = []
+    if amp.region not in {"north_america", "europe"}:
+        problems.append(f"{where}.region: must be one of: \"north_america\" or \"europe\", got {amp.region!r}")
+    if amp.endpoint_url and not re.match(r"^https?://[^/]+", amp.endpoint_url):
+        problems.append(f"{where}.endpoint_url: must be an http(s) URL, got {amp.endpoint_url!r}")
+    if not isinstance(amp.subscriptions, list):
+        problems.append(f"{where}.subscriptions: must be an array of tables ([[{where}.subscriptions]])")
+    else:
+        problems.extend(_subscription_problems(amp, where))
+    return problems
+
+
+def relay_problems(seg: SegmentConfig, where: str) -> list[str]:
+    """The Segment relay's settings (``[segment]`` or a source's ``[sources.segment]``)."""
+    problems = []
+    if seg.relay_url and not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", seg.relay_url):
+        problems.append(f"{where}.relay_url: must be an http(s) URL such as \"https://api.segment.io\", got {seg.relay_url!r}")
+    if seg.relay_write_key and not seg.relay_url:
+        problems.append(f"{where}.relay_write_key: set, but {where}.relay_url is empty, so nothing is relayed")
+    return problems
+
+
+def _subscription_problems(amp: AmplitudeConfig, where: str = "amplitude") -> list[str]:
     """Let the mapping layer judge subscriptions (FQL syntax, action names, mapping keys)."""
     try:
         from edgeproxy.mapping import validate_subscriptions
     except ImportError:  # mapping layer not built yet
         return []
-    return [f"amplitude.subscriptions{p}" if p.startswith("[") else p for p in validate_subscriptions(amp.subscriptions)]
+    return [f"{where}.subscriptions{p}" if p.startswith("[") else p for p in validate_subscriptions(amp.subscriptions)]
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
@@ -415,4 +451,8 @@ def redacted(settings: Settings) -> dict[str, Any]:
     for section, key in SECRET_KEYS:
         if out[section].get(key):
             out[section][key] = "***"
+    for source in out.get("sources", []):
+        for key in ("api_key", "secret_key"):
+            if source["amplitude"].get(key):
+                source["amplitude"][key] = "***"
     return out

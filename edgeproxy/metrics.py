@@ -49,7 +49,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("edgeproxy_requests_total", "HTTP requests handled", ["route", "status"], registry=r)
-        self.events_accepted = Counter("edgeproxy_events_accepted_total", "Segment messages accepted", ["type"], registry=r)
+        self.events_accepted = Counter("edgeproxy_events_accepted_total", "Segment messages accepted", ["source", "type"],
+                                       registry=r)
         self.events_rejected = Counter("edgeproxy_events_rejected_total", "Segment messages rejected", ["reason"], registry=r)
         self.sessions_started = Counter("edgeproxy_sessions_started_total", "Sessions started", registry=r)
         self.session_mismatches = Counter(
@@ -58,12 +59,17 @@ class Metrics:
             registry=r,
         )
         self.mapping_refused = Counter("edgeproxy_mapping_refused_total", "Events the mapping refused (dead-lettered)", registry=r)
-        self.spool_depth = Gauge("edgeproxy_spool_depth", "Amplitude items waiting in the spool", registry=r)
-        self.deliveries = Counter("edgeproxy_deliveries_total", "Amplitude requests by outcome", ["endpoint", "outcome"], registry=r)
-        self.delivered_items = Counter("edgeproxy_delivered_items_total", "Amplitude items acknowledged", ["endpoint"], registry=r)
-        self.dead_letters = Counter("edgeproxy_dead_letters_total", "Items moved to the dead-letter table", ["reason"], registry=r)
+        self.spool_depth = Gauge("edgeproxy_spool_depth", "Items waiting in the spool (every target)", registry=r)
+        # Delivery, by target ("amplitude", "segment": the relay) and source (write keys' owner).
+        target = ["target", "source"]
+        self.deliveries = Counter("edgeproxy_deliveries_total", "Delivery requests by outcome",
+                                  [*target, "endpoint", "outcome"], registry=r)
+        self.delivered_items = Counter("edgeproxy_delivered_items_total", "Items acknowledged by their target",
+                                       [*target, "endpoint"], registry=r)
+        self.dead_letters = Counter("edgeproxy_dead_letters_total", "Items moved to the dead-letter table",
+                                    [*target, "reason"], registry=r)
         self.delivery_latency = Histogram(
-            "edgeproxy_delivery_seconds", "Amplitude request duration", ["endpoint"], registry=r
+            "edgeproxy_delivery_seconds", "Delivery request duration", [*target, "endpoint"], registry=r
         )
         # Remembered children of the counters the request path increments per request or per event.
         self.requests_by = LabelledChildren(self.requests)

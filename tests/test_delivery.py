@@ -317,7 +317,7 @@ class Rig:
 
     def count(self, endpoint: str, outcome: str) -> float:
         return self.metrics.registry.get_sample_value(
-            "edgeproxy_deliveries_total", {"endpoint": endpoint, "outcome": outcome}) or 0.0
+            "edgeproxy_deliveries_total", {"target": "amplitude", "source": "default", "endpoint": endpoint, "outcome": outcome}) or 0.0
 
 
 def posts(fake: FakeAmplitude, endpoint: str = "httpapi") -> list:
@@ -337,7 +337,7 @@ async def test_many_events_go_in_one_request(fake_amplitude: FakeAmplitude, tmp_
     assert len(posts(fake_amplitude)) == 1
     assert [e["insert_id"] for e in fake_amplitude.events] == [f"msg-device-0001-{i}" for i in range(50)]
     assert rig.count("httpapi", "ok") == 1
-    assert rig.metrics.registry.get_sample_value("edgeproxy_delivered_items_total", {"endpoint": "httpapi"}) == 50
+    assert rig.metrics.registry.get_sample_value("edgeproxy_delivered_items_total", {"target": "amplitude", "source": "default", "endpoint": "httpapi"}) == 50
 
 
 async def test_wakes_from_appends_are_coalesced_into_a_few_cycles(fake_amplitude: FakeAmplitude, tmp_path: Path) -> None:
@@ -421,7 +421,7 @@ async def test_400_dead_letters_the_named_events_and_delivers_the_rest(fake_ampl
     assert "Invalid field values on some events" in dead["reason"] and "time" in dead["reason"]
     assert [e["insert_id"] for e in fake_amplitude.events] == ["msg-device-0001-0", "msg-device-0001-2"]
     assert len(posts(fake_amplitude)) == 2
-    assert rig.metrics.registry.get_sample_value("edgeproxy_dead_letters_total", {"reason": "invalid_fields"}) == 1
+    assert rig.metrics.registry.get_sample_value("edgeproxy_dead_letters_total", {"target": "amplitude", "source": "default", "reason": "invalid_fields"}) == 1
 
 
 async def test_invalid_api_key_dead_letters_the_batch_and_logs_loudly(
@@ -598,7 +598,7 @@ async def test_rate_limit_spaces_requests(fake_amplitude: FakeAmplitude, tmp_pat
         await rig.spool.append([event(i) for i in range(30)])
         await rig.worker.start()
         await rig.settled(delivered=30)
-        reserved_until = rig.worker._limiter._next_free
+        reserved_until = rig.worker.targets[("amplitude", "default")].limiter._next_free
     # Three batches of 10 at 10 events/s occupy three seconds of allowance.
     assert len(posts(fake_amplitude)) == 3
     assert reserved_until >= 3.0

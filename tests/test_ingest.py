@@ -345,7 +345,7 @@ async def test_health_ready_metrics(client):
     await client.post("/_e/v1/t", data=orjson.dumps(track()))
     await client.post("/_e/v1/t", data=b"{bad")
     text = await (await client.get("/metrics")).text()
-    assert 'edgeproxy_events_accepted_total{type="track"} 1.0' in text
+    assert 'edgeproxy_events_accepted_total{source="default",type="track"} 1.0' in text
     assert 'edgeproxy_events_rejected_total{reason="invalid_json"} 1.0' in text
     assert "edgeproxy_sessions_started_total 1.0" in text
     assert "edgeproxy_spool_depth" in text

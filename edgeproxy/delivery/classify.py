@@ -59,6 +59,9 @@ class Verdict:
     throttled_users: frozenset[str] = frozenset()
     error: str = ""  # a short description for last_error and logs
     config_problem: bool = False  # e.g. an invalid API key: the operator must act
+    # Seconds the upstream asked to wait (Segment's 429 Retry-After): ``backoff`` items are
+    # retried after it, and the target sends nothing until then, instead of the exponential step.
+    retry_after: float | None = None
 
 
 def pause_seconds(endpoint: str) -> float:
@@ -177,7 +180,7 @@ def _classify_429(endpoint: str, n: int, data: dict[str, Any] | None, body: byte
     )
 
 
-def _bisect(n: int, status: int, error: str, code: str) -> Verdict:
+def bisect(n: int, status: int, error: str, code: str) -> Verdict:
     """Halve the batch; a single item that is refused alone is dead-lettered."""
     if n <= 1:
         return Verdict("dead", dead={0: DeadReason(code, f"{error} (HTTP {status} for a single item)")} if n else {}, error=error)
@@ -200,11 +203,11 @@ def classify(endpoint: str, status: int | None, body: bytes | str | None, n: int
     if status == 400:
         return _classify_400(endpoint, n, data, body)
     if status == 413:
-        return _bisect(n, status, _error_text(status, data, body), "too_large")
+        return bisect(n, status, _error_text(status, data, body), "too_large")
     if status == 403:
         # Amplitude's WAF refuses requests with bad header/body values: a poisoned event
         # would block every batch it rides in, so bisect until it is alone, then drop it.
-        return _bisect(n, status, _error_text(status, data, body), "forbidden")
+        return bisect(n, status, _error_text(status, data, body), "forbidden")
     if status == 429:
         return _classify_429(endpoint, n, data, body)
     # 5xx, 408, and anything unexpected (a 404 from a wrong endpoint_url, a proxy's 401):

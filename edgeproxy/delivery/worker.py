@@ -1,19 +1,22 @@
-"""The delivery worker: spool -> batches -> Amplitude, and each response's verdict back to the spool.
+"""The delivery worker: spool -> batches -> each group's target, and each verdict back to the spool.
 
-One background task. Each cycle asks the spool which (endpoint, options) groups have due
-items, and sends a batch for every group that is full or whose oldest item has waited
-``flush_interval``. A batch's items stay ``inflight`` until its verdict is applied (ack,
+One background task. Each cycle asks the spool which (target, source, endpoint, options)
+groups have due items, and sends a batch for every group that is full or whose oldest item
+has waited ``flush_interval``. What the request looks like and what an answer means is the
+group's ``Target``'s (``targets.py``: Amplitude, the Segment relay); everything else here is
+the same for every target, so one unreachable service never holds up another's groups. A batch's items stay ``inflight`` until its verdict is applied (ack,
 dead-letter, retry later); items the verdict says to resend now (the rest of a partial 400,
 the halves of a 413, the unthrottled part of a 429) are sent again at once. Nothing busy
 polls: the task sleeps on an ``asyncio.Event`` that ``wake()`` sets, with a timeout of at
 most ``flush_interval``.
 
 An outage backs off as a whole, not only per batch: after a 5xx, a timeout or a connection
-error the endpoint itself is closed for an exponentially growing, jittered delay (reset by
-the next answer that is not a server failure), so while Amplitude is down the worker sends
-one probe per delay instead of one request per flush interval for every new batch.
+error the target's endpoint itself is closed for an exponentially growing, jittered delay (reset by
+the next answer that is not a server failure), so while a service is down the worker sends
+one probe per delay instead of one request per flush interval for every new batch. A 429
+with ``Retry-After`` (Segment's) closes it for exactly that long.
 
-With no ``amplitude.api_key`` the worker delivers to a LOCAL SINK (an in-memory ring of the
+With no ``amplitude.api_key`` the Amplitude target delivers to a LOCAL SINK (an in-memory ring of the
 request bodies it would have sent) so a newcomer sees the whole loop in /debug.
 """
 
@@ -24,19 +27,27 @@ import collections
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import gzip
 
 import aiohttp
 
-from edgeproxy.amplitude_api import build_request, content_type, endpoint_url, request_data
 from edgeproxy.config import Settings
-from edgeproxy.delivery.classify import Verdict, backoff_delay, body_excerpt, classify
-from edgeproxy.delivery.ratelimit import RateLimiter
+from edgeproxy.delivery.classify import Verdict, backoff_delay, body_excerpt
 from edgeproxy.delivery.spool import (
     ClaimedItem,
     DueGroup,
     SpoolUnavailable,
     now_ms,
+)
+from edgeproxy.delivery.targets import (
+    AMPLITUDE,
+    AMPLITUDE_MAX_BODY_BYTES,
+    MAX_EVENTS,
+    Target,
+    amplitude_max_items,
+    build_targets,
 )
 from edgeproxy.metrics import Metrics
 
@@ -45,9 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeproxy.delivery")
 
-MAX_BODY_BYTES = 1_000_000 - 8_192  # Amplitude: "under 1 MB"; the margin covers api_key and options
-MAX_EVENTS = 2_000  # Amplitude: "< 2,000 events" on /2/httpapi, 2,000 on /batch
-ENDPOINT_MAX_ITEMS = {"groupidentify": 1_024}
+MAX_BODY_BYTES = AMPLITUDE_MAX_BODY_BYTES
+GZIP_LEVEL = 6
 MAX_RESPONSE_BYTES = 256 * 1024  # an error page bigger than this is not worth reading whole
 SINK_SIZE = 1_000
 STATS_EVERY_S = 1.0
@@ -59,8 +69,8 @@ STATS_EVERY_S = 1.0
 MIN_CYCLE_GAP_S = 0.1
 
 
-def max_items(endpoint: str, batch_size: int) -> int:
-    return max(1, min(batch_size, MAX_EVENTS - 1 if endpoint == "httpapi" else MAX_EVENTS, ENDPOINT_MAX_ITEMS.get(endpoint, MAX_EVENTS)))
+max_items = amplitude_max_items  # Amplitude's per-endpoint batch limits (targets.py)
+EndpointKey = tuple[str, str, str]  # (target, source, endpoint)
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
@@ -75,7 +85,7 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
 
 
 class DeliveryWorker:
-    """Delivers spooled items to Amplitude (or to the local sink when no API key is set)."""
+    """Delivers spooled items to their targets (Amplitude's local sink when it has no API key)."""
 
     def __init__(
         self,
@@ -86,28 +96,35 @@ class DeliveryWorker:
         client_session: aiohttp.ClientSession | None = None,
         sink_size: int = SINK_SIZE,
         rng: random.Random | None = None,
+        targets: dict[tuple[str, str], Target] | None = None,
     ) -> None:
         self.spool = spool
+        self.targets = build_targets(settings) if targets is None else targets
         self.settings = settings
         self.metrics = metrics
         self.sink: collections.deque[dict[str, Any]] = collections.deque(maxlen=sink_size)
         self._session = client_session
         self._own_session = client_session is None
         self._rng = rng or random.Random()
-        self._limiter = RateLimiter(settings.delivery.rate_limit)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._draining = False
-        self._paused: dict[tuple[str, str], int] = {}  # ("device"|"user", id) -> paused until (ms)
-        self._failures: dict[str, int] = {}  # endpoint -> consecutive server failures
-        self._closed_until: dict[str, int] = {}  # endpoint -> no request before (ms)
+        # (target, source, "device"|"user", id) -> paused until (ms): throttling is per project
+        self._paused: dict[tuple[str, str, str, str], int] = {}
+        self._failures: dict[EndpointKey, int] = {}  # consecutive server failures
+        self._closed_until: dict[EndpointKey, int] = {}  # no request before (ms)
         self._last_stats = 0.0
         self._orphans: set[asyncio.Future[None]] = set()
         self.requests_sent = 0
 
     @property
     def sink_mode(self) -> bool:
-        return not self.settings.amplitude.api_key
+        """The default source's Amplitude target delivers to the local sink (no API key)."""
+        target = self.targets.get((AMPLITUDE, "default"))
+        return target is not None and target.sink
+
+    def _target(self, g: DueGroup) -> Target | None:
+        return self.targets.get((g.target, g.source))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,11 +214,13 @@ class DeliveryWorker:
         ready: list[DueGroup] = []
         deadline: int | None = await self.spool.next_attempt_ms(t)
         for g in groups:
-            closed = self._closed_until.get(g.endpoint, 0)
+            closed = self._closed_until.get((g.target, g.source, g.endpoint), 0)
             if closed > t:  # the endpoint is failing: wait for its backoff, even when draining
                 deadline = closed if deadline is None else min(deadline, closed)
                 continue
-            if force or g.count >= max_items(g.endpoint, self.settings.delivery.batch_size) or g.oldest_ms + flush_ms <= t:
+            target = self._target(g)
+            full = target is None or g.count >= target.max_items(g.endpoint, self.settings.delivery.batch_size)
+            if force or full or g.oldest_ms + flush_ms <= t:
                 ready.append(g)
             else:
                 due = g.oldest_ms + flush_ms
@@ -214,15 +233,18 @@ class DeliveryWorker:
                 raise result
         return any(results), deadline
 
-    def _note_upstream(self, endpoint: str, verdict: Verdict, t: int) -> None:
-        """Close the endpoint for a backoff after a server failure; any other answer reopens it."""
-        if verdict.outcome == "retry":
-            failures = self._failures[endpoint] = self._failures.get(endpoint, 0) + 1
+    def _note_upstream(self, key: EndpointKey, verdict: Verdict, t: int) -> None:
+        """Close the endpoint for a backoff after a server failure, or for the Retry-After the
+        service asked for; any other answer reopens it."""
+        if verdict.retry_after is not None:
+            self._closed_until[key] = t + int(verdict.retry_after * 1000)
+        elif verdict.outcome == "retry":
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
             delay = backoff_delay(failures, self.settings.delivery.retry_base, self.settings.delivery.retry_max, self._rng)
-            self._closed_until[endpoint] = t + int(delay * 1000)
+            self._closed_until[key] = t + int(delay * 1000)
         else:
-            self._failures.pop(endpoint, None)
-            self._closed_until.pop(endpoint, None)
+            self._failures.pop(key, None)
+            self._closed_until.pop(key, None)
 
     async def _refresh_stats(self) -> None:
         if time.monotonic() - self._last_stats >= STATS_EVERY_S:
@@ -232,25 +254,28 @@ class DeliveryWorker:
     # ------------------------------------------------------------------ one group
 
     @staticmethod
-    def _identities(c: ClaimedItem) -> list[tuple[str, str]]:
-        """The device and user an item counts against in Amplitude's throttling."""
+    def _identities(scope: tuple[str, str], c: ClaimedItem) -> list[tuple[str, str, str, str]]:
+        """The device and user an item counts against in its project's throttling (Amplitude's)."""
         out = []
         item = c.item
         device, user = item.get("device_id") or c.device_id, item.get("user_id") or c.user_id
         if device:
-            out.append(("device", str(device)))
+            out.append((*scope, "device", str(device)))
         if user:
-            out.append(("user", str(user)))
+            out.append((*scope, "user", str(user)))
         return out
 
-    def _pause_until(self, c: ClaimedItem, t: int) -> int:
+    def _pause_until(self, scope: tuple[str, str], c: ClaimedItem, t: int) -> int:
         """0, or when the pause of the item's throttled device/user ends."""
-        return max((u for u in (self._paused.get(k, 0) for k in self._identities(c)) if u > t), default=0)
+        return max((u for u in (self._paused.get(k, 0) for k in self._identities(scope, c)) if u > t), default=0)
 
-    async def _claim(self, g: DueGroup) -> list[ClaimedItem]:
+    async def _claim(self, g: DueGroup, target: Target | None) -> list[ClaimedItem]:
         """Claim a batch; if we are cancelled meanwhile, the claim still lands, so release it then."""
-        limit = max_items(g.endpoint, self.settings.delivery.batch_size)
-        task = asyncio.ensure_future(self.spool.claim(g.group_key, limit=limit, max_bytes=MAX_BODY_BYTES))
+        if target is None:  # nobody to send to: claimed only to be dead-lettered
+            limit, max_bytes = MAX_EVENTS, MAX_BODY_BYTES
+        else:
+            limit, max_bytes = target.max_items(g.endpoint, self.settings.delivery.batch_size), target.max_body_bytes
+        task = asyncio.ensure_future(self.spool.claim(g.group_key, limit=limit, max_bytes=max_bytes))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -270,17 +295,20 @@ class DeliveryWorker:
             pass  # in flight rows are made pending again when the spool is next opened
 
     async def _deliver_group(self, g: DueGroup) -> bool:
-        claimed = await self._claim(g)
+        target = self._target(g)
+        claimed = await self._claim(g, target)
         if not claimed:
             return False
+        count = len(claimed)
         unsettled = {c.row_id for c in claimed}
         try:
+            claimed = await self._refuse_unsendable(g, target, claimed, unsettled)
             t = now_ms()
             self._paused = {k: v for k, v in self._paused.items() if v > t}
             deferred: dict[int, list[int]] = {}
             batch: list[ClaimedItem] = []
             for c in claimed:
-                until = self._pause_until(c, t) if self._paused else 0
+                until = self._pause_until((g.target, g.source), c, t) if self._paused else 0
                 if until:
                     deferred.setdefault(until, []).append(c.row_id)
                 else:
@@ -290,81 +318,109 @@ class DeliveryWorker:
                 for ids in deferred.values():
                     unsettled.difference_update(ids)
             if batch:
-                await self._send_batch(g.endpoint, g.options, batch, unsettled)
+                assert target is not None
+                await self._send_batch(target, g.endpoint, g.options, batch, unsettled)
         except BaseException:
             # Cancelled by stop() after the grace period, or the spool failed: whatever was
             # claimed and not settled goes back to pending now rather than at the next open.
             if unsettled:
                 await asyncio.shield(self._release_quietly(list(unsettled)))
             raise
-        return len(claimed) < g.count
+        return count < g.count
+
+    async def _refuse_unsendable(self, g: DueGroup, target: Target | None, claimed: list[ClaimedItem],
+                                 unsettled: set[Any]) -> list[ClaimedItem]:
+        """Dead-letter, unsent, what no request could deliver: items whose target is not in
+        this configuration (replayable once it is again), and items over the target's size
+        limit (Segment refuses a whole request for one message over 32 KB). Returns the rest."""
+        if target is None:
+            text = (f"no delivery target {g.target!r} for source {g.source!r} in this configuration"
+                    " (enable it and run `edgeproxy replay --reason no_target`)")
+            refused = {c.row_id: ("no_target", text) for c in claimed}
+            log.error("%d item(s) dead-lettered: %s", len(claimed), text)
+        else:
+            refused = {c.row_id: ("too_large", f"{c.size} bytes, over {target.name}'s limit of {target.max_item_bytes}"
+                                  " bytes per item") for c in claimed if c.size > target.max_item_bytes}
+        if not refused:
+            return claimed
+        await self.spool.settle(dead=refused)
+        unsettled.difference_update(refused)
+        for code, _ in refused.values():
+            self.metrics.dead_letters.labels(g.target, g.source, code).inc()
+        return [c for c in claimed if c.row_id not in refused]
 
     async def _send_batch(
-        self, endpoint: str, options: dict[str, Any] | None, batch: list[ClaimedItem], unsettled: set[int]
+        self, target: Target, endpoint: str, options: dict[str, Any] | None, batch: list[ClaimedItem],
+        unsettled: set[int],
     ) -> None:
         """Send, apply the verdict, resend what it says to resend now; bounded since resends shrink."""
         work: collections.deque[list[ClaimedItem]] = collections.deque([batch])
+        key = (target.kind, target.source, endpoint)
         while work:
             sub = work.popleft()
-            closed = self._closed_until.get(endpoint, 0)
+            closed = self._closed_until.get(key, 0)
             if closed > now_ms():  # a sibling half just met a server failure: wait with it
                 ids = [c.row_id for c in sub]
                 await self.spool.release(ids, closed)
                 unsettled.difference_update(ids)
                 continue
-            verdict = await self._send_one(endpoint, options, sub)
+            verdict = await self._send_one(target, endpoint, options, sub)
             resent = {sub[i].row_id for indexes in verdict.resend for i in indexes}
             unsettled.difference_update({c.row_id for c in sub} - resent)
             for indexes in verdict.resend:
                 work.append([sub[i] for i in indexes])
 
-    async def _send_one(self, endpoint: str, options: dict[str, Any] | None, sub: list[ClaimedItem]) -> Verdict:
-        amp = self.settings.amplitude
-        if self.sink_mode:
-            req = build_request(endpoint, amp.api_key, [c.item for c in sub], options, region=amp.region,
-                                base_override=amp.endpoint_url)
-            self.sink.append(req.body)
+    async def _send_one(self, target: Target, endpoint: str, options: dict[str, Any] | None,
+                        sub: list[ClaimedItem]) -> Verdict:
+        labels = (target.kind, target.source, endpoint)
+        if target.sink:
+            self.sink.append(target.readable(endpoint, options, sub))
             verdict = Verdict("sink", ack=tuple(range(len(sub))))
-            await self._apply(endpoint, sub, verdict, None, "")
+            await self._apply(target, endpoint, sub, verdict, None, "")
             return verdict
-        wait = self._limiter.reserve(len(sub), time.monotonic())
+        wait = target.limiter.reserve(len(sub), time.monotonic())
         if wait > 0:
             await asyncio.sleep(wait)
         status: int | None = None
         body = b""
+        resp_headers: Mapping[str, str] = {}
         transport_error = ""
+        req = target.request(endpoint, options, sub, now_ms())
+        data, headers = req.data, dict(req.headers)
+        if req.compress:
+            data = await asyncio.to_thread(gzip.compress, data, GZIP_LEVEL)  # ~5 ms for 500 KB: off the loop
+            headers["Content-Encoding"] = "gzip"
         started = time.monotonic()
         assert self._session is not None
         try:
             timeout = aiohttp.ClientTimeout(total=self.settings.delivery.request_timeout)
-            url = endpoint_url(endpoint, amp.region, amp.endpoint_url)
-            data = request_data(endpoint, amp.api_key, [c.raw for c in sub], options)  # stored JSON, spliced
-            async with self._session.post(url, data=data, headers={"Content-Type": content_type(endpoint)}, timeout=timeout) as resp:
+            async with self._session.post(req.url, data=data, headers=headers, timeout=timeout) as resp:
                 status = resp.status
+                resp_headers = resp.headers
                 body = await _read_body(resp)
         except asyncio.TimeoutError:
             status, transport_error = None, f"timeout after {self.settings.delivery.request_timeout:g}s"
         except aiohttp.ClientError as exc:
             status, transport_error = None, f"connection error: {exc.__class__.__name__}: {exc}"
         self.requests_sent += 1
-        self.metrics.delivery_latency.labels(endpoint).observe(time.monotonic() - started)
-        verdict = classify(endpoint, status, body, len(sub), transport_error=transport_error)
-        self._note_upstream(endpoint, verdict, now_ms())
+        self.metrics.delivery_latency.labels(*labels).observe(time.monotonic() - started)
+        verdict = target.classify(endpoint, status, body, resp_headers, len(sub), transport_error)
+        self._note_upstream(labels, verdict, now_ms())
         excerpt = transport_error if status is None else body_excerpt(body)
-        await self._apply(endpoint, sub, verdict, status, excerpt)
+        await self._apply(target, endpoint, sub, verdict, status, excerpt)
         return verdict
 
-    def _redact(self, text: str) -> str:
-        """Amplitude echoes a wrong API key in its error ("Invalid API key: <key>"): keep it out of logs."""
-        key = self.settings.amplitude.api_key
-        return text.replace(key, "***") if key and text else text
-
-    async def _apply(self, endpoint: str, sub: Sequence[ClaimedItem], v: Verdict, status: int | None, excerpt: str) -> None:
+    async def _apply(self, target: Target, endpoint: str, sub: Sequence[ClaimedItem], v: Verdict, status: int | None,
+                     excerpt: str) -> None:
         t = now_ms()
-        excerpt, error = self._redact(excerpt), self._redact(v.error)
+        redact = target.redact  # Amplitude echoes a wrong API key in its error: keep it out of logs
+        excerpt, error = redact(excerpt), redact(v.error)
         ids = [c.row_id for c in sub]
         retry: list[tuple[list[int], int, str]] = []
-        if v.backoff:
+        if v.backoff and v.retry_after is not None:  # the service said when: that long, a little jitter
+            delay = v.retry_after + self._rng.random() * min(1.0, v.retry_after / 10 + 0.1)
+            retry.append(([ids[i] for i in v.backoff], t + int(delay * 1000), error))
+        elif v.backoff:
             attempts = 1 + max(sub[i].attempts for i in v.backoff)
             delay = backoff_delay(attempts, self.settings.delivery.retry_base, self.settings.delivery.retry_max, self._rng)
             retry.append(([ids[i] for i in v.backoff], t + int(delay * 1000), error))
@@ -373,29 +429,28 @@ class DeliveryWorker:
             retry.append(([ids[i] for i in v.pause], until, f"throttled (429), paused {v.pause_s:g}s: {error}"))
             for kind, names in (("device", v.throttled_devices), ("user", v.throttled_users)):
                 for name in names:
-                    self._paused[(kind, name)] = until
+                    self._paused[(target.kind, target.source, kind, name)] = until
             if not (v.throttled_devices or v.throttled_users):  # the body named none: pause the items' own ids
                 for i in v.pause:
-                    for key in self._identities(sub[i]):
+                    for key in self._identities((target.kind, target.source), sub[i]):
                         self._paused[key] = until
-        response = None if v.outcome == "sink" else (endpoint, status, len(sub), excerpt)
+        response = None if v.outcome == "sink" else (endpoint, status, len(sub), excerpt, target.kind, target.source)
         await self.spool.settle(
             ack=[ids[i] for i in v.ack],
-            dead={ids[i]: (r.code, self._redact(r.text)) for i, r in v.dead.items()},
+            dead={ids[i]: (r.code, redact(r.text)) for i, r in v.dead.items()},
             retry=retry,
             response=response,
             now=t,
         )
-        self.metrics.deliveries.labels(endpoint, v.outcome).inc()
+        labels = (target.kind, target.source)
+        self.metrics.deliveries.labels(*labels, endpoint, v.outcome).inc()
         if v.ack:
-            self.metrics.delivered_items.labels(endpoint).inc(len(v.ack))
+            self.metrics.delivered_items.labels(*labels, endpoint).inc(len(v.ack))
         for reason in v.dead.values():
-            self.metrics.dead_letters.labels(reason.code).inc()
+            self.metrics.dead_letters.labels(*labels, reason.code).inc()
         if v.config_problem:
-            log.error(
-                "Amplitude refused the request for a configuration reason (status %s): %s"
-                " -- check amplitude.api_key, amplitude.region and amplitude.endpoint_url",
-                status, error,
-            )
+            log.error("%s refused the request for a configuration reason (status %s): %s -- %s",
+                      target.name, status, error, target.config_hint)
         elif v.outcome not in ("ok", "sink"):
-            log.warning("Amplitude /%s answered %s for %d items: %s -> %s", endpoint, status, len(sub), error, v.outcome)
+            log.warning("%s /%s answered %s for %d items: %s -> %s", target.name, endpoint, status, len(sub), error,
+                        v.outcome)

@@ -300,7 +300,9 @@ class CdnHandlers:
 
     def __init__(self, settings: Settings, static_dir: Path) -> None:
         self.prefix = settings.server.prefix.rstrip("/")
-        self.write_keys = frozenset(settings.segment.write_keys)
+        from edgeproxy.sources import SourceTable
+
+        self.write_keys = SourceTable(settings).all_write_keys  # every source's (empty: any key)
         self.session_length_ms = int(settings.sessions.timeout * 1000)
         plugin = Asset.of((static_dir / PLUGIN_FILE).read_bytes(), "application/javascript")
         self.plugin_hash = plugin.etag.strip('"')[:20]
@@ -313,7 +315,7 @@ class CdnHandlers:
         if not SAFE_NAME.match(write_key):
             return json_error(400, "write key must be letters, digits, '.', '_' or '-'")
         if self.write_keys and write_key not in self.write_keys:
-            return json_error(404, f"unknown write key {write_key!r}: not in segment.write_keys")
+            return json_error(404, f"unknown write key {write_key!r}: not in segment.write_keys or any [[sources]] write_keys")
         return None
 
     async def settings(self, request: web.Request) -> web.Response:

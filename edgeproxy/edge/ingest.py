@@ -32,7 +32,8 @@ from edgeproxy.identity.sessions import client_session_value, parse_session_id
 from edgeproxy.identity.store import StoreUnavailable
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
-from edgeproxy.pipeline import default_device_id, spool_records
+from edgeproxy.pipeline import Route, build_routes, default_device_id, relay_record, spool_records
+from edgeproxy.sources import SourceTable
 
 log = logging.getLogger("edgeproxy.ingest")
 
@@ -50,6 +51,7 @@ class IngestContext:
     spool: DeliveryQueue
     metrics: Metrics
     wake_delivery: Callable[[], None] | None = None  # nudges the delivery worker after an append
+    sources: SourceTable | None = None  # None: the settings' own (``mapper`` is the default source's)
 
 
 @dataclass(slots=True)
@@ -77,6 +79,8 @@ class IngestHandlers:
         self.ctx = ctx
         self.flood = FloodGuard(ctx.settings.server.ip_rate_limit, ctx.settings.server.ip_burst)
         self.accepting = True
+        self.sources = ctx.sources or SourceTable(ctx.settings)
+        self.source_routes = build_routes(self.sources, ctx.mapper)
 
     def stop_accepting(self) -> None:
         """Shutdown has begun: answer 503 + Retry-After from now on.
@@ -155,10 +159,15 @@ class IngestHandlers:
         if isinstance(body, web.Response):
             return body
         try:
-            segment.resolve_write_key(body, request.headers.get("Authorization"), ctx.settings.segment.write_keys)
+            write_key = segment.resolve_write_key(body, request.headers.get("Authorization"), [])
         except segment.Rejected as exc:
             ctx.metrics.events_rejected_by("write_key").inc()
-            return _error(401 if exc.code == "unauthorized" else 400, exc.message, code=exc.code)
+            return _error(400, exc.message, code=exc.code)
+        source = self.sources.for_write_key(write_key)
+        if source is None:
+            ctx.metrics.events_rejected_by("write_key").inc()
+            return _error(401, "unknown write key", code="unauthorized")
+        route = self.source_routes[source.name]
 
         received = datetime.now(timezone.utc)
         if batch:
@@ -205,7 +214,7 @@ class IngestHandlers:
                 ctx.metrics.sessions_started.inc()
             if result.mismatch:
                 ctx.metrics.session_mismatches.inc()
-            accepted.append(self._map(index, msg, result, now_ms))
+            accepted.append(self._map(route, write_key, index, msg, result, now_ms))
 
         try:
             accepted = await self._commit(accepted, rejected)
@@ -216,7 +225,7 @@ class IngestHandlers:
         for record in accepted:
             by_type[record.type] = by_type.get(record.type, 0) + 1
         for mtype, count in by_type.items():
-            ctx.metrics.events_accepted_by(mtype).inc(count)
+            ctx.metrics.events_accepted_by(route.name, mtype).inc(count)
 
         if rejected and not accepted:
             first = rejected[0]
@@ -267,8 +276,11 @@ class IngestHandlers:
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
-    def _map(self, index: int, msg: dict[str, Any], result: IdentityResult, now_ms: int) -> Accepted:
-        """Map one message (and, when configured, its session end/start events) to spool records."""
+    def _map(self, route: Route, write_key: str, index: int, msg: dict[str, Any], result: IdentityResult,
+             now_ms: int) -> Accepted:
+        """Map one message (and, when configured, its session end/start events) to spool records,
+        and keep the message itself for the source's Segment relay (the session events are
+        edgeproxy's own, for Amplitude: Segment never saw them from the client)."""
         if result.session is not None:
             session_id: int | None = result.session.session_id
         else:
@@ -283,13 +295,17 @@ class IngestHandlers:
                 end = session_message("end", sessions.session_end_event, key, result.ended)
                 messages.insert(0, (end, result.ended.session_id))
         accepted = Accepted(index, msg["type"], [], [])
-        for message, sid in messages:
-            items, dead = spool_records(self.ctx.mapper, message, device_id=result.device_id, session_id=sid,
-                                        received_ms=now_ms)
-            accepted.items.extend(items)
-            accepted.dead.extend(dead)
-            if dead:
-                self.ctx.metrics.mapping_refused.inc()
+        if route.mapper is not None:
+            for message, sid in messages:
+                items, dead = spool_records(route.mapper, message, device_id=result.device_id, session_id=sid,
+                                            received_ms=now_ms, source=route.name)
+                accepted.items.extend(items)
+                accepted.dead.extend(dead)
+                if dead:
+                    self.ctx.metrics.mapping_refused.inc()
+        if route.relays:
+            accepted.items.append(relay_record(msg, write_key=write_key, device_id=result.device_id,
+                                               session_id=session_id, received_ms=now_ms, source=route.name))
         return accepted
 
 
