@@ -116,7 +116,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from edgeproxy.mapping.cli import run_map
 
-    return run_map(args.config, sys.stdin, sys.stdout)
+    return run_map(args.config, sys.stdin, sys.stdout, args.source)
 
 
 def _queue_hint(settings: Settings) -> str:
@@ -158,8 +158,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         print(f"edgeproxy replay: --limit must be at least 1, got {args.limit}", file=sys.stderr)
         return 2
+    names = ["default", *(src.name for src in settings.sources)]
+    if args.source is not None and args.source not in names:
+        print(f"edgeproxy replay: --source must be one of {', '.join(names)} (the configured sources), "
+              f"got {args.source!r}", file=sys.stderr)
+        return 2
     selection = ReplayFilter(reasons=tuple(args.reason or ()), endpoint=args.endpoint,
-                             message_ids=tuple(args.message_id or ()), limit=args.limit)
+                             message_ids=tuple(args.message_id or ()), limit=args.limit,
+                             target=args.target, source=args.source)
     try:
         if settings.delivery.queue:
             from edgeproxy.delivery.redis_queue_views import queue_replay
@@ -175,6 +181,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgeproxy.delivery.targets import TARGETS
+
     parser = argparse.ArgumentParser(prog="edgeproxy", description="First-party analytics edge: Segment in, Amplitude out.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -194,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mapping = sub.add_parser("map", help="map Segment messages (JSON lines on stdin) to Amplitude requests")
     mapping.add_argument("--config", help="TOML (or JSON) config with an [amplitude] table")
+    mapping.add_argument("--source", metavar="NAME",
+                         help="map with the [sources.amplitude] of the [[sources]] entry NAME (default: [amplitude])")
     mapping.set_defaults(func=cmd_map)
 
     spool = sub.add_parser("spool", help="show spool depth, oldest age and dead letters by reason (JSON)")
@@ -204,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", help="TOML config file")
     replay.add_argument("--reason", action="append", metavar="CODE",
                         help="a reason code as `edgeproxy spool` lists them, e.g. invalid_api_key (repeatable)")
-    replay.add_argument("--endpoint", help="only items for this Amplitude endpoint: httpapi, batch, identify, …")
+    replay.add_argument("--endpoint", help="only items for this endpoint: httpapi, batch, identify, … (the relay's is batch)")
+    replay.add_argument("--target", choices=TARGETS, help="only items for this delivery target")
+    replay.add_argument("--source", metavar="NAME", help="only items of this source (default, or a [[sources]] name)")
     replay.add_argument("--message-id", action="append", metavar="ID", help="only this message id (repeatable)")
     replay.add_argument("--limit", type=int, help="at most this many, oldest first")
     replay.set_defaults(func=cmd_replay)

@@ -24,6 +24,7 @@ from edgeproxy.identity.cookies import forget_refusal, make_serializer
 
 LOGIN_COOKIE = "_ep_debug"
 LOGIN_MAX_AGE = 12 * 3600
+ROWS = 20  # rows per table of the overview
 
 Provider = Callable[..., Awaitable[Any]]
 
@@ -42,6 +43,7 @@ class DebugViews:
         self.identity = identity
         self.sink = sink
         self.counters = counters
+        self.sources = ["default", *(src.name for src in settings.sources)]
 
     def routes(self) -> list[web.RouteDef]:
         b = self.base
@@ -115,22 +117,27 @@ class DebugViews:
         if not self._allowed(request):
             return self._deny(request)
         query = request.query.get("q", "")[:200]
+        source = request.query.get("source", "")[:64] or None
         sessions = await self.store.list_sessions(query=query, limit=100)
+        # Filtered rows are picked from a longer list, so a quiet source still shows its own.
+        fetch = ROWS if source is None else ROWS * 10
         data = {
             "sessions": [_session_row(device_id, state) for device_id, state in sessions],
             "query": query,
+            "source": source,
             "spool": await self.spool.stats(),
-            "in_flight": await self.spool.undelivered("in_flight", limit=20),
-            "retrying": await self.spool.undelivered("retrying", limit=20),
-            "recent_responses": await self.spool.recent_responses(limit=20),
+            "by_target": _of_source(await self.spool.depth_by_target(), source, None),
+            "in_flight": _of_source(await self.spool.undelivered("in_flight", limit=fetch), source),
+            "retrying": _of_source(await self.spool.undelivered("retrying", limit=fetch), source),
+            "recent_responses": _of_source(await self.spool.recent_responses(limit=fetch), source),
             "dead_by_reason": await self.spool.dead_by_reason(),
-            "dead_letters": await self.spool.dead_letters(limit=20),
-            "sink": list(self.sink)[-20:] if self.sink is not None else None,
+            "dead_letters": _of_source(await self.spool.dead_letters(limit=fetch), source),
+            "sink": list(self.sink)[-ROWS:] if self.sink is not None else None,
             "counters": self.counters(),
         }
         if _wants_json(request):
             return _json(data)
-        return _page("edgeproxy debug", _render_overview(self.base, data))
+        return _page("edgeproxy debug", _render_overview(self.base, data, self.sources))
 
     async def session(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
@@ -181,6 +188,11 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+def _of_source(rows: list[dict[str, Any]], source: str | None, limit: int | None = ROWS) -> list[dict[str, Any]]:
+    """The rows of one source (all without a filter), at most ``limit``."""
+    return [r for r in rows if source is None or r.get("source", "default") == source][:limit]
+
+
 def _session_row(device_id: str, state: Any) -> dict[str, Any]:
     row = asdict(state) if is_dataclass(state) else dict(state)
     return {"device_id": device_id, **row}
@@ -219,12 +231,16 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body or '<tr><td colspan=%d>none</td></tr>' % len(headers)}</table>"
 
 
-def _render_overview(base: str, data: dict[str, Any]) -> str:
+def _render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str:
     b = _e(base)
+    options = "".join(f'<option value="{_e(n)}"{" selected" if n == data["source"] else ""}>{_e(n)}</option>'
+                      for n in sources)
     parts = [
         f'<p><a href="{b}/me">my session</a> · <a href="{b}?format=json">JSON</a></p>',
         f'<form method="get" action="{b}"><input name="q" value="{_e(data["query"])}" '
         'placeholder="device or user id"> <button>Search</button></form>',
+        f'<form method="get" action="{b}">Deliveries of source <select name="source"><option value="">all</option>'
+        f'{options}</select> <button>Filter</button></form>',
         "<h2>Live sessions</h2>",
         _table(
             ["device id", "user id", "session id", "start", "last event", "events", "library", "user agent"],
@@ -244,38 +260,45 @@ def _render_overview(base: str, data: dict[str, Any]) -> str:
         ),
         "<h2>Spool</h2>",
         _table(["", ""], [[_e(k), _e(v)] for k, v in data["spool"].items()]),
+        _table(["target", "source", "pending", "dead"],
+               [[_e(r["target"]), _e(r["source"]), _e(r["pending"]), _e(r["dead"])] for r in data["by_target"]]),
         "<h2>In flight</h2>",
         _undelivered_table(data["in_flight"]),
         "<h2>Retrying</h2>",
         _undelivered_table(data["retrying"]),
         "<h2>Recent upstream responses</h2>",
         _table(
-            ["time", "endpoint", "status", "items", "body"],
-            [[_e(_iso(r.get("time_ms") or r.get("time"))), _e(r.get("endpoint")), _e(r.get("status")),
+            ["time", "target", "source", "endpoint", "status", "items", "body"],
+            [[_e(_iso(r.get("time_ms") or r.get("time"))), *_where(r), _e(r.get("endpoint")), _e(r.get("status")),
               _e(r.get("items")), f"<code>{_e(str(r.get('body', ''))[:200])}</code>"] for r in data["recent_responses"]],
         ),
         "<h2>Dead letters</h2>",
         _table(["reason", "count"], [[f"<code>{_e(code)}</code>", _e(n)] for code, n in data["dead_by_reason"].items()]),
         _table(
-            ["message id", "reason code", "reason", "device id"],
-            [[f"<code>{_e(d.get('message_id'))}</code>", f"<code>{_e(d.get('reason_code'))}</code>", _e(d.get("reason")),
+            ["message id", "target", "source", "reason code", "reason", "device id"],
+            [[f"<code>{_e(d.get('message_id'))}</code>", *_where(d), f"<code>{_e(d.get('reason_code'))}</code>", _e(d.get("reason")),
               _e(d.get("device_id"))] for d in data["dead_letters"]],
         ),
     ]
     if data["sink"] is not None:
         parts += [
-            "<h2>Local sink (no Amplitude api_key configured)</h2>",
+            "<h2>Local sink (no Amplitude api_key configured: the requests Amplitude would get)</h2>",
             _table(["request"], [[f"<pre>{_e(orjson.dumps(r, default=_default, option=orjson.OPT_INDENT_2).decode())}</pre>"] for r in reversed(data["sink"])]),
         ]
     parts += ["<h2>Counters</h2>", _table(["", ""], [[_e(k), _e(v)] for k, v in sorted(data["counters"].items())])]
     return "".join(parts)
 
 
+def _where(row: dict[str, Any]) -> list[str]:
+    """The target and source cells of a delivery row."""
+    return [_e(row.get("target", "amplitude")), _e(row.get("source", "default"))]
+
+
 def _undelivered_table(rows: list[dict[str, Any]]) -> str:
     """Events in flight or waiting to be retried, with why and when."""
     return _table(
-        ["message id", "endpoint", "device id", "attempts", "next attempt", "last error"],
-        [[f"<code>{_e(r.get('message_id'))}</code>", _e(r.get("endpoint")), _e(r.get("device_id")), _e(r.get("attempts")),
+        ["message id", "target", "source", "endpoint", "device id", "attempts", "next attempt", "last error"],
+        [[f"<code>{_e(r.get('message_id'))}</code>", *_where(r), _e(r.get("endpoint")), _e(r.get("device_id")), _e(r.get("attempts")),
           _e(_iso(r.get("next_attempt_ms"))), _e(r.get("last_error"))] for r in rows],
     )
 
@@ -288,10 +311,11 @@ def _render_session(base: str, data: dict[str, Any]) -> str:
         if s else "<p>No live session for this device (expired, or held by another process's memory).</p>"
     )
     events = _table(
-        ["received", "endpoint", "state", "attempts", "last error", "as sent to Amplitude"],
+        ["received", "target", "source", "endpoint", "state", "attempts", "last error", "as sent"],
         [
             [
                 _e(_iso(ev.get("received_ms"))),
+                *_where(ev),
                 _e(ev.get("endpoint")),
                 f'<span class="state-{_e(ev.get("state"))}">{_e(ev.get("state"))}</span>',
                 _e(ev.get("attempts")),

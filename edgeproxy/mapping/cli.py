@@ -19,21 +19,33 @@ from ..amplitude_api import build_request
 from . import Mapped, Mapper, MappingConfigError
 
 
-def load_amplitude_config(config_path: str | None) -> dict[str, Any]:
-    """The ``[amplitude]`` table of a TOML config, or of a ``.json`` file of the same shape."""
-    if config_path is None:
-        return {}
-    path = Path(config_path)
-    if path.suffix.lower() == ".json":
-        raw = orjson.loads(path.read_bytes())
-    else:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
+def load_amplitude_config(config_path: str | None, source: str | None = None) -> dict[str, Any]:
+    """The ``[amplitude]`` table of a TOML config (or of a ``.json`` file of the same shape), or
+    with ``source`` the ``amplitude`` table of the ``[[sources]]`` entry of that name ("default"
+    is the flat ``[amplitude]``): the mapping that source's events get."""
+    raw: Any = {}
+    if config_path is not None:
+        path = Path(config_path)
+        if path.suffix.lower() == ".json":
+            raw = orjson.loads(path.read_bytes())
+        else:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+    where = config_path or "(defaults)"
     if not isinstance(raw, dict):
-        raise ValueError(f"{config_path}: expected a table/object at the top level")
-    amplitude = raw.get("amplitude", {})
+        raise ValueError(f"{where}: expected a table/object at the top level")
+    table, section = raw, "[amplitude]"
+    if source not in (None, "default"):
+        entries = raw.get("sources", [])
+        entries = entries if isinstance(entries, list) else []
+        named = {e.get("name"): e for e in entries if isinstance(e, dict)}
+        if source not in named:
+            known = ", ".join(["default", *(str(n) for n in named)])
+            raise ValueError(f"{where}: no [[sources]] entry named {source!r} (known: {known})")
+        table, section = named[source], f"[sources.amplitude] of source {source!r}"
+    amplitude = table.get("amplitude", {})
     if not isinstance(amplitude, dict):
-        raise ValueError(f"{config_path}: [amplitude] must be a table")
+        raise ValueError(f"{where}: {section} must be a table")
     return amplitude
 
 
@@ -53,10 +65,10 @@ def render(mapped: Mapped, amplitude: dict[str, Any]) -> dict[str, Any]:
     return {"requests": requests, "error": error}
 
 
-def run_map(config_path: str | None, stdin: TextIO, stdout: TextIO) -> int:
-    """Map every JSON line of ``stdin``; 2 when the configuration is unusable, else 0."""
+def run_map(config_path: str | None, stdin: TextIO, stdout: TextIO, source: str | None = None) -> int:
+    """Map every JSON line of ``stdin`` as ``source`` would; 2 when the configuration is unusable, else 0."""
     try:
-        amplitude = load_amplitude_config(config_path)
+        amplitude = load_amplitude_config(config_path, source)
         mapper = Mapper(amplitude, strict_settings=True)
     except MappingConfigError as exc:
         for problem in exc.problems:
@@ -82,8 +94,9 @@ def run_map(config_path: str | None, stdin: TextIO, stdout: TextIO) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgeproxy map", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="edgeproxy TOML config (its [amplitude] table) or a .json of the same shape")
+    parser.add_argument("--source", metavar="NAME", help="map as the [[sources]] entry NAME does")
     args = parser.parse_args(argv)
-    return run_map(args.config, sys.stdin, sys.stdout)
+    return run_map(args.config, sys.stdin, sys.stdout, args.source)
 
 
 if __name__ == "__main__":
