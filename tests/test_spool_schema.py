@@ -127,6 +127,8 @@ async def test_a_release_1_spool_is_migrated_and_keeps_its_events(tmp_path: Path
     assert by_reason == {"invalid_fields": 1, "mapping": 1}
     assert letters["old-2"]["reason_code"] == "invalid_fields" and letters["old-3"]["reason_code"] == "mapping"
     assert letters["old-2"]["reason"].startswith("Invalid field values")
+    # Before targets and sources (v7) every item was the one Amplitude project's.
+    assert {(d["target"], d["source"]) for d in letters.values()} == {("amplitude", "default")}
 
 
 async def test_opening_again_applies_nothing_twice(tmp_path: Path) -> None:
