@@ -322,8 +322,11 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
             except ValueError as exc:
                 problems.append(f"{section_name}.{key}: {exc}")
 
+    from edgeproxy.sources import apply_env
+
+    problems.extend(apply_env(settings.sources, env, ENV_PREFIX))
     for env_key, value in env.items():
-        if not env_key.startswith(ENV_PREFIX) or "__" not in env_key:
+        if not env_key.startswith(ENV_PREFIX) or "__" not in env_key or env_key.startswith(f"{ENV_PREFIX}SOURCES__"):
             continue
         section_name, _, key = env_key[len(ENV_PREFIX):].lower().partition("__")
         if section_name not in SECTIONS:

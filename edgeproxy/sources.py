@@ -114,6 +114,39 @@ def parse_sources(raw: Any) -> tuple[list[SourceConfig], list[str]]:
     return out, problems
 
 
+def env_name(source: str) -> str:
+    """A source name as it appears in an environment variable: upper case, '-' and '.' as '_'."""
+    return re.sub(r"[^A-Z0-9_]", "_", source.upper())
+
+
+def apply_env(sources: list[SourceConfig], env: Any, prefix: str) -> list[str]:
+    """``{prefix}SOURCES__<NAME>__AMPLITUDE__API_KEY`` (any key of a source's ``amplitude`` or
+    ``segment`` table): a source's secrets need not sit in the file, as the flat sections' need not."""
+    by_env = {env_name(src.name): src for src in sources if isinstance(src.name, str) and src.name}
+    problems: list[str] = []
+    head = f"{prefix}SOURCES__"
+    for env_key, value in env.items():
+        if not env_key.startswith(head):
+            continue
+        name, _, rest = env_key[len(head):].partition("__")
+        section, _, key = rest.lower().partition("__")
+        src = by_env.get(name)
+        if src is None:
+            known = ", ".join(sorted(by_env)) or "none"
+            problems.append(f"{env_key}: no [[sources]] entry whose name reads {name!r} here (known: {known})")
+            continue
+        cls = {"amplitude": AmplitudeConfig, "segment": SegmentConfig}.get(section)
+        allowed = _RELAY_KEYS if section == "segment" else None
+        if cls is None or not hasattr(cls(), key) or key == "subscriptions" or (allowed and key not in allowed):
+            problems.append(f"{env_key}: expected {head}{name}__AMPLITUDE__<key> or __SEGMENT__RELAY_URL / RELAY_WRITE_KEY")
+            continue
+        try:
+            setattr(getattr(src, section), key, _coerce(section, key, value, getattr(cls(), key), from_env=True))
+        except ValueError as exc:
+            problems.append(f"{env_key} (sources[{src.name}].{section}.{key}): {exc}")
+    return problems
+
+
 def sources_problems(settings: Any) -> list[str]:
     """Names, write keys (each in one source only) and each source's own sections."""
     from edgeproxy.config import amplitude_problems, relay_problems

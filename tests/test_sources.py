@@ -268,3 +268,25 @@ async def test_spool_shows_by_target_and_replay_selects_target_and_source(tmp_pa
     assert bad.returncode == 2 and "--source must be one of default, staging" in bad.stderr
     bad = run("replay", "--config", str(path), "--target", "mixpanel", cwd=tmp_path)
     assert bad.returncode == 2 and "invalid choice: 'mixpanel'" in bad.stderr
+
+
+def test_a_sources_secrets_can_come_from_the_environment(tmp_path) -> None:
+    path = config(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9",
+                  '[[sources]]\nname = "site-b.eu"\nwrite_keys = ["wk-b"]')
+    env = {"EDGEPROXY_SOURCES__STAGING__AMPLITUDE__API_KEY": "from-env",
+           "EDGEPROXY_SOURCES__SITE_B_EU__SEGMENT__RELAY_WRITE_KEY": "wk-b-central",
+           "EDGEPROXY_SOURCES__SITE_B_EU__SEGMENT__RELAY_URL": "https://api.segment.io"}
+    staging, site_b = load_settings(path, env=env).sources
+    assert staging.amplitude.api_key == "from-env"
+    assert (site_b.segment.relay_url, site_b.segment.relay_write_key) == ("https://api.segment.io", "wk-b-central")
+
+
+@pytest.mark.parametrize("env_key, problem", [
+    ("EDGEPROXY_SOURCES__PROD__AMPLITUDE__API_KEY", "no [[sources]] entry whose name reads 'PROD' here (known: STAGING)"),
+    ("EDGEPROXY_SOURCES__STAGING__SEGMENT__WRITE_KEYS", "expected EDGEPROXY_SOURCES__STAGING__AMPLITUDE__<key>"),
+    ("EDGEPROXY_SOURCES__STAGING__AMPLITUDE__API_KEYS", "expected EDGEPROXY_SOURCES__STAGING__AMPLITUDE__<key>"),
+])
+def test_a_wrong_source_environment_variable_is_named(tmp_path, env_key, problem) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(config(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9"), env={env_key: "x"})
+    assert any(problem in p for p in err.value.problems), err.value.problems
