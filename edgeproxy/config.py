@@ -455,7 +455,7 @@ def redacted(settings: Settings) -> dict[str, Any]:
         if out[section].get(key):
             out[section][key] = "***"
     for source in out.get("sources", []):
-        for key in ("api_key", "secret_key"):
-            if source["amplitude"].get(key):
-                source["amplitude"][key] = "***"
+        for section, key in SECRET_KEYS:
+            if section in source and source[section].get(key):
+                source[section][key] = "***"
     return out

@@ -290,3 +290,13 @@ def test_a_wrong_source_environment_variable_is_named(tmp_path, env_key, problem
     with pytest.raises(ConfigError) as err:
         load_settings(config(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9"), env={env_key: "x"})
     assert any(problem in p for p in err.value.problems), err.value.problems
+
+
+def test_redacted_settings_hide_every_sources_secrets(tmp_path) -> None:
+    from edgeproxy.config import redacted
+
+    out = redacted(load_settings(config(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9"), env={}))
+    [staging] = out["sources"]
+    assert staging["amplitude"]["api_key"] == staging["amplitude"]["secret_key"] == "***"
+    assert staging["segment"]["relay_write_key"] == "***" and staging["segment"]["relay_url"] == "http://127.0.0.1:9"
+    assert KEY_STAGING not in orjson.dumps(out).decode() and "wk-staging-central" not in orjson.dumps(out).decode()
