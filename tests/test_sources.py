@@ -300,3 +300,25 @@ def test_redacted_settings_hide_every_sources_secrets(tmp_path) -> None:
     assert staging["amplitude"]["api_key"] == staging["amplitude"]["secret_key"] == "***"
     assert staging["segment"]["relay_write_key"] == "***" and staging["segment"]["relay_url"] == "http://127.0.0.1:9"
     assert KEY_STAGING not in orjson.dumps(out).decode() and "wk-staging-central" not in orjson.dumps(out).decode()
+
+
+async def test_mobile_and_server_messages_are_relayed_as_they_came(
+        tmp_path, aiohttp_client, amps: FakeAmplitude, fake_segment: FakeSegment) -> None:
+    from test_ingest import mobile_batch
+
+    client = await aiohttp_client(create_app(load_settings(config(tmp_path, amps.base_url, fake_segment.base_url), env={})))
+    resp = await client.post("/_e/v1/batch", data=orjson.dumps(mobile_batch(2)))
+    assert resp.status == 200
+    server = track(messageId="srv-1", userId="user-9", context={"library": {"name": "analytics-python", "version": "2.3"}})
+    del server["anonymousId"]
+    await post(client, server)
+    await until(lambda: len(fake_segment.messages()) == 3, "three relayed")
+    mobile = [m for m in fake_segment.messages() if m["messageId"].startswith("m-")]
+    sent = mobile_batch(2)["batch"]
+    for got, want in zip(mobile, sent):
+        assert got["integrations"] == want["integrations"]  # the app's own session id, kept
+        assert got["context"]["device"] == want["context"]["device"] and got["anonymousId"] == want["anonymousId"]
+        assert got["originalTimestamp"] == want["timestamp"]
+    [srv] = [m for m in fake_segment.messages() if m["messageId"] == "srv-1"]
+    assert srv["messageId"] == "srv-1" and "ip" not in srv.get("context", {})  # a server's IP is not the user's
+    assert "anonymousId" not in srv and srv["userId"] == "user-9"
