@@ -434,6 +434,9 @@ def relay_problems(seg: SegmentConfig, where: str) -> list[str]:
     problems = []
     if seg.relay_url and not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", seg.relay_url):
         problems.append(f"{where}.relay_url: must be an http(s) URL such as \"https://api.segment.io\", got {seg.relay_url!r}")
+    elif re.search(r"/v1(/[a-z]*)?/?$", seg.relay_url):
+        problems.append(f"{where}.relay_url: give the API's base URL without /v1 (edgeproxy posts to "
+                        f"{{relay_url}}/v1/batch), got {seg.relay_url!r}")
     if seg.relay_write_key and not seg.relay_url:
         problems.append(f"{where}.relay_write_key: set, but {where}.relay_url is empty, so nothing is relayed")
     return problems

@@ -196,6 +196,8 @@ def test_sources_parse_with_their_own_sections(tmp_path) -> None:
     ('[[sources]]\nname = "typo"\nwrite_key = ["wk-3"]', "sources[1].write_key: unknown key"),
     ('[[sources]]\nname = "z"\nwrite_keys = ["wk-3"]\n[sources.segment]\nrelay_url = "api.segment.io"',
      "sources[1].segment.relay_url: must be an http(s) URL"),
+    ('[[sources]]\nname = "z"\nwrite_keys = ["wk-3"]\n[sources.segment]\nrelay_url = "https://api.segment.io/v1/batch"',
+     "sources[1].segment.relay_url: give the API's base URL without /v1"),
     ('[[sources]]\nname = "z"\nwrite_keys = ["wk-3"]\n[sources.segment]\nwrite_keys = ["a"]',
      "sources[1].segment.write_keys: unknown key (known: relay_url, relay_write_key)"),
     ('[[sources]]\nname = "z"\nwrite_keys = ["wk-3"]\n[sources.amplitude]\nregion = "mars"', "sources[1].amplitude.region"),
