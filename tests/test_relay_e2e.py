@@ -103,6 +103,8 @@ async def test_kill_9_under_load_loses_nothing_for_the_relay(tmp_path, amp: Fake
             from redis_server import redis_server
 
             extra["delivery__queue"] = f'"{stack.enter_context(redis_server(tmp_path))}"'
+            # The killed process's claimed items are taken over after claim_idle (60 s by default).
+            extra["delivery__claim_idle"] = '"3s"'
         await kill_9_scenario(relay_proxy(tmp_path, amp, fake_segment, **extra), amp, fake_segment, record_property,
                               f"relay_kill_9_{queue}")
 
