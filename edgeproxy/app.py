@@ -7,7 +7,6 @@ catch-all reverse proxy to the origin (or the demo site) last.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -18,9 +17,9 @@ from edgeproxy.delivery.queue import DeliveryQueue, describe, open_queue
 from edgeproxy.delivery.targets import build_targets
 from edgeproxy.delivery.worker import DeliveryWorker
 from edgeproxy.edge.cdn import setup_cdn
-from edgeproxy.edge.cookies_out import set_cookies, shared_cacheable
 from edgeproxy.edge.debug import DebugViews
 from edgeproxy.edge.forwarded import forwarded_middleware
+from edgeproxy.edge.identity_cookies import ResetHandler, page_cookies
 from edgeproxy.edge.ingest import IngestContext, IngestHandlers
 from edgeproxy.edge.ops import ops_routes
 from edgeproxy.edge.origin import setup_origin
@@ -100,15 +99,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.add_routes(debug.routes())
 
-    def on_html(request: web.Request, response: web.StreamResponse) -> None:
-        """The first page view owns a device id: set the device cookie on HTML responses
-        (not on pages a shared cache may store: every visitor would get the same id)."""
-        if shared_cacheable(response.headers):
-            return
-        jar = identity.read_cookie_header(request.headers.get("Cookie"), session=False)
-        set_cookies(response, identity.page_cookies(jar, int(time.time() * 1000)))
-
-    setup_origin(app, settings, on_html=on_html)
+    app.add_routes(ResetHandler(identity, settings).routes(prefix))
+    setup_origin(app, settings, on_html=lambda request, response: page_cookies(identity, request, response))
 
     async def start(_: web.Application) -> None:
         await spool.open()

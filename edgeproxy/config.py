@@ -90,6 +90,10 @@ class SessionsConfig:
     device_cookie: str = "_ep_did"
     session_cookie: str = "_ep_sess"
     device_cookie_max_age: float = 400 * 86400.0
+    # Set analytics.js's own identity cookies (ajs_anonymous_id, ajs_user_id) from the server,
+    # so its anonymousId outlives Safari's 7-day cap on script-written storage (identity/ajs.py).
+    ajs_cookies: bool = True
+    ajs_cookie_max_age: float = 400 * 86400.0
     # Stamp a server session on non-web events that carry no session id (off: Segment's
     # mobile plugins own their 5-minute sessions).
     stamp_non_web: bool = False
@@ -173,6 +177,7 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fiel
 DURATION_KEYS = {
     ("sessions", "timeout"),
     ("sessions", "device_cookie_max_age"),
+    ("sessions", "ajs_cookie_max_age"),
     ("delivery", "flush_interval"),
     ("delivery", "request_timeout"),
     ("delivery", "retry_base"),
@@ -383,6 +388,9 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"segment.write_keys[{i}]: must be a non-empty string")
     if s.sessions.timeout <= 0:
         problems.append("sessions.timeout: must be positive")
+    for key in ("device_cookie_max_age", "ajs_cookie_max_age"):
+        if getattr(s.sessions, key) <= 0:
+            problems.append(f"sessions.{key}: must be positive (a cookie's lifetime, e.g. \"400d\")")
     if s.sessions.store != "memory" and not is_redis_url(s.sessions.store):
         problems.append(f"sessions.store: must be \"memory\" or a redis:// URL, got {s.sessions.store!r}")
     for i, key in enumerate(s.sessions.signing_keys):

@@ -24,6 +24,7 @@ from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue
 from edgeproxy.delivery.spool import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.edge.cookies_out import set_cookies
+from edgeproxy.edge.identity_cookies import tracking_cookies
 from edgeproxy.edge.cors import cors_headers, preflight
 from edgeproxy.edge.flood import FloodGuard, retry_after_header
 from edgeproxy.identity.service import IdentityResult, IdentityService
@@ -194,6 +195,7 @@ class IngestHandlers:
         accepted: list[Accepted] = []
         rejected: list[dict[str, Any]] = []
         web_seen = False
+        web_ids: tuple[Any, Any] = (None, None)  # the last web message's (anonymousId, userId), for ajs cookies
         for index, raw in enumerate(raws):
             try:
                 if batch:
@@ -209,7 +211,9 @@ class IngestHandlers:
                 continue
             except StoreUnavailable as exc:
                 return self._unavailable(f"session store unavailable: {exc}", len(raws))
-            web_seen = web_seen or result.web
+            if result.web:
+                web_seen = True
+                web_ids = (msg.get("anonymousId"), msg.get("userId"))
             if result.started:
                 ctx.metrics.sessions_started.inc()
             if result.mismatch:
@@ -236,6 +240,8 @@ class IngestHandlers:
             response = _json(200, {"success": True})
         if web_seen or jar.has_edge_cookies:
             set_cookies(response, ctx.identity.response_cookies(jar, now_ms))
+        if web_seen:
+            tracking_cookies(ctx.identity, response, *web_ids)
         return response
 
     async def _commit(self, accepted: list[Accepted], rejected: list[dict[str, Any]]) -> list[Accepted]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
+from edgeproxy.identity.ajs import AjsCookies
 from edgeproxy.identity.cookies import (
     READABLE_LAST_ACCESS_COOKIE,
     READABLE_SESSION_COOKIE,
@@ -145,6 +146,8 @@ class IdentityService:
         self.codec = CookieCodec(signing_keys, max_age_s=settings.sessions.device_cookie_max_age, clock=clock)
         self.timeout_ms = int(settings.sessions.timeout * 1000)
         self.stamp_non_web = bool(settings.sessions.stamp_non_web)
+        # analytics.js's own identity cookies, set by the edge too (``ajs.py``); None: off.
+        self.ajs = AjsCookies(self.policy, int(settings.sessions.ajs_cookie_max_age)) if settings.sessions.ajs_cookies else None
 
     @classmethod
     def from_settings(cls, settings: Any) -> IdentityService:
@@ -273,15 +276,17 @@ class IdentityService:
                 cookies.append(policy.readable(READABLE_LAST_ACCESS_COOKIE, session.last_event_ms))
         return cookies
 
-    def page_cookies(self, jar: CookieIdentity, now_ms: int) -> list[CookieSpec]:
+    def page_cookies(self, jar: CookieIdentity, now_ms: int, browser_anonymous_id: str | None = None) -> list[CookieSpec]:
         """The device cookie for an HTML page response, so the first page view owns an id
         (re-sent on later pages under the same rule as ``response_cookies``).
 
         No session is touched (a page load is not an event). A visitor without a cookie gets
-        a provisional id. (``now_ms`` keeps the signature parallel to ``response_cookies``.)
+        a provisional id: the anonymousId analytics.js already keeps (``ajs_anonymous_id``),
+        so the two agree from the first page, else a new one. (``now_ms`` keeps the
+        signature parallel to ``response_cookies``.)
         """
         if jar.device_id is None:
-            jar.device_id = str(uuid.uuid4())
+            jar.device_id = browser_anonymous_id or str(uuid.uuid4())
             jar.provisional = True
         if not self._device_cookie_due(jar, now_ms):
             return []
