@@ -27,6 +27,13 @@
  * `subscriptions[]` entries with `partnerAction: "sessionId"` and `enabled: true` each
  * give a plugin, their `mapping.sessionLength` (ms, default 30 minutes) sets the idle
  * timeout. Session start/end events are the server's job (config `sessions.session_events`).
+ *
+ * analytics.reset() (a deliberate new anonymousId): edgeproxy sets analytics.js's own
+ * `ajs_anonymous_id` / `ajs_user_id` cookies from the server too, and owns the device in
+ * an HttpOnly cookie, so a reset must reach the edge or the old id comes back. On the
+ * `reset` event (emitted synchronously inside reset()) this plugin deletes the ajs_*
+ * cookies at every domain level they may have been set on (before analytics.js next reads
+ * them), and calls `resetUrl` from the settings, which expires the edge's cookies.
  */
 (function (root) {
   "use strict";
@@ -37,6 +44,7 @@
   var SESSION_KEY = "analytics_session_id";
   var ACCESS_KEY = "analytics_session_id.last_access";
   var DEFAULT_SESSION_LENGTH = 30 * 60 * 1000;
+  var AJS_COOKIES = ["ajs_anonymous_id", "ajs_user_id"];
 
   /** A positive epoch-ms integer from a cookie or storage string, else null. */
   function toMillis(value) {
@@ -132,7 +140,47 @@
     return n > 0 && isFinite(n) ? n : DEFAULT_SESSION_LENGTH;
   }
 
-  function makePlugin(sessionLength, store) {
+  /** Delete a script-visible cookie host-only and at each parent domain of the page's host. */
+  function deleteCookie(name) {
+    var doc = root.document;
+    var host = root.location && typeof root.location.hostname === "string" ? root.location.hostname : "";
+    var labels = host.split(".");
+    var domains = [""];
+    for (var i = 0; i < labels.length - 1; i++) domains.push("; domain=" + labels.slice(i).join("."));
+    for (var j = 0; j < domains.length; j++) {
+      try {
+        doc.cookie = name + "=; Max-Age=0; path=/" + domains[j];
+      } catch (e) {
+        return; // sandboxed iframes throw on document.cookie
+      }
+    }
+  }
+
+  /** analytics.js's `reset` event: forget the old identity here and at the edge. */
+  function onReset(resetUrl) {
+    for (var i = 0; i < AJS_COOKIES.length; i++) deleteCookie(AJS_COOKIES[i]);
+    if (typeof resetUrl !== "string" || !resetUrl) return;
+    try {
+      if (typeof root.fetch === "function") {
+        root.fetch(resetUrl, { method: "POST", credentials: "include", keepalive: true }).catch(function () {});
+      } else if (root.navigator && typeof root.navigator.sendBeacon === "function") {
+        root.navigator.sendBeacon(resetUrl);
+      }
+    } catch (e) {
+      /* offline or blocked: the next page view still carries the old device cookie */
+    }
+  }
+
+  /** Listen for reset once per analytics instance, however many plugins the settings make. */
+  function hookReset(instance, resetUrl) {
+    if (!instance || typeof instance.on !== "function" || instance.__edgeproxyReset) return;
+    instance.__edgeproxyReset = true;
+    instance.on("reset", function () {
+      onReset(resetUrl);
+    });
+  }
+
+  function makePlugin(sessionLength, store, resetUrl) {
     function stamp(event) {
       var now = Date.now();
       var id = resolveSession(store, now, sessionLength);
@@ -163,7 +211,12 @@
       isLoaded: function () {
         return true;
       },
-      load: function () {
+      load: function (ctx, instance) {
+        try {
+          hookReset(instance, resetUrl);
+        } catch (e) {
+          /* an analytics object without events: sessions still work */
+        }
         return Promise.resolve();
       },
       track: enrich,
@@ -185,12 +238,13 @@
         subs = null;
       }
     }
-    if (!Array.isArray(subs)) return makePlugin(DEFAULT_SESSION_LENGTH, store);
+    var resetUrl = settings && settings.resetUrl;
+    if (!Array.isArray(subs)) return makePlugin(DEFAULT_SESSION_LENGTH, store, resetUrl);
     var plugins = [];
     for (var i = 0; i < subs.length; i++) {
       var sub = subs[i];
       if (sub && sub.enabled && sub.partnerAction === "sessionId") {
-        plugins.push(makePlugin(sessionLengthOf(sub.mapping), store));
+        plugins.push(makePlugin(sessionLengthOf(sub.mapping), store, resetUrl));
       }
     }
     return plugins;

@@ -110,14 +110,16 @@ def etag_matches(header: str, etag: str) -> bool:
     return False
 
 
-def build_settings(*, write_key: str, api_host: str, protocol: str, plugin_url: str, session_length_ms: int) -> dict[str, Any]:
+def build_settings(*, write_key: str, api_host: str, protocol: str, plugin_url: str, session_length_ms: int,
+                   reset_url: str | None = None) -> dict[str, Any]:
     """The analytics.js 2.0 settings JSON, shaped as Segment's CDN serves it.
 
     ``apiHost`` and ``metrics.host`` point back at this proxy so nothing reaches
     api.segment.io (metrics are also sampled at 0). ``Actions Amplitude`` stays in
     ``integrations`` because the mobile session plugins switch off without it; its
     ``componentTypes: []`` makes analytics.js load no classic destination for it. No
-    ``plan`` is sent, so analytics.js needs no schema-filter chunk.
+    ``plan`` is sent, so analytics.js needs no schema-filter chunk. ``resetUrl`` tells the
+    session plugin where ``analytics.reset()`` expires the edge's identity cookies.
     """
     return {
         "integrations": {
@@ -145,6 +147,7 @@ def build_settings(*, write_key: str, api_host: str, protocol: str, plugin_url: 
                 "url": plugin_url,
                 "settings": {
                     "versionSettings": {"componentTypes": []},
+                    **({"resetUrl": reset_url} if reset_url else {}),
                     "subscriptions": [
                         {
                             "id": "edgeproxy-session",
@@ -333,6 +336,7 @@ class CdnHandlers:
             protocol=scheme,
             plugin_url=f"{scheme}://{host_prefix}/p/{self.plugin_hash}.js",
             session_length_ms=self.session_length_ms,
+            reset_url=f"{scheme}://{host_prefix}/reset",
         )
         headers = {"Cache-Control": SETTINGS_CACHE, "Vary": VARY_HOST, "Access-Control-Allow-Origin": "*"}
         return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)

@@ -17,7 +17,9 @@ const T0 = 1_800_000_000_000; // an epoch-ms "now"
 const MIN = 60_000;
 
 /** A fresh browser: returns the window plus handles on its cookie jar, storage and clock. */
-function browser({ cookies = {}, storage = {}, storageThrows = false } = {}) {
+function browser({ cookies = {}, storage = {}, storageThrows = false, hostname = "www.shop.example" } = {}) {
+  const cookieWrites = [];
+  const fetches = [];
   const clock = { now: T0 };
   const store = new Map(Object.entries(storage));
   const localStorage = {
@@ -36,12 +38,22 @@ function browser({ cookies = {}, storage = {}, storageThrows = false } = {}) {
         .map(([k, v]) => `${k}=${v}`)
         .join("; ");
     },
+    set cookie(line) {
+      cookieWrites.push(line);
+      const [pair, ...attrs] = line.split(";");
+      const name = pair.split("=")[0].trim();
+      if (attrs.some((a) => a.trim().toLowerCase() === "max-age=0")) delete cookies[name];
+    },
   };
-  const sandbox = { document, localStorage, Date: { now: () => clock.now } };
+  const fetch = (url, init) => {
+    fetches.push({ url, init });
+    return Promise.resolve({ status: 204 });
+  };
+  const sandbox = { document, localStorage, fetch, location: { hostname }, Date: { now: () => clock.now } };
   sandbox.window = sandbox;
   vm.createContext(sandbox);
   vm.runInContext(SOURCE, sandbox, { filename: "plugin.js" });
-  return { window: sandbox, clock, store, cookies };
+  return { window: sandbox, clock, store, cookies, cookieWrites, fetches };
 }
 
 /** Objects made inside the vm have that realm's prototypes: compare them as JSON data. */
@@ -188,4 +200,50 @@ test("never throws: integrations that cannot take a session id leave the event a
   assert.equal(frozen.event.integrations, undefined);
   // and the next ordinary event is enriched as usual
   assert.equal(send(plugin).integrations["Actions Amplitude"].session_id, 1700000000000);
+});
+
+/** The part of analytics.js's instance the plugin uses: on(event, fn), emit(event). */
+function fakeAnalytics() {
+  const handlers = {};
+  return {
+    on(name, fn) {
+      (handlers[name] = handlers[name] || []).push(fn);
+    },
+    emit(name) {
+      for (const fn of handlers[name] || []) fn();
+    },
+    count: (name) => (handlers[name] || []).length,
+  };
+}
+
+test("analytics.reset() deletes the ajs cookies at every domain level and calls resetUrl", async () => {
+  const { window, cookies, cookieWrites, fetches } = browser({
+    cookies: { ajs_anonymous_id: "old-anon", ajs_user_id: "u-1", analytics_session_id: String(T0) },
+  });
+  const made = onePlugin(window, settings(undefined, { resetUrl: "https://www.shop.example/_e/reset" }));
+  const analytics = fakeAnalytics();
+  await made.load({}, analytics);
+  await made.load({}, analytics); // loaded twice (several subscriptions): one listener
+  assert.equal(analytics.count("reset"), 1);
+  analytics.emit("reset");
+  assert.equal(cookies.ajs_anonymous_id, undefined);
+  assert.equal(cookies.ajs_user_id, undefined);
+  assert.equal(cookies.analytics_session_id, String(T0)); // the server's cookies are the server's to expire
+  const domains = cookieWrites.filter((w) => w.startsWith("ajs_anonymous_id=")).map((w) => (w.match(/domain=([^;]+)/) || [])[1] || "");
+  assert.deepEqual(domains, ["", "www.shop.example", "shop.example"]);
+  assert.equal(fetches.length, 1);
+  assert.equal(fetches[0].url, "https://www.shop.example/_e/reset");
+  assert.deepEqual(plain(fetches[0].init), { method: "POST", credentials: "include", keepalive: true });
+});
+
+test("without resetUrl or analytics events the plugin still loads and stamps", async () => {
+  const { window, fetches } = browser();
+  const plugin = onePlugin(window, settings());
+  await plugin.load({}, {}); // no on(): nothing to hook
+  await plugin.load({}, undefined);
+  const analytics = fakeAnalytics();
+  await plugin.load({}, analytics);
+  analytics.emit("reset");
+  assert.equal(fetches.length, 0);
+  assert.ok(send(plugin).integrations["Actions Amplitude"].session_id > 0);
 });
