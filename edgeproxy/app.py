@@ -23,11 +23,13 @@ from edgeproxy.edge.identity_cookies import ResetHandler, page_cookies
 from edgeproxy.edge.ingest import IngestContext, IngestHandlers
 from edgeproxy.edge.ops import ops_routes
 from edgeproxy.edge.origin import setup_origin
+from edgeproxy.edge.privacy_gate import PrivacyGate
 from edgeproxy.identity.cookies import load_signing_keys
 from edgeproxy.identity.service import IdentityService
 from edgeproxy.identity.store import open_store
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
+from edgeproxy.privacy.anonymous import anonymous_secret
 from edgeproxy.session_sweep import SessionSweeper
 from edgeproxy.sources import SourceTable
 
@@ -69,8 +71,9 @@ def create_app(settings: Settings) -> web.Application:
     app[IDENTITY] = identity
 
     prefix = settings.server.prefix
+    privacy = PrivacyGate(metrics, anonymous_secret(signing_keys[0]))
     ingest = IngestHandlers(IngestContext(settings, identity, mapper, spool, metrics, wake_delivery=worker.wake,
-                                          sources=sources))
+                                          sources=sources, privacy=privacy))
     app.add_routes(ingest.routes(prefix))
     setup_cdn(app, settings)
 
@@ -96,11 +99,15 @@ def create_app(settings: Settings) -> web.Application:
         identity=identity,
         sink=worker.sink if any(t.sink for t in worker.targets.values()) else None,
         counters=lambda: _counters(metrics),
+        privacy_log=privacy.log,
     )
     app.add_routes(debug.routes())
 
     app.add_routes(ResetHandler(identity, settings).routes(prefix))
-    setup_origin(app, settings, on_html=lambda request, response: page_cookies(identity, request, response))
+    # cookies_before_consent = false: an HTML page sets no identifier cookie; the first event
+    # that carries consent does (edge/ingest.py, privacy/policy.py).
+    setup_origin(app, settings, on_html=(lambda request, response: page_cookies(identity, request, response))
+                 if settings.privacy.cookies_before_consent else None)
 
     async def start(_: web.Application) -> None:
         await spool.open()

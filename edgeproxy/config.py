@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgeproxy.privacy.settings import PrivacyConfig, privacy_problems
+
 ENV_PREFIX = "EDGEPROXY_"
 
 # Keys that hold secrets: they may come from the environment alone, and are never printed.
@@ -162,6 +164,7 @@ class Settings:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     amplitude: AmplitudeConfig = field(default_factory=AmplitudeConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     # [[sources]]: more write keys, each with its own Amplitude project and relay (sources.py).
     sources: list[Any] = field(default_factory=list)
 
@@ -417,6 +420,7 @@ def validate(s: Settings) -> list[str]:
         problems.append(f"delivery.max_spool_size: must be at least 1MB, got {s.delivery.max_spool_size} bytes")
     problems.extend(amplitude_problems(s.amplitude, "amplitude"))
     problems.extend(relay_problems(s.segment, "segment"))
+    problems.extend(privacy_problems(s.privacy, "privacy"))
     from edgeproxy.sources import sources_problems
 
     problems.extend(sources_problems(s))

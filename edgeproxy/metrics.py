@@ -71,10 +71,23 @@ class Metrics:
         self.delivery_latency = Histogram(
             "edgeproxy_delivery_seconds", "Delivery request duration", [*target, "endpoint"], registry=r
         )
+        # Privacy: accepted events not delivered to Amplitude, by why (consent_denied, no_consent,
+        # gpc, bot); anonymised deliveries; bots seen by kind, dropped or not.
+        self.events_withheld = Counter("edgeproxy_events_withheld_total",
+                                       "Accepted events not delivered to Amplitude (privacy rules)",
+                                       ["source", "reason"], registry=r)
+        self.events_anonymised = Counter("edgeproxy_events_anonymised_total",
+                                         "Events delivered anonymously (events_without_consent = \"anonymous\")",
+                                         ["source"], registry=r)
+        self.bots = Counter("edgeproxy_bot_events_total", "Accepted events from known bots and crawlers",
+                            ["source", "kind", "dropped"], registry=r)
         # Remembered children of the counters the request path increments per request or per event.
         self.requests_by = LabelledChildren(self.requests)
         self.events_accepted_by = LabelledChildren(self.events_accepted)
         self.events_rejected_by = LabelledChildren(self.events_rejected)
+        self.events_withheld_by = LabelledChildren(self.events_withheld)
+        self.events_anonymised_by = LabelledChildren(self.events_anonymised)
+        self.bots_by = LabelledChildren(self.bots)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

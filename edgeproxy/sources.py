@@ -3,7 +3,9 @@
 A site with several Segment sources (prod, staging, several sites) runs one edge. Each
 source owns write keys and has its own ``[sources.amplitude]`` project and
 ``[sources.segment]`` relay; the flat ``[segment]``/``[amplitude]`` sections are the source
-named ``default``, so a file without ``[[sources]]`` keeps working unchanged.
+named ``default``, so a file without ``[[sources]]`` keeps working unchanged. Privacy rules
+are the flat ``[privacy]`` section, with the keys a source's ``[sources.privacy]`` sets
+replacing it (an EU site and a US site on one edge).
 
 The configuration resolves to immutable ``Source`` objects once (``SourceTable``); a request
 finds its source by write key and carries it through the pipeline (mapping, spool items
@@ -18,14 +20,17 @@ source only: ``check-config`` names both places of an overlap.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from edgeproxy.config import AmplitudeConfig, SegmentConfig, _coerce
+from edgeproxy.privacy.policy import Rules
+from edgeproxy.privacy.settings import PrivacyConfig, privacy_problems
 
 DEFAULT_SOURCE = "default"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # also a Prometheus label value and a URL query value
-_SOURCE_KEYS = ("name", "write_keys", "amplitude", "segment")
+_SOURCE_KEYS = ("name", "write_keys", "amplitude", "segment", "privacy")
+_SECTION_NAMES = {AmplitudeConfig: "amplitude", SegmentConfig: "segment", PrivacyConfig: "privacy"}
 _RELAY_KEYS = ("relay_url", "relay_write_key")
 
 
@@ -37,6 +42,10 @@ class SourceConfig:
     write_keys: list[str] = field(default_factory=list)
     amplitude: AmplitudeConfig = field(default_factory=AmplitudeConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    privacy: dict[str, Any] = field(default_factory=dict)  # the [privacy] keys this source replaces
+
+    def privacy_config(self, flat: PrivacyConfig) -> PrivacyConfig:
+        return replace(flat, **self.privacy)
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class Source:
     write_keys: frozenset[str]
     amplitude: AmplitudeConfig
     relay: Relay | None
+    privacy: Rules = Rules()
 
     @property
     def amplitude_enabled(self) -> bool:
@@ -69,7 +79,7 @@ def _section(cls: type, raw: Any, where: str, allowed: tuple[str, ...] | None, p
     if not isinstance(raw, dict):
         problems.append(f"{where}: must be a table, e.g. [{where.split('[')[0]}.{where.rsplit('.', 1)[-1]}]")
         return out
-    section = "amplitude" if cls is AmplitudeConfig else "segment"
+    section = _SECTION_NAMES[cls]
     for key, value in raw.items():
         if not hasattr(out, key) or (allowed is not None and key not in allowed):
             known = ", ".join(allowed or [f.name for f in fields(cls)])
@@ -100,6 +110,10 @@ def parse_sources(raw: Any) -> tuple[list[SourceConfig], list[str]]:
             amplitude=_section(AmplitudeConfig, entry.get("amplitude"), f"{where}.amplitude", None, problems),
             segment=_section(SegmentConfig, entry.get("segment"), f"{where}.segment", _RELAY_KEYS, problems),
         )
+        if entry.get("privacy") is not None:
+            given = _section(PrivacyConfig, entry["privacy"], f"{where}.privacy", None, problems)
+            keys = entry["privacy"] if isinstance(entry["privacy"], dict) else {}
+            source.privacy = {key: getattr(given, key) for key in keys if hasattr(given, key)}
         name = entry.get("name", "")
         if isinstance(name, str):
             source.name = name
@@ -120,8 +134,9 @@ def env_name(source: str) -> str:
 
 
 def apply_env(sources: list[SourceConfig], env: Any, prefix: str) -> list[str]:
-    """``{prefix}SOURCES__<NAME>__AMPLITUDE__API_KEY`` (any key of a source's ``amplitude`` or
-    ``segment`` table): a source's secrets need not sit in the file, as the flat sections' need not."""
+    """``{prefix}SOURCES__<NAME>__AMPLITUDE__API_KEY`` (any key of a source's ``amplitude``,
+    ``segment`` or ``privacy`` table): a source's secrets need not sit in the file, as the flat
+    sections' need not."""
     by_env = {env_name(src.name): src for src in sources if isinstance(src.name, str) and src.name}
     problems: list[str] = []
     head = f"{prefix}SOURCES__"
@@ -135,13 +150,18 @@ def apply_env(sources: list[SourceConfig], env: Any, prefix: str) -> list[str]:
             known = ", ".join(sorted(by_env)) or "none"
             problems.append(f"{env_key}: no [[sources]] entry whose name reads {name!r} here (known: {known})")
             continue
-        cls = {"amplitude": AmplitudeConfig, "segment": SegmentConfig}.get(section)
+        cls = {"amplitude": AmplitudeConfig, "segment": SegmentConfig, "privacy": PrivacyConfig}.get(section)
         allowed = _RELAY_KEYS if section == "segment" else None
         if cls is None or not hasattr(cls(), key) or key == "subscriptions" or (allowed and key not in allowed):
-            problems.append(f"{env_key}: expected {head}{name}__AMPLITUDE__<key> or __SEGMENT__RELAY_URL / RELAY_WRITE_KEY")
+            problems.append(f"{env_key}: expected {head}{name}__AMPLITUDE__<key>, __PRIVACY__<key> "
+                            f"or __SEGMENT__RELAY_URL / RELAY_WRITE_KEY")
             continue
         try:
-            setattr(getattr(src, section), key, _coerce(section, key, value, getattr(cls(), key), from_env=True))
+            coerced = _coerce(section, key, value, getattr(cls(), key), from_env=True)
+            if section == "privacy":
+                src.privacy[key] = coerced
+            else:
+                setattr(getattr(src, section), key, coerced)
         except ValueError as exc:
             problems.append(f"{env_key} (sources[{src.name}].{section}.{key}): {exc}")
     return problems
@@ -176,6 +196,8 @@ def sources_problems(settings: Any) -> list[str]:
                 owner[key] = here
         problems.extend(amplitude_problems(src.amplitude, f"{where}.amplitude"))
         problems.extend(relay_problems(src.segment, f"{where}.segment"))
+        if src.privacy:
+            problems.extend(privacy_problems(src.privacy_config(settings.privacy), f"{where}.privacy"))
     return problems
 
 
@@ -187,9 +209,11 @@ class SourceTable:
     """Every source of a configuration, and the write-key lookup the edge does per request."""
 
     def __init__(self, settings: Any) -> None:
+        flat = settings.privacy
         self.default = Source(DEFAULT_SOURCE, frozenset(settings.segment.write_keys), settings.amplitude,
-                              _relay(settings.segment))
-        self.named = {s.name: Source(s.name, frozenset(s.write_keys), s.amplitude, _relay(s.segment))
+                              _relay(settings.segment), Rules.from_config(flat))
+        self.named = {s.name: Source(s.name, frozenset(s.write_keys), s.amplitude, _relay(s.segment),
+                                     Rules.from_config(s.privacy_config(flat)))
                       for s in settings.sources}
         self._by_key = {key: src for src in self.named.values() for key in src.write_keys}
         self._open = not settings.segment.write_keys  # any other key is the default source's

@@ -20,7 +20,9 @@ from aiohttp import web
 from itsdangerous import BadSignature
 
 from edgeproxy.config import Settings
-from edgeproxy.identity.cookies import forget_refusal, make_serializer
+from edgeproxy.identity import ajs
+from edgeproxy.identity.cookies import cookie_values, forget_refusal, make_serializer
+from edgeproxy.privacy.consent import privacy_signal
 
 LOGIN_COOKIE = "_ep_debug"
 LOGIN_MAX_AGE = 12 * 3600
@@ -33,7 +35,7 @@ class DebugViews:
     """Handlers for ``{debug_path}``; data comes from callables so this module imports no store."""
 
     def __init__(self, settings: Settings, signing_keys: list[str], *, store: Any, spool: Any, identity: Any,
-                 sink: Any, counters: Callable[[], dict[str, float]]):
+                 sink: Any, counters: Callable[[], dict[str, float]], privacy_log: Any = None):
         self.settings = settings
         self.base = settings.server.debug_path
         self.token = settings.debug.token
@@ -43,6 +45,7 @@ class DebugViews:
         self.identity = identity
         self.sink = sink
         self.counters = counters
+        self.privacy_log = privacy_log  # edge/privacy_gate.PrivacyLog: events the privacy rules withheld or marked
         self.sources = ["default", *(src.name for src in settings.sources)]
 
     def routes(self) -> list[web.RouteDef]:
@@ -133,6 +136,7 @@ class DebugViews:
             "dead_by_reason": await self.spool.dead_by_reason(),
             "dead_letters": _of_source(await self.spool.dead_letters(limit=fetch), source),
             "sink": list(self.sink)[-ROWS:] if self.sink is not None else None,
+            "privacy": self._privacy(source=source),
             "counters": self.counters(),
         }
         if _wants_json(request):
@@ -147,22 +151,34 @@ class DebugViews:
     async def me(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
             return self._deny(request)
-        jar = self.identity.read_cookie_header(request.headers.get("Cookie"))
-        device_id = getattr(jar, "device_id", None)
+        header = request.headers.get("Cookie")
+        jar = self.identity.read_cookie_header(header)
+        # Before consent (cookies_before_consent = false) there is no device cookie: the session
+        # is kept under analytics.js's own anonymousId, which it writes as a cookie itself.
+        device_id = getattr(jar, "device_id", None) or ajs.browser_anonymous_id(cookie_values(header, ajs.NAMES))
+        signal = privacy_signal(request.headers)
         if not device_id:
-            data = {"device_id": None, "message": "no edgeproxy device cookie on this request"}
+            data = {"device_id": None, "privacy_signal": signal,
+                    "message": "no edgeproxy device cookie and no ajs_anonymous_id on this request"}
             if _wants_json(request):
                 return _json(data)
-            return _page("your session", "<p>This browser has no edgeproxy device cookie yet: send an event first.</p>")
-        return await self._session_view(request, device_id)
+            return _page("your session", "<p>This browser has no edgeproxy device cookie and no analytics.js "
+                         "anonymousId yet: send an event first.</p>")
+        return await self._session_view(request, device_id, privacy_signal=signal)
 
-    async def _session_view(self, request: web.Request, device_id: str) -> web.Response:
+    def _privacy(self, **filters: Any) -> list[dict[str, Any]] | None:
+        return self.privacy_log.recent(limit=ROWS * 2, **filters) if self.privacy_log is not None else None
+
+    async def _session_view(self, request: web.Request, device_id: str, **extra: Any) -> web.Response:
         state = await self.store.get(device_id)
         events = await self.spool.events_for_session(device_id, limit=100)
         data = {
             "device_id": device_id,
             "session": _session_row(device_id, state) if state is not None else None,
+            "consent": getattr(state, "consent", None),
+            **extra,
             "events": events,
+            "privacy": self._privacy(device_id=device_id),
         }
         if _wants_json(request):
             return _json(data)
@@ -243,7 +259,7 @@ def _render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str
         f'{options}</select> <button>Filter</button></form>',
         "<h2>Live sessions</h2>",
         _table(
-            ["device id", "user id", "session id", "start", "last event", "events", "library", "user agent"],
+            ["device id", "user id", "session id", "start", "last event", "events", "consent", "library", "user agent"],
             [
                 [
                     f'<a href="{b}/sessions/{_e(s["device_id"])}"><code>{_e(s["device_id"])}</code></a>',
@@ -252,6 +268,7 @@ def _render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str
                     _e(_iso(s.get("session_id"))),
                     _e(_iso(s.get("last_event_ms"))),
                     _e(s.get("event_count")),
+                    _e(s.get("consent") or ""),
                     _e(s.get("library")),
                     _e((s.get("user_agent") or "")[:80]),
                 ]
@@ -285,6 +302,7 @@ def _render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str
             "<h2>Local sink (no Amplitude api_key configured: the requests Amplitude would get)</h2>",
             _table(["request"], [[f"<pre>{_e(orjson.dumps(r, default=_default, option=orjson.OPT_INDENT_2).decode())}</pre>"] for r in reversed(data["sink"])]),
         ]
+    parts += ["<h2>Privacy decisions (this process: withheld, anonymised, bots)</h2>", _privacy_table(data["privacy"])]
     parts += ["<h2>Counters</h2>", _table(["", ""], [[_e(k), _e(v)] for k, v in sorted(data["counters"].items())])]
     return "".join(parts)
 
@@ -325,4 +343,21 @@ def _render_session(base: str, data: dict[str, Any]) -> str:
             for ev in data["events"]
         ],
     )
-    return f'<p><a href="{b}">all sessions</a></p>{summary}<h2>Recent events</h2>{events}'
+    privacy = ""
+    if "privacy_signal" in data:
+        privacy = (f'<p>Consent state: <b>{_e(data["consent"] or "none recorded")}</b> · this request '
+                   f'{"sends" if data["privacy_signal"] else "does not send"} Sec-GPC / DNT</p>')
+    return (f'<p><a href="{b}">all sessions</a></p>{privacy}{summary}<h2>Recent events</h2>{events}'
+            f'<h2>Privacy decisions</h2>{_privacy_table(data["privacy"])}')
+
+
+def _privacy_table(rows: list[dict[str, Any]] | None) -> str:
+    """Events the privacy rules did not deliver (and why), anonymised, or marked as bots."""
+    if rows is None:
+        return "<p>not recorded</p>"
+    return _table(
+        ["time", "source", "message id", "type", "event", "device id", "outcome", "reason", "consent", "bot"],
+        [[_e(_iso(r["at_ms"])), _e(r["source"]), f"<code>{_e(r['message_id'])}</code>", _e(r["type"]), _e(r["event"]),
+          _e(r["device_id"]), f'<span class="privacy-{_e(r["outcome"])}">{_e(r["outcome"])}</span>', _e(r["reason"] or ""),
+          _e(r["consent"]), _e(r["bot"] or "")] for r in rows],
+    )

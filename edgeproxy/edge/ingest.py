@@ -10,6 +10,7 @@ the client get its 200; if the spool cannot take the events it gets a 503 with
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +28,8 @@ from edgeproxy.edge.cookies_out import set_cookies
 from edgeproxy.edge.identity_cookies import tracking_cookies
 from edgeproxy.edge.cors import cors_headers, preflight
 from edgeproxy.edge.flood import FloodGuard, retry_after_header
+from edgeproxy.edge.privacy_gate import PrivacyGate
+from edgeproxy.identity.ajs import AjsCookies
 from edgeproxy.identity.service import IdentityResult, IdentityService
 from edgeproxy.identity.session_events import session_message
 from edgeproxy.identity.sessions import client_session_value, parse_session_id
@@ -34,6 +37,7 @@ from edgeproxy.identity.store import StoreUnavailable
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
 from edgeproxy.pipeline import Route, build_routes, default_device_id, relay_record, spool_records
+from edgeproxy.privacy.policy import ALLOW, EXPIRE_COOKIES, SET_COOKIES, Verdict
 from edgeproxy.sources import SourceTable
 
 log = logging.getLogger("edgeproxy.ingest")
@@ -53,6 +57,7 @@ class IngestContext:
     metrics: Metrics
     wake_delivery: Callable[[], None] | None = None  # nudges the delivery worker after an append
     sources: SourceTable | None = None  # None: the settings' own (``mapper`` is the default source's)
+    privacy: PrivacyGate | None = None  # None: one with a per-process secret (tests)
 
 
 @dataclass(slots=True)
@@ -63,6 +68,9 @@ class Accepted:
     type: str
     items: list[SpoolItem]
     dead: list[DeadLetter]
+    msg: dict[str, Any]
+    device_id: str | None
+    verdict: Verdict
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -82,6 +90,8 @@ class IngestHandlers:
         self.accepting = True
         self.sources = ctx.sources or SourceTable(ctx.settings)
         self.source_routes = build_routes(self.sources, ctx.mapper)
+        self.gate = ctx.privacy or PrivacyGate(ctx.metrics, os.urandom(32))
+        self.expired = AjsCookies(ctx.identity.policy, 0).expired()  # a consent revoked: every identity cookie
 
     def stop_accepting(self) -> None:
         """Shutdown has begun: answer 503 + Retry-After from now on.
@@ -196,13 +206,15 @@ class IngestHandlers:
         rejected: list[dict[str, Any]] = []
         web_seen = False
         web_ids: tuple[Any, Any] = (None, None)  # the last web message's (anonymousId, userId), for ajs cookies
+        web_cookies = SET_COOKIES  # what the last web message's consent allows (privacy.policy)
         for index, raw in enumerate(raws):
             try:
                 if batch:
                     _check_message_size(raw)
                 msg = segment.normalize(raw, path_type=path_type, received=received, envelope=envelope)
                 _fill_ip(msg, request.remote)
-                result = await ctx.identity.process(msg, jar, now_ms)
+                verdict = self.gate.verdict(route.source.privacy, msg, request.headers)
+                result = await ctx.identity.process(msg, jar, now_ms, None if verdict is ALLOW else verdict.consent)
                 if not segment.has_identity(msg, result.device_id):
                     raise segment.Rejected("userId", "the message needs a userId, an anonymousId or context.device.id")
             except segment.Rejected as exc:
@@ -214,11 +226,12 @@ class IngestHandlers:
             if result.web:
                 web_seen = True
                 web_ids = (msg.get("anonymousId"), msg.get("userId"))
+                web_cookies = verdict.cookies
             if result.started:
                 ctx.metrics.sessions_started.inc()
             if result.mismatch:
                 ctx.metrics.session_mismatches.inc()
-            accepted.append(self._map(route, write_key, index, msg, result, now_ms))
+            accepted.append(self._map(route, write_key, index, msg, result, now_ms, verdict))
 
         try:
             accepted = await self._commit(accepted, rejected)
@@ -228,6 +241,7 @@ class IngestHandlers:
         by_type: dict[str, int] = {}
         for record in accepted:
             by_type[record.type] = by_type.get(record.type, 0) + 1
+            self.gate.record(route.name, record.msg, record.device_id, record.verdict)
         for mtype, count in by_type.items():
             ctx.metrics.events_accepted_by(route.name, mtype).inc(count)
 
@@ -238,10 +252,13 @@ class IngestHandlers:
             response = _json(200, {"success": True, "accepted": len(accepted), "rejected": rejected})
         else:
             response = _json(200, {"success": True})
-        if web_seen or jar.has_edge_cookies:
-            set_cookies(response, ctx.identity.response_cookies(jar, now_ms))
-        if web_seen:
-            tracking_cookies(ctx.identity, response, *web_ids)
+        if web_cookies == EXPIRE_COOKIES:
+            set_cookies(response, self.expired)
+        elif web_cookies == SET_COOKIES:
+            if web_seen or jar.has_edge_cookies:
+                set_cookies(response, ctx.identity.response_cookies(jar, now_ms))
+            if web_seen:
+                tracking_cookies(ctx.identity, response, *web_ids)
         return response
 
     async def _commit(self, accepted: list[Accepted], rejected: list[dict[str, Any]]) -> list[Accepted]:
@@ -283,10 +300,14 @@ class IngestHandlers:
         )
 
     def _map(self, route: Route, write_key: str, index: int, msg: dict[str, Any], result: IdentityResult,
-             now_ms: int) -> Accepted:
+             now_ms: int, verdict: Verdict) -> Accepted:
         """Map one message (and, when configured, its session end/start events) to spool records,
         and keep the message itself for the source's Segment relay (the session events are
-        edgeproxy's own, for Amplitude: Segment never saw them from the client)."""
+        edgeproxy's own, for Amplitude: Segment never saw them from the client).
+
+        The privacy verdict governs Amplitude only: a withheld message is mapped to nothing (no
+        item, no dead letter), an anonymous one is mapped from its anonymised copy. The relay
+        gets the message as the client sent it (Segment enforces consent for its destinations)."""
         if result.session is not None:
             session_id: int | None = result.session.session_id
         else:
@@ -300,10 +321,13 @@ class IngestHandlers:
             if result.ended is not None:
                 end = session_message("end", sessions.session_end_event, key, result.ended)
                 messages.insert(0, (end, result.ended.session_id))
-        accepted = Accepted(index, msg["type"], [], [])
-        if route.mapper is not None:
+        accepted = Accepted(index, msg["type"], [], [], msg, key, verdict)
+        if route.mapper is not None and verdict.deliver:
             for message, sid in messages:
-                items, dead = spool_records(route.mapper, message, device_id=result.device_id, session_id=sid,
+                device_id = result.device_id
+                if verdict.anonymous:
+                    message, device_id = self.gate.anonymous(message, key, sid, now_ms)
+                items, dead = spool_records(route.mapper, message, device_id=device_id, session_id=sid,
                                             received_ms=now_ms, source=route.name)
                 accepted.items.extend(items)
                 accepted.dead.extend(dead)

@@ -64,9 +64,9 @@ return out
 # ARGV[1] device id (the index member), [2] t_ms, [3] timeout_ms, [4] ttl_ms (PX),
 #   [5] index entries scored below this are pruned (their keys have long expired),
 #   [6] adopt_session_id, or '' when absent or not adoptable for this t_ms (checked in Python:
-#       it depends on the request only), [7] user_id, [8] library, [9] user_agent,
-#   [10] '1' when a carried state follows in [11..17]: session_id, last_event_ms,
-#       event_count, first_seen, user_id, library, user_agent.
+#       it depends on the request only), [7] user_id, [8] library, [9] user_agent, [10] consent,
+#   [11] '1' when a carried state follows in [12..19]: session_id, last_event_ms,
+#       event_count, first_seen, user_id, library, user_agent, consent.
 # Optional strings are '' for None and '=' .. value otherwise (so '' stays distinct from None).
 # Integers are decimal strings. Returns {old, new, started, unreadable}: old and new as JSON
 # in the stored format (old false when absent or unreadable), started 0/1, unreadable 1 when
@@ -94,7 +94,7 @@ local function decode(raw)
     if type(v) ~= 'number' or v ~= math.floor(v) or v >= EXACT or v <= -EXACT then return nil end
     s[name] = v
   end
-  for _, name in ipairs({'user_id', 'library', 'user_agent'}) do
+  for _, name in ipairs({'user_id', 'library', 'user_agent', 'consent'}) do
     local v = data[name]
     if v == cjson.null then v = nil end
     if v ~= nil and type(v) ~= 'string' then return nil end
@@ -111,8 +111,9 @@ end
 -- The stored format: SessionState.to_dict() as compact JSON, integers written in full.
 local function encode(s)
   return string.format(
-    '{"session_id":%d,"last_event_ms":%d,"event_count":%d,"user_id":%s,"first_seen":%d,"library":%s,"user_agent":%s}',
-    s.session_id, s.last_event_ms, s.event_count, str(s.user_id), s.first_seen, str(s.library), str(s.user_agent))
+    '{"session_id":%d,"last_event_ms":%d,"event_count":%d,"user_id":%s,"first_seen":%d,"library":%s,"user_agent":%s,"consent":%s}',
+    s.session_id, s.last_event_ms, s.event_count, str(s.user_id), s.first_seen, str(s.library), str(s.user_agent),
+    str(s.consent))
 end
 
 -- sessions.reconcile
@@ -124,7 +125,8 @@ local function reconcile(stored, carried)
             event_count = carried.event_count, user_id = either(carried.user_id, stored.user_id),
             first_seen = math.min(stored.first_seen, carried.first_seen),
             library = either(carried.library, stored.library),
-            user_agent = either(carried.user_agent, stored.user_agent)}
+            user_agent = either(carried.user_agent, stored.user_agent),
+            consent = either(carried.consent, stored.consent)}
   end
   if carried.session_id == stored.session_id and
       (carried.last_event_ms > stored.last_event_ms or carried.event_count > stored.event_count) then
@@ -132,29 +134,31 @@ local function reconcile(stored, carried)
             last_event_ms = math.max(stored.last_event_ms, carried.last_event_ms),
             event_count = math.max(stored.event_count, carried.event_count), user_id = stored.user_id,
             first_seen = math.min(stored.first_seen, carried.first_seen),
-            library = stored.library, user_agent = stored.user_agent}
+            library = stored.library, user_agent = stored.user_agent, consent = stored.consent}
   end
   return stored
 end
 
 -- sessions.touch (the adopt id arrives pre-checked: MIN_EPOCH_MS <= adopt <= t)
-local function touch(state, t, timeout, adopt, user_id, library, user_agent)
+local function touch(state, t, timeout, adopt, user_id, library, user_agent, consent)
   if state == nil then
     local session_id = adopt or t
     return {session_id = session_id, last_event_ms = t, event_count = 1, user_id = user_id,
-            first_seen = math.min(session_id, t), library = library, user_agent = user_agent}, 1
+            first_seen = math.min(session_id, t), library = library, user_agent = user_agent,
+            consent = consent}, 1
   end
   if user_id == nil then user_id = state.user_id end
   if library == nil then library = state.library end
   if user_agent == nil then user_agent = state.user_agent end
+  if consent == nil then consent = state.consent end
   local first_seen = math.min(state.first_seen, t)
   if t - state.last_event_ms > timeout then
     return {session_id = t, last_event_ms = t, event_count = 1, user_id = user_id, first_seen = first_seen,
-            library = library, user_agent = user_agent}, 1
+            library = library, user_agent = user_agent, consent = consent}, 1
   end
   return {session_id = state.session_id, last_event_ms = math.max(state.last_event_ms, t),
           event_count = state.event_count + 1, user_id = user_id, first_seen = first_seen,
-          library = library, user_agent = user_agent}, 0
+          library = library, user_agent = user_agent, consent = consent}, 0
 end
 
 local raw = redis.call('GET', KEYS[1])
@@ -165,15 +169,15 @@ if raw then
   if old == nil then unreadable = 1 end
 end
 local carried = nil
-if ARGV[10] == '1' then
-  carried = {session_id = tonumber(ARGV[11]), last_event_ms = tonumber(ARGV[12]), event_count = tonumber(ARGV[13]),
-             first_seen = tonumber(ARGV[14]), user_id = opt(ARGV[15]), library = opt(ARGV[16]),
-             user_agent = opt(ARGV[17])}
+if ARGV[11] == '1' then
+  carried = {session_id = tonumber(ARGV[12]), last_event_ms = tonumber(ARGV[13]), event_count = tonumber(ARGV[14]),
+             first_seen = tonumber(ARGV[15]), user_id = opt(ARGV[16]), library = opt(ARGV[17]),
+             user_agent = opt(ARGV[18]), consent = opt(ARGV[19])}
 end
 local adopt = nil
 if ARGV[6] ~= '' then adopt = tonumber(ARGV[6]) end
 local new, started = touch(reconcile(old, carried), tonumber(ARGV[2]), tonumber(ARGV[3]), adopt,
-                           opt(ARGV[7]), opt(ARGV[8]), opt(ARGV[9]))
+                           opt(ARGV[7]), opt(ARGV[8]), opt(ARGV[9]), opt(ARGV[10]))
 local new_json = encode(new)
 redis.call('SET', KEYS[1], new_json, 'PX', ARGV[4])
 redis.call('ZADD', KEYS[2], string.format('%d', new.last_event_ms), ARGV[1])
@@ -226,6 +230,7 @@ def _touch_args(device_id: str, request: TouchRequest, ttl_ms: int, prune_below_
         _opt(request.user_id),
         _opt(request.library),
         _opt(request.user_agent),
+        _opt(request.consent),
     ]
     carried = request.carried
     if carried is None:
@@ -240,6 +245,7 @@ def _touch_args(device_id: str, request: TouchRequest, ttl_ms: int, prune_below_
             _opt(carried.user_id),
             _opt(carried.library),
             _opt(carried.user_agent),
+            _opt(carried.consent),
         ]
     return args
 

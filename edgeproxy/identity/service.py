@@ -173,14 +173,16 @@ class IdentityService:
         """``read_cookies`` from a raw ``Cookie`` header, looking only at our two cookies."""
         return self.read_cookies(cookie_values(header, self._cookie_names), session=session)
 
-    async def process(self, message: dict[str, Any], jar: CookieIdentity, now_ms: int) -> IdentityResult:
-        """Resolve the device, touch its session and stamp the message (see module doc)."""
+    async def process(self, message: dict[str, Any], jar: CookieIdentity, now_ms: int,
+                      consent: str | None = None) -> IdentityResult:
+        """Resolve the device, touch its session and stamp the message (see module doc).
+        ``consent``: the event's consent state, kept with the session for /debug."""
         t_ms = event_time_ms(message, now_ms)
         if is_web(message, jar.has_edge_cookies):
-            return await self._web(message, jar, t_ms)
-        return await self._non_web(message, t_ms)
+            return await self._web(message, jar, t_ms, consent)
+        return await self._non_web(message, t_ms, consent)
 
-    async def _web(self, message: dict[str, Any], jar: CookieIdentity, t_ms: int) -> IdentityResult:
+    async def _web(self, message: dict[str, Any], jar: CookieIdentity, t_ms: int, consent: str | None) -> IdentityResult:
         # Everything up to the store call is synchronous, so concurrent calls sharing a jar
         # (one batch, gathered) agree on one device id.
         anonymous_id = message.get("anonymousId")
@@ -195,7 +197,8 @@ class IdentityService:
 
         carried = jar.session if device_id == jar.device_id else None
         present, claimed = client_session_claim(message)  # read once: nothing below changes it before the stamp
-        new, started, ended = await self._touch(device_id, message, t_ms, carried, adoptable_claim(present, claimed))
+        new, started, ended = await self._touch(device_id, message, t_ms, carried, adoptable_claim(present, claimed),
+                                                consent)
         if device_id == jar.device_id:
             jar.session = reconcile(jar.session, new)
         mismatch = False
@@ -204,7 +207,7 @@ class IdentityService:
             stamp_session_id(message, new.session_id)
         return IdentityResult(device_id=device_id, session=new, started=started, mismatch=mismatch, web=True, ended=ended)
 
-    async def _non_web(self, message: dict[str, Any], t_ms: int) -> IdentityResult:
+    async def _non_web(self, message: dict[str, Any], t_ms: int, consent: str | None) -> IdentityResult:
         """Left alone unless ``stamp_non_web`` and no session id is present.
 
         The stamped session is keyed like a web one (``context.device.id``, else
@@ -215,7 +218,7 @@ class IdentityService:
         key = _context_device_id(message) or _non_blank(message.get("anonymousId"))
         if present or not self.stamp_non_web or key is None or not may_stamp(message):
             return IdentityResult(device_id=None, session=None, started=False, mismatch=False, web=False)
-        new, started, ended = await self._touch(key, message, t_ms, None, None)
+        new, started, ended = await self._touch(key, message, t_ms, None, None, consent)
         stamp_session_id(message, new.session_id)
         return IdentityResult(device_id=None, session=new, started=started, mismatch=False, web=False, ended=ended)
 
@@ -241,12 +244,13 @@ class IdentityService:
         t_ms: int,
         carried: SessionState | None,
         adopt: int | None,
+        consent: str | None = None,
     ) -> tuple[SessionState, bool, SessionState | None]:
         user_id = _non_blank(message.get("userId"))
         library = self._shared(library_name(message))
         user_agent = self._shared(_user_agent(message))
         request = TouchRequest(t_ms, self.timeout_ms, carried=carried, adopt_session_id=adopt, user_id=user_id,
-                               library=library, user_agent=user_agent)
+                               library=library, user_agent=user_agent, consent=consent)
         old, new, started = await self.store.touch(key, request)
         ended = old if started and old is not None and old.session_id != new.session_id else None
         return new, started, ended

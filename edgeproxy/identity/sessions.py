@@ -45,6 +45,7 @@ class SessionState:
     first_seen: int  # epoch ms the device was first seen
     library: str | None = None
     user_agent: str | None = None
+    consent: str | None = None  # the latest event's consent state (privacy.consent.STATES), for /debug
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for stores and /debug (short keys are not worth the obscurity here)."""
@@ -56,6 +57,7 @@ class SessionState:
             "first_seen": self.first_seen,
             "library": self.library,
             "user_agent": self.user_agent,
+            "consent": self.consent,
         }
 
     @classmethod
@@ -68,7 +70,7 @@ class SessionState:
                 raise ValueError(f"session state field {name!r} must be an integer, got {value!r}")
             ints[name] = value
         strs = {}
-        for name in ("user_id", "library", "user_agent"):
+        for name in ("user_id", "library", "user_agent", "consent"):
             value = data.get(name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"session state field {name!r} must be a string or null, got {value!r}")
@@ -193,6 +195,7 @@ def touch(
     user_id: str | None = None,
     library: str | None = None,
     user_agent: str | None = None,
+    consent: str | None = None,
 ) -> tuple[SessionState, bool]:
     """Apply one event at time ``t_ms``; return the new state and whether a session started.
 
@@ -203,7 +206,7 @@ def touch(
     - otherwise the current session, ``last_event_ms = max(last_event_ms, t_ms)``: a late
       event never rotates a session and never moves ``last_event_ms`` back.
 
-    ``user_id``, ``library`` and ``user_agent`` overwrite the stored values when given.
+    ``user_id``, ``library``, ``user_agent`` and ``consent`` overwrite the stored values when given.
     """
     if state is None:
         if adopt_session_id is not None and MIN_EPOCH_MS <= adopt_session_id <= t_ms:
@@ -219,6 +222,7 @@ def touch(
                 first_seen=min(session_id, t_ms),
                 library=library,
                 user_agent=user_agent,
+                consent=consent,
             ),
             True,
         )
@@ -227,12 +231,13 @@ def touch(
     user_id = user_id if user_id is not None else state.user_id
     library = library if library is not None else state.library
     user_agent = user_agent if user_agent is not None else state.user_agent
+    consent = consent if consent is not None else state.consent
     first_seen = min(state.first_seen, t_ms)
     if t_ms - state.last_event_ms > timeout_ms:
-        return SessionState(t_ms, t_ms, 1, user_id, first_seen, library, user_agent), True
+        return SessionState(t_ms, t_ms, 1, user_id, first_seen, library, user_agent, consent), True
     return (
         SessionState(state.session_id, max(state.last_event_ms, t_ms), state.event_count + 1, user_id, first_seen,
-                     library, user_agent),
+                     library, user_agent, consent),
         False,
     )
 
@@ -253,7 +258,7 @@ def reconcile(stored: SessionState | None, carried: SessionState | None) -> Sess
         return SessionState(
             carried.session_id, carried.last_event_ms, carried.event_count, carried.user_id or stored.user_id,
             min(stored.first_seen, carried.first_seen), carried.library or stored.library,
-            carried.user_agent or stored.user_agent,
+            carried.user_agent or stored.user_agent, carried.consent or stored.consent,
         )
     if carried.session_id == stored.session_id and (
         carried.last_event_ms > stored.last_event_ms or carried.event_count > stored.event_count
@@ -261,7 +266,7 @@ def reconcile(stored: SessionState | None, carried: SessionState | None) -> Sess
         return SessionState(
             stored.session_id, max(stored.last_event_ms, carried.last_event_ms),
             max(stored.event_count, carried.event_count), stored.user_id, min(stored.first_seen, carried.first_seen),
-            stored.library, stored.user_agent,
+            stored.library, stored.user_agent, stored.consent,
         )
     return stored
 

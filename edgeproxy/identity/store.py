@@ -50,6 +50,7 @@ class TouchRequest:
     user_id: str | None = None
     library: str | None = None
     user_agent: str | None = None
+    consent: str | None = None
 
     def apply(self, stored: SessionState | None) -> tuple[SessionState, bool]:
         """The rule itself (pure): the new state and whether a session started."""
@@ -61,6 +62,7 @@ class TouchRequest:
             user_id=self.user_id,
             library=self.library,
             user_agent=self.user_agent,
+            consent=self.consent,
         )
 
 
