@@ -24,6 +24,7 @@ from edgeproxy.edge.ingest import IngestContext, IngestHandlers
 from edgeproxy.edge.ops import ops_routes
 from edgeproxy.edge.origin import setup_origin
 from edgeproxy.edge.privacy_gate import PrivacyGate
+from edgeproxy.forget import forget_person
 from edgeproxy.identity.cookies import load_signing_keys
 from edgeproxy.identity.service import IdentityService
 from edgeproxy.identity.store import open_store
@@ -100,6 +101,8 @@ def create_app(settings: Settings) -> web.Application:
         sink=worker.sink if any(t.sink for t in worker.targets.values()) else None,
         counters=lambda: _counters(metrics),
         privacy_log=privacy.log,
+        forget=lambda **person: forget_person(**person, store=store, spool=spool, sources=sources,
+                                              privacy_log=privacy.log),
     )
     app.add_routes(debug.routes())
 

@@ -180,6 +180,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Delete a person's data everywhere edgeproxy keeps it and queue Amplitude's deletion."""
+    import asyncio
+
+    from edgeproxy.delivery.queue import open_queue
+    from edgeproxy.delivery.spool import SpoolUnavailable
+    from edgeproxy.forget import forget_person
+    from edgeproxy.identity.store import StoreUnavailable, open_store
+    from edgeproxy.sources import SourceTable
+
+    if bool(args.user_id) == bool(args.device_id):
+        print("edgeproxy forget: give exactly one of --user-id ID or --device-id ID", file=sys.stderr)
+        return 2
+    settings = _load(args.config)
+
+    async def run() -> list[str]:
+        store, spool = open_store(settings), open_queue(settings)
+        await spool.open()
+        try:
+            report = await forget_person(user_id=args.user_id, device_id=args.device_id, store=store, spool=spool,
+                                         sources=SourceTable(settings),
+                                         memory_store_elsewhere=settings.sessions.store == "memory")
+            return report.lines()
+        finally:
+            await spool.close()
+            await store.close()
+
+    try:
+        lines = asyncio.run(run())
+    except (SpoolUnavailable, StoreUnavailable) as exc:
+        print(f"edgeproxy forget: {exc} ({_queue_hint(settings)})", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edgeproxy.delivery.targets import TARGETS
 
@@ -220,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--message-id", action="append", metavar="ID", help="only this message id (repeatable)")
     replay.add_argument("--limit", type=int, help="at most this many, oldest first")
     replay.set_defaults(func=cmd_replay)
+
+    forget = sub.add_parser("forget", help="delete a person's sessions, spool rows and dead letters, and queue "
+                                           "Amplitude's deletion (User Privacy API)")
+    forget.add_argument("--config", help="TOML config file")
+    who = forget.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user-id", metavar="ID", help="the person's userId")
+    who.add_argument("--device-id", metavar="ID", help="a device id (anonymousId or the edge's device cookie)")
+    forget.set_defaults(func=cmd_forget)
     return parser
 
 

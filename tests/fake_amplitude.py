@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import math
@@ -227,6 +228,8 @@ def _encode_body(status: int, body: Any) -> bytes:
 
 # The key the project's tests configure edgeproxy with (the `amp` fixture in conftest.py).
 TEST_API_KEY = "test-api-key-0001"
+DELETIONS = "deletions"
+DELETIONS_PATH = "/api/2/deletions/users"
 
 
 class FakeAmplitude:
@@ -243,6 +246,7 @@ class FakeAmplitude:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api_keys = set(api_keys)
+        self.secret_keys: dict[str, str] = {}  # api key -> its project's secret key (User Privacy API)
         self.min_id_length = min_id_length
         self.eps_threshold = eps_threshold
         self.daily_quota = daily_quota  # /batch only, per device and user over a rolling 24 h
@@ -333,9 +337,10 @@ class FakeAmplitude:
         self._seen: set[tuple[str, str | None, str]] = set()
         self._outage: tuple[float, str | None, int, bytes, str] | None = None
         self.rules: dict[str, EndpointRules] = dict(ENDPOINTS)
+        self.deletions: list[dict[str, Any]] = []  # accepted User Privacy API requests (bodies)
 
     def _add_fault(self, fault: Fault) -> None:
-        if fault.endpoint is not None and fault.endpoint not in ENDPOINTS:
+        if fault.endpoint is not None and fault.endpoint not in ENDPOINTS and fault.endpoint != DELETIONS:
             raise ValueError(f"unknown endpoint {fault.endpoint!r}; use one of {sorted(ENDPOINTS)}")
         if fault.times < 1:
             raise ValueError(f"times must be at least 1, got {fault.times}")
@@ -363,6 +368,7 @@ class FakeAmplitude:
         app = web.Application(client_max_size=64 * 1024 * 1024)  # our 413s, not aiohttp's
         app.router.add_get("/_test/ingested", self._inspect)
         app.router.add_post("/_test/{action}", self._control)
+        app.router.add_post(DELETIONS_PATH, self._deletions)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
@@ -406,6 +412,39 @@ class FakeAmplitude:
             status, content_type, body = fault.status, fault.content_type, fault.body
         record.status, record.response = status, body
         return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    async def _deletions(self, request: web.Request) -> web.StreamResponse:
+        """The User Privacy API (v1): Basic auth ``api_key:secret_key`` (a known api key and the
+        secret in ``secret_keys``, any non-empty one when it lists none), a JSON body with
+        ``user_ids`` and/or ``amplitude_ids`` (1-100 ids in all) and a ``requester``."""
+        record = RecordedRequest("POST", request.path, DELETIONS, CIMultiDict(request.headers), await request.read())
+        self.requests.append(record)
+        fault = self._take_fault(DELETIONS)
+        if fault is not None:
+            if fault.status is None:
+                self._drop(request)
+            return web.Response(status=fault.status, body=fault.body, headers={"Content-Type": fault.content_type})
+        try:
+            scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+            api_key, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            scheme, api_key, secret = "", "", ""
+        expected = self.secret_keys.get(api_key)
+        if scheme != "Basic" or api_key not in self.api_keys or not secret or expected not in (None, secret):
+            return web.json_response({"error": "Invalid API key or secret key"}, status=401)
+        try:
+            body = orjson.loads(record.raw)
+        except orjson.JSONDecodeError:
+            return web.json_response({"error": "Request body is not valid JSON"}, status=400)
+        ids = [*(body.get("user_ids") or []), *(body.get("amplitude_ids") or [])] if isinstance(body, dict) else []
+        if not ids or len(ids) > 100 or not isinstance(body.get("requester", ""), str):
+            return web.json_response({"error": "Provide 1 to 100 user_ids or amplitude_ids, and a requester"}, status=400)
+        record.body = body
+        self.deletions.append(body)
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        jobs = [{"amplitude_id": abs(hash(str(i))) % 10**12, "requested_on_day": day, "requester": body.get("requester")}
+                for i in ids]
+        return web.json_response([{"day": day, "amplitude_ids": jobs, "status": "staging"}])
 
     @staticmethod
     def _drop(request: web.Request) -> None:

@@ -80,6 +80,12 @@ class DeliveryQueue(Protocol):
     async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
         """Dead letters with an item that match ``selection`` back to be delivered; returns how many."""
 
+    async def forget(self, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
+        """Delete a person's items in every state (not deletion requests); counts by state."""
+
+    async def user_devices(self, user_id: str) -> list[str]:
+        """Device ids seen with this user id."""
+
 
 def open_queue(settings: Any, metrics: Metrics | None = None) -> DeliveryQueue:
     """The queue ``[delivery] queue`` names: empty for the SQLite spool in ``data_dir``, or a Redis URL."""

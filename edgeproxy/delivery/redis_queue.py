@@ -40,6 +40,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
 from edgeproxy.delivery import redis_lua as lua
+from edgeproxy.delivery import redis_queue_forget
 from edgeproxy.delivery import redis_queue_views as views
 from edgeproxy.delivery.spool import (
     ClaimedItem,
@@ -458,3 +459,9 @@ class RedisQueue:
     async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
         """Dead letters that have an item (and match ``selection``) back into their stream; returns how many."""
         return await views.replay_dead_letters(self, selection)
+
+    async def forget(self, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
+        return await redis_queue_forget.forget(self, device_ids, user_id, GROUP)
+
+    async def user_devices(self, user_id: str) -> list[str]:
+        return await redis_queue_forget.user_devices(self, user_id)

@@ -799,6 +799,13 @@ class Spool:
         """Put dead letters that have an item (and match ``selection``) back to pending; returns how many."""
         return await self._submit(lambda c: sql.replay(c, selection))
 
+    async def forget(self, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
+        """Delete a person's rows in every state (``edgeproxy forget``); counts by state."""
+        return await self._submit(lambda c: sql.forget(c, list(device_ids), user_id))
+
+    async def user_devices(self, user_id: str) -> list[str]:
+        return await self._submit(lambda c: sql.user_devices(c, user_id))
+
 
 def _rollback(conn: sqlite3.Connection) -> None:
     """End a failed transaction (SQLite may already have rolled it back itself)."""

@@ -556,3 +556,28 @@ def replay(c: sqlite3.Connection, selection: ReplayFilter | None = None) -> int:
             chunk,
         )
     return len(ids)
+
+
+def forget(c: sqlite3.Connection, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
+    """Delete every row (pending, in flight, delivered, dead) of these devices or this user id;
+    returns how many of each state. Deletion requests (target ``deletions``) are kept: they are
+    how the person's data leaves Amplitude."""
+    clauses, params = [], []
+    if device_ids:
+        clauses.append(f"device_id IN ({_placeholders(len(device_ids))})")
+        params += list(device_ids)
+    if user_id:
+        clauses.append("user_id = ?")
+        params.append(user_id)
+    if not clauses:
+        return {}
+    where = f"({' OR '.join(clauses)}) AND target != 'deletions'"
+    counts = {state: n for state, n in c.execute(f"SELECT state, COUNT(*) FROM items WHERE {where} GROUP BY state", params)}
+    c.execute(f"DELETE FROM items WHERE {where}", params)
+    return counts
+
+
+def user_devices(c: sqlite3.Connection, user_id: str, limit: int = 1000) -> list[str]:
+    """Device ids the spool has seen with this user id (the person's browsers and phones)."""
+    return [r[0] for r in c.execute("SELECT DISTINCT device_id FROM items WHERE user_id = ? AND device_id IS NOT NULL"
+                                    " LIMIT ?", (user_id, limit))]

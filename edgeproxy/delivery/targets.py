@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
-from edgeproxy import segment_api
+from edgeproxy import amplitude_privacy_api, segment_api
 from edgeproxy.amplitude_api import build_request, content_type, endpoint_url, request_data
 from edgeproxy.delivery.classify import Verdict, classify
 from edgeproxy.delivery.ratelimit import RateLimiter
@@ -25,7 +25,8 @@ from edgeproxy.sources import Relay, Source, SourceTable
 
 AMPLITUDE = "amplitude"
 SEGMENT = "segment"
-TARGETS = (AMPLITUDE, SEGMENT)
+DELETIONS = "deletions"  # Amplitude's User Privacy API (edgeproxy forget)
+TARGETS = (AMPLITUDE, SEGMENT, DELETIONS)
 
 AMPLITUDE_MAX_BODY_BYTES = 1_000_000 - 8_192  # Amplitude: "under 1 MB"; the margin covers api_key and options
 MAX_EVENTS = 2_000  # Amplitude: "< 2,000 events" on /2/httpapi, 2,000 on /batch
@@ -164,11 +165,56 @@ class SegmentTarget:
         return text.replace(key, "***") if key and text else text
 
 
+@dataclass
+class DeletionTarget:
+    """An Amplitude project's User Privacy API: deletion requests (``amplitude_privacy_api``)."""
+
+    source: str
+    api_key: str
+    secret_key: str
+    region: str = "north_america"
+    endpoint_url: str = ""
+    kind: str = DELETIONS
+    sink: bool = False
+    max_body_bytes: int = 1_000_000
+    max_item_bytes: int = 8_192
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+
+    def __post_init__(self) -> None:
+        prefix = "amplitude" if self.source == "default" else f"sources[{self.source}].amplitude"
+        self.config_hint = f"check {prefix}.api_key and {prefix}.secret_key (the project's secret key)"
+        self.name = "Amplitude deletions" + _where(self.source)
+
+    def max_items(self, endpoint: str, batch_size: int) -> int:
+        return max(1, min(batch_size, amplitude_privacy_api.MAX_IDS))
+
+    def request(self, endpoint: str, options: dict[str, Any] | None, batch: Sequence[ClaimedItem],
+                now_ms: int) -> OutboundRequest:
+        headers = {"Content-Type": "application/json",
+                   "Authorization": amplitude_privacy_api.basic_auth(self.api_key, self.secret_key)}
+        return OutboundRequest(amplitude_privacy_api.url(self.region, self.endpoint_url),
+                               amplitude_privacy_api.encode([c.item for c in batch]), headers)
+
+    def readable(self, endpoint: str, options: dict[str, Any] | None, batch: Sequence[ClaimedItem]) -> dict[str, Any]:
+        return amplitude_privacy_api.request_body([c.item for c in batch])
+
+    def classify(self, endpoint: str, status: int | None, body: bytes, headers: Mapping[str, str], n: int,
+                 transport_error: str) -> Verdict:
+        return amplitude_privacy_api.classify(status, body, n, transport_error)
+
+    def redact(self, text: str) -> str:
+        for secret in (self.api_key, self.secret_key):
+            text = text.replace(secret, "***") if secret and text else text
+        return text
+
+
 def targets_for(source: Source, rate_limit: float = 0.0) -> list[Target]:
     out: list[Target] = []
     if source.amplitude_enabled:
         amp = source.amplitude
         out.append(AmplitudeTarget(source.name, amp.api_key, amp.region, amp.endpoint_url, rate_limit))
+        if amp.api_key and amp.secret_key:
+            out.append(DeletionTarget(source.name, amp.api_key, amp.secret_key, amp.region, amp.endpoint_url))
     if source.relay is not None:
         out.append(SegmentTarget(source.name, source.relay))
     return out

@@ -35,7 +35,8 @@ class DebugViews:
     """Handlers for ``{debug_path}``; data comes from callables so this module imports no store."""
 
     def __init__(self, settings: Settings, signing_keys: list[str], *, store: Any, spool: Any, identity: Any,
-                 sink: Any, counters: Callable[[], dict[str, float]], privacy_log: Any = None):
+                 sink: Any, counters: Callable[[], dict[str, float]], privacy_log: Any = None,
+                 forget: Provider | None = None):
         self.settings = settings
         self.base = settings.server.debug_path
         self.token = settings.debug.token
@@ -46,6 +47,7 @@ class DebugViews:
         self.sink = sink
         self.counters = counters
         self.privacy_log = privacy_log  # edge/privacy_gate.PrivacyLog: events the privacy rules withheld or marked
+        self.forget_person = forget  # forget.forget_person bound to this process's store, spool and log
         self.sources = ["default", *(src.name for src in settings.sources)]
 
     def routes(self) -> list[web.RouteDef]:
@@ -55,6 +57,7 @@ class DebugViews:
             web.get(b + "/", self.overview),
             web.get(b + "/me", self.me),
             web.get(b + "/sessions/{device_id}", self.session),
+            web.post(b + "/forget", self.forget),
             web.get(b + "/login", self.login_form),
             web.post(b + "/login", self.login),
         ]
@@ -166,6 +169,26 @@ class DebugViews:
                          "anonymousId yet: send an event first.</p>")
         return await self._session_view(request, device_id, privacy_signal=signal)
 
+    async def forget(self, request: web.Request) -> web.Response:
+        """``POST {debug}/forget`` with ``user_id`` or ``device_id`` (form or JSON): ``edgeproxy
+        forget`` in this process, which also holds a memory store's sessions."""
+        if not self._allowed(request):
+            return self._deny(request)
+        if request.content_type == "application/json":
+            try:
+                given = await request.json()
+            except ValueError:
+                return _json({"error": "the body is not JSON"}, status=400)
+        else:
+            given = dict(await request.post())
+        user_id, device_id = (str(given.get(k) or "").strip()[:1024] or None for k in ("user_id", "device_id"))
+        if self.forget_person is None or not (user_id or device_id):
+            return _json({"error": "give user_id or device_id"}, status=400)
+        report = await self.forget_person(user_id=user_id, device_id=device_id)
+        if _wants_json(request) or request.content_type == "application/json":
+            return _json(report.as_dict())
+        return _page("forgotten", "<pre>" + _e("\n".join(report.lines())) + "</pre>")
+
     def _privacy(self, **filters: Any) -> list[dict[str, Any]] | None:
         return self.privacy_log.recent(limit=ROWS * 2, **filters) if self.privacy_log is not None else None
 
@@ -253,6 +276,8 @@ def _render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str
                       for n in sources)
     parts = [
         f'<p><a href="{b}/me">my session</a> · <a href="{b}?format=json">JSON</a></p>',
+        f'<form method="post" action="{b}/forget">Forget a person: <input name="user_id" placeholder="user id"> '
+        'or <input name="device_id" placeholder="device id"> <button>Forget</button></form>',
         f'<form method="get" action="{b}"><input name="q" value="{_e(data["query"])}" '
         'placeholder="device or user id"> <button>Search</button></form>',
         f'<form method="get" action="{b}">Deliveries of source <select name="source"><option value="">all</option>'

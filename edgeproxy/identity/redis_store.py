@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 from redis.asyncio import Redis
@@ -324,6 +324,16 @@ class RedisSessionStore:
             if state is not None:
                 claimed.append((device_id, state))
         return claimed
+
+    async def forget(self, device_ids: Iterable[str]) -> int:
+        ids = list(device_ids)
+        if not ids:
+            return 0
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*(self._key(d) for d in ids))
+            pipe.zrem(self._index, *ids)
+            deleted, _ = await pipe.execute()
+        return int(deleted)
 
     async def ping(self) -> bool:
         try:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 from edgeproxy.config import is_redis_url
 from edgeproxy.identity.sessions import SessionState, reconcile, touch
@@ -100,6 +100,10 @@ class SessionStore(Protocol):
         Claimed sessions are removed, so each is handed out once (across processes too):
         the session-end sweep emits one end event per session.
         """
+
+    async def forget(self, device_ids: Iterable[str]) -> int:
+        """Delete these devices' session state (``edgeproxy forget``); returns how many existed."""
+        ...
 
     async def ping(self) -> bool: ...
 
@@ -193,6 +197,9 @@ class MemorySessionStore:
         for device_id, _ in claimed:
             del self._entries[device_id]
         return claimed
+
+    async def forget(self, device_ids: Iterable[str]) -> int:
+        return sum(self._entries.pop(device_id, None) is not None for device_id in device_ids)
 
     async def ping(self) -> bool:
         return True
