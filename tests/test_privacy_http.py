@@ -292,3 +292,62 @@ honor_gpc = true
     text = await metrics(client)
     assert 'edgeproxy_events_withheld_total{reason="no_consent",source="default"} 1.0' in text
     assert 'edgeproxy_events_withheld_total{reason="gpc",source="us"} 1.0' in text
+
+
+PREF_VALUES = [True, False, None, "yes"]
+
+
+def random_message(rng, i: int) -> dict:
+    """A message with random consent (none, or random values per category), type and user."""
+    mtype = rng.choice(["track", "page", "screen", "identify"])
+    body = {"type": mtype, "messageId": f"p-{i}", "anonymousId": f"anon-{rng.randrange(5):04d}",
+            "context": {**AJS, "ip": "198.51.100.23"}, "timestamp": "2026-03-14T15:09:26.535Z"}
+    if rng.random() < 0.5:
+        body["userId"] = f"user-{rng.randrange(5):04d}"
+    if mtype == "track":
+        body["event"] = "Clicked"
+    elif mtype in ("page", "screen"):
+        body["name"] = "Home"
+    else:
+        body["traits"] = {"email": "x@example.com"}
+    if rng.random() < 0.7:
+        body["context"]["consent"] = {"categoryPreferences": {
+            name: rng.choice(PREF_VALUES) for name in ("analytics", "functional", "advertising") if rng.random() < 0.8}}
+    return body
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_property_no_event_without_the_required_consent_reaches_amplitude(tmp_path, aiohttp_client, amp, seed) -> None:
+    import random
+
+    rng = random.Random(seed)
+    client = await aiohttp_client(app_with(tmp_path, amp, consent_categories=["analytics", "functional"],
+                                           events_without_consent="anonymous", honor_gpc=True))
+    sent: dict[str, tuple[dict, bool]] = {}
+    for b in range(10):
+        batch = [random_message(rng, b * 20 + j) for j in range(20)]
+        gpc = rng.random() < 0.2
+        resp = await client.post("/_e/v1/batch", data=orjson.dumps({"batch": batch, "writeKey": "wk"}),
+                                 headers={"Sec-GPC": "1"} if gpc else {})
+        assert resp.status == 200, await resp.text()
+        sent.update({m["messageId"]: (m, gpc) for m in batch})
+    await send(client, ev("sentinel", {"consent": {"categoryPreferences": {"analytics": True, "functional": True}}}))
+    await delivered(amp, "sentinel")
+    seen = 0
+    for item in amp.ingested():
+        mid = item.get("insert_id")
+        if mid == "sentinel" or mid not in sent:
+            continue
+        msg, gpc = sent[mid]
+        seen += 1
+        prefs = msg["context"].get("consent", {}).get("categoryPreferences")
+        assert not gpc, f"{mid} was sent with Sec-GPC: 1"
+        if prefs is None:  # anonymous: only usage events, with nothing that identifies a person
+            assert msg["type"] in ("track", "page", "screen") and "user_id" not in item and "ip" not in item
+            assert item["device_id"] != msg["anonymousId"]
+        else:
+            assert prefs.get("analytics") is True and prefs.get("functional") is True, (mid, prefs)
+    granted = sum(1 for m, g in sent.values() if not g and (m["context"].get("consent") or {}).get(
+        "categoryPreferences", {}).get("analytics") is True and m["context"]["consent"]["categoryPreferences"].get(
+        "functional") is True)
+    assert seen >= granted > 0  # the granted ones did arrive (and some anonymous ones)

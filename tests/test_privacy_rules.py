@@ -195,3 +195,56 @@ def test_privacy_problems(cfg, problem) -> None:
     [found] = privacy_problems(cfg)
     assert found.startswith(problem)
     assert privacy_problems(PrivacyConfig(consent_categories=["analytics"], cookies_before_consent=False)) == []
+
+
+def _load(tmp_path, text: str, env: dict | None = None):
+    from edgeproxy.config import load_settings
+
+    path = tmp_path / "edgeproxy.toml"
+    path.write_text(text)
+    return load_settings(path, env=env or {})
+
+
+def test_privacy_config_keys_env_and_per_source_overrides(tmp_path) -> None:
+    from edgeproxy.sources import SourceTable
+
+    settings = _load(tmp_path, """
+[privacy]
+consent_categories = ["analytics"]
+ip = "truncate"
+[[sources]]
+name = "us"
+write_keys = ["wk-us"]
+[sources.privacy]
+consent_categories = []
+honor_gpc = true
+""", env={"EDGEPROXY_PRIVACY__DROP_BOTS": "true", "EDGEPROXY_SOURCES__US__PRIVACY__EVENTS_WITHOUT_CONSENT": "drop"})
+    table = SourceTable(settings)
+    assert table.default.privacy == Rules(("analytics",), "send", True, False, "truncate", True)
+    # A source replaces the keys it sets; the rest are the flat section's.
+    assert table.get("us").privacy == Rules((), "drop", True, True, "truncate", True)
+    env = _load(tmp_path, "", env={"EDGEPROXY_PRIVACY__CONSENT_CATEGORIES": "analytics,functional"})
+    assert env.privacy.consent_categories == ["analytics", "functional"]
+
+
+def test_privacy_config_problems_name_their_key(tmp_path) -> None:
+    from edgeproxy.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, """
+[privacy]
+ip = "hash"
+colour = "blue"
+[[sources]]
+name = "eu"
+write_keys = ["wk-eu"]
+[sources.privacy]
+cookies_before_consent = false
+events_without_consent = 3
+""")
+    problems = caught.value.problems
+    assert any(p.startswith('privacy.ip: must be one of "full", "truncate", "drop"') for p in problems)
+    assert "privacy.colour: unknown key" in problems
+    assert any(p.startswith("sources[0].privacy.events_without_consent: expected a string") for p in problems)
+    assert any(p.startswith("sources[0].privacy.cookies_before_consent: false needs sources[0].privacy.consent_categories")
+               for p in problems)
