@@ -107,6 +107,7 @@ class Draws:
                 user_id=state.user_id if self.draw(KEEP, "keep user_id") else self.draw(STRINGS, "carried.user_id"),
                 library=state.library if self.draw(KEEP, "keep library") else self.draw(STRINGS, "carried.library"),
                 user_agent=state.user_agent if self.draw(KEEP, "keep ua") else self.draw(STRINGS, "carried.user_agent"),
+                consent=state.consent if self.draw(KEEP, "keep consent") else self.draw(CONSENTS, "carried.consent"),
             )
         session_id = t + self.draw(self.delta, "fresh.session_id")
         return SessionState(
@@ -117,9 +118,11 @@ class Draws:
             first_seen=session_id - self.draw(self.fresh_first_seen, "fresh.first_seen"),
             library=self.draw(STRINGS, "fresh.library"),
             user_agent=self.draw(STRINGS, "fresh.user_agent"),
+            consent=self.draw(CONSENTS, "fresh.consent"),
         )
 
 
+CONSENTS = hst.sampled_from([None, "", "granted", "denied", "absent", "gpc", "not_required"])
 CARRIED_KINDS = hst.sampled_from(["none", "equal", "mutated", "fresh"])
 COUNT_SHIFT = hst.integers(-3, 3)
 COUNTS = hst.integers(0, 1_000)
@@ -175,6 +178,7 @@ def test_redis_touch_agrees_with_the_python_rule(redis_runner, data):
                 user_id=draws.draw(STRINGS, "user_id"),
                 library=draws.draw(STRINGS, "library"),
                 user_agent=draws.draw(STRINGS, "user_agent"),
+                consent=draws.draw(CONSENTS, "consent"),
             )
             note(f"step {step}: {device[:6]} {request}")
             expected = await memory.touch(device, request)
