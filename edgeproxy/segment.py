@@ -79,7 +79,10 @@ def parse_iso(value: Any, field: str) -> datetime:
         raise Rejected(field, f"not an ISO-8601 date: {value[:40]!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: before year 1 in UTC
+        raise Rejected(field, f"outside the years 1-9999 in UTC: {value[:40]!r}") from None
 
 
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
@@ -213,7 +216,11 @@ def _correct_clock(msg: dict[str, Any], received: datetime, batch_sent_at: Any) 
     if sent_raw not in (None, ""):
         sent = parse_iso(sent_raw, "sentAt")
         msg["sentAt"] = sent_raw
-        msg["timestamp"] = format_iso(received - (sent - original))
+        try:
+            msg["timestamp"] = format_iso(received - (sent - original))
+        except OverflowError:  # e.g. a year-9999 timestamp sent at year 1: no such corrected time
+            raise Rejected("sentAt", f"{str(sent_raw)[:40]!r} and timestamp {str(ts_raw)[:40]!r} are too far "
+                           f"apart to correct the clock (the result is outside the years 1-9999)") from None
     else:
         msg["timestamp"] = format_iso(original)
 

@@ -73,8 +73,8 @@ def basic_auth(write_key: str) -> str:
 def _shift(sent_at: Any, waited: timedelta) -> Any:
     try:
         return format_iso(parse_iso(sent_at, "sentAt") + waited)
-    except ValueError:
-        return sent_at  # not a date: Segment judges it as the client sent it
+    except (ValueError, OverflowError):  # not a date, or past year 9999 once shifted
+        return sent_at  # Segment judges it as the client sent it
 
 
 def request_body(items: Sequence[tuple[bytes, int]], now_ms: int) -> bytes:

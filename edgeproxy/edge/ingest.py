@@ -225,8 +225,9 @@ class IngestHandlers:
                 return self._unavailable(f"session store unavailable: {exc}", len(raws))
             if result.web:
                 web_seen = True
-                web_ids = (msg.get("anonymousId"), msg.get("userId"))
-                web_cookies = verdict.cookies
+                if result.device_id == jar.device_id:  # the cookies are this browser's, not another visitor's
+                    web_ids = (msg.get("anonymousId"), msg.get("userId"))
+                    web_cookies = verdict.cookies
             if result.started:
                 ctx.metrics.sessions_started.inc()
             if result.mismatch:

@@ -72,6 +72,10 @@ class CookieIdentity:
     # What the request's device cookie said and when it was signed: re-sent only if that changed or aged.
     cookie_device: tuple[str, bool] | None = None
     cookie_signed_at: int = 0
+    # The anonymousId of the request's first web message: the jar's device is that browser's.
+    # A message of the same request with another anonymousId is another visitor (a server
+    # forwarding several browsers' events, analytics.reset() between two queued events).
+    bound_anonymous_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -187,6 +191,11 @@ class IdentityService:
         # (one batch, gathered) agree on one device id.
         anonymous_id = message.get("anonymousId")
         anonymous_id = anonymous_id if valid_device_id(anonymous_id) else None
+        if anonymous_id is not None:
+            if jar.bound_anonymous_id is None:
+                jar.bound_anonymous_id = anonymous_id
+            elif anonymous_id != jar.bound_anonymous_id and anonymous_id != jar.device_id:
+                return await self._other_visitor(message, anonymous_id, t_ms, consent)
         if jar.provisional:
             if anonymous_id is not None:
                 jar.device_id = anonymous_id
@@ -201,6 +210,20 @@ class IdentityService:
                                                 consent)
         if device_id == jar.device_id:
             jar.session = reconcile(jar.session, new)
+        mismatch = False
+        if may_stamp(message):
+            mismatch = claim_mismatches(present, claimed, new.session_id)
+            stamp_session_id(message, new.session_id)
+        return IdentityResult(device_id=device_id, session=new, started=started, mismatch=mismatch, web=True, ended=ended)
+
+    async def _other_visitor(self, message: dict[str, Any], anonymous_id: str, t_ms: int,
+                             consent: str | None) -> IdentityResult:
+        """A web message of another browser than the request's cookies belong to: its own ids,
+        its own session; the jar (and the response's cookies) stay the first visitor's."""
+        device_id = _context_device_id(message) or anonymous_id
+        present, claimed = client_session_claim(message)
+        new, started, ended = await self._touch(device_id, message, t_ms, None, adoptable_claim(present, claimed),
+                                                consent)
         mismatch = False
         if may_stamp(message):
             mismatch = claim_mismatches(present, claimed, new.session_id)

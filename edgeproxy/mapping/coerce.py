@@ -7,7 +7,6 @@ exact conversions. Each function states which JavaScript expression it mirrors.
 
 from __future__ import annotations
 
-import calendar
 import email.utils
 import math
 import re
@@ -102,10 +101,9 @@ def _parse_js_date_string(text: str) -> int | None:
             return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    if 1 < dt.year < 9999:  # the same floor(ms) as below, without building a time tuple
-        ms = (dt - _EPOCH) // _ONE_MS
-    else:  # kept for the edge years, where utctimetuple overflows just as it always did
-        ms = calendar.timegm(dt.utctimetuple()) * 1000 + dt.microsecond // 1000
+    # Aware subtraction never leaves the calendar (utctimetuple() overflowed for year 1 or 9999
+    # with an offset that crosses the year's edge: V8 reads those dates, so do we).
+    ms = (dt - _EPOCH) // _ONE_MS
     return ms if abs(ms) <= _MAX_MS else None
 
 

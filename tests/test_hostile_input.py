@@ -1,0 +1,134 @@
+"""Hostile input found by attacking the edge: each case fails without its fix.
+
+Dates at the calendar's edges (property tests over the ISO-8601 grammar), one cookie-less
+batch of several visitors, ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import orjson
+from hypothesis import given, settings, strategies as st
+from test_ingest import make_settings, track
+
+from edgeproxy import segment
+from edgeproxy.app import create_app
+from edgeproxy.mapping import Mapper
+from edgeproxy.segment_api import _shift
+from fake_amplitude import TEST_API_KEY
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
+
+
+def _year() -> st.SearchStrategy[str]:
+    return st.one_of(st.integers(0, 9999).map(lambda y: f"{y:04d}"), st.sampled_from(["0000", "10000", "1" * 1000]),
+                     st.integers(0, 99999).map(str))
+
+
+def _two(lo: int, hi: int) -> st.SearchStrategy[str]:
+    return st.integers(lo, hi).map(lambda n: f"{n:02d}")
+
+
+OFFSET = st.one_of(st.sampled_from(["Z", "z", "", "+00:00", "-00:00"]),
+                   st.tuples(st.sampled_from("+-"), _two(0, 25), _two(0, 60)).map(lambda t: f"{t[0]}{t[1]}:{t[2]}"))
+FRACTION = st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=12).map(lambda d: "." + d))
+ISO = st.builds(lambda y, mo, d, h, mi, s, f, o: f"{y}-{mo}-{d}T{h}:{mi}:{s}{f}{o}",
+                _year(), _two(0, 13), _two(0, 32), _two(0, 24), _two(0, 60), _two(0, 60), FRACTION, OFFSET)
+EDGES = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z",
+         "1" * 1000 + "-01-01T00:00:00Z", "2026-02-30T00:00:00Z", ""]
+DATES = st.one_of(ISO, st.sampled_from(EDGES), st.none())
+MAPPER = Mapper({"api_key": "k"}, strict_settings=False)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(timestamp=DATES, sent_at=DATES, batch_sent_at=DATES)
+def test_any_date_is_an_answer_for_that_message_never_an_exception(timestamp, sent_at, batch_sent_at) -> None:
+    """normalize either accepts or raises Rejected naming the field; what it accepts maps, and
+    its relayed sentAt can be shifted, whatever the dates."""
+    raw = {"type": "track", "event": "x", "anonymousId": "anon-12345"}
+    if timestamp is not None:
+        raw["timestamp"] = timestamp
+    if sent_at is not None:
+        raw["sentAt"] = sent_at
+    try:
+        msg = segment.normalize(raw, path_type=None, received=NOW, envelope=segment.Envelope(sent_at=batch_sent_at))
+    except segment.Rejected as exc:
+        assert exc.field in ("timestamp", "sentAt") and exc.message
+        return
+    datetime.fromisoformat(msg["timestamp"].replace("Z", "+00:00"))  # a real UTC time
+    MAPPER.map(msg, device_id="anon-12345")
+    if "sentAt" in msg:
+        _shift(msg["sentAt"], timedelta(hours=1))
+
+
+async def test_a_batch_with_extreme_dates_accepts_its_valid_messages(tmp_path, aiohttp_client, amp) -> None:
+    client = await aiohttp_client(create_app(make_settings(
+        tmp_path, amplitude__api_key=TEST_API_KEY, amplitude__endpoint_url=amp.base_url)))
+    hostile = [("0001-01-01T00:00:00+01:00", None), ("9999-12-31T23:59:59-05:00", None),
+               ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"), ("1" * 1000 + "-01-01T00:00:00Z", None)]
+    batch = [track(messageId="valid-0", sentAt=None)]
+    for i, (ts, sent) in enumerate(hostile):
+        batch.append(track(messageId=f"hostile-{i}", timestamp=ts, sentAt=sent))
+    batch.append(track(messageId="valid-1", sentAt=None))
+    for m in batch:
+        if m["sentAt"] is None:
+            del m["sentAt"]
+    resp = await client.post("/_e/v1/batch", data=orjson.dumps({"batch": batch, "writeKey": "wk"}))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["accepted"] == 2 and [r["index"] for r in body["rejected"]] == [1, 2, 3, 4]
+    assert {r["field"] for r in body["rejected"]} == {"timestamp", "sentAt"}
+    deadline = time.monotonic() + 10
+    while len(amp.events) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert {e["insert_id"] for e in amp.events} == {"valid-0", "valid-1"}
+
+
+async def _cookieless_batch(client, batch: list[dict], cookies: dict | None = None) -> None:
+    client.session.cookie_jar.clear()
+    if cookies:
+        client.session.cookie_jar.update_cookies(cookies)
+    resp = await client.post("/_e/v1/batch", data=orjson.dumps({"batch": batch, "writeKey": "wk"}))
+    assert resp.status == 200, await resp.text()
+
+
+async def test_one_cookieless_batch_of_several_visitors_keeps_them_apart(tmp_path, aiohttp_client, amp) -> None:
+    client = await aiohttp_client(create_app(make_settings(
+        tmp_path, amplitude__api_key=TEST_API_KEY, amplitude__endpoint_url=amp.base_url)))
+    batch = [track(messageId=f"m{i}", anonymousId=anon) for i, anon in
+             enumerate(["visitor-aaaa", "visitor-bbbb", "visitor-aaaa", "visitor-cccc"])]
+    await _cookieless_batch(client, batch)
+    deadline = time.monotonic() + 10
+    while len(amp.events) < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    device = {e["insert_id"]: e["device_id"] for e in amp.events}
+    assert device == {"m0": "visitor-aaaa", "m1": "visitor-bbbb", "m2": "visitor-aaaa", "m3": "visitor-cccc"}
+    sessions = {e["insert_id"]: e["session_id"] for e in amp.events}
+    assert sessions["m0"] == sessions["m2"]
+    debug = await (await client.get("/debug?format=json")).json()
+    assert {s["device_id"] for s in debug["sessions"]} == {"visitor-aaaa", "visitor-bbbb", "visitor-cccc"}
+
+
+async def test_the_cookie_belongs_to_its_browsers_messages_only(tmp_path, aiohttp_client, amp) -> None:
+    """analytics.reset() between two queued events: the second anonymousId is a new visitor,
+    not the cookie's device; the cookie still wins over a wiped anonymousId of its browser."""
+    client = await aiohttp_client(create_app(make_settings(
+        tmp_path, amplitude__api_key=TEST_API_KEY, amplitude__endpoint_url=amp.base_url)))
+    await _cookieless_batch(client, [track(messageId="first", anonymousId="device-old1")])
+    cookies = {c.key: c.value for c in client.session.cookie_jar}
+    assert "_ep_did" in cookies
+    resp = await client.post("/_e/v1/batch", data=orjson.dumps({"batch": [
+        track(messageId="same-browser", anonymousId="device-wiped"),  # Safari wiped its storage: cookie wins
+        track(messageId="same-browser-2", anonymousId="device-wiped"),
+        track(messageId="after-reset", anonymousId="device-new22"),  # another id in the same request
+    ], "writeKey": "wk"}))
+    assert resp.status == 200
+    deadline = time.monotonic() + 10
+    while len(amp.events) < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    device = {e["insert_id"]: e["device_id"] for e in amp.events}
+    assert device == {"first": "device-old1", "same-browser": "device-old1", "same-browser-2": "device-old1",
+                      "after-reset": "device-new22"}
