@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgeproxy.privacy.settings import PrivacyConfig, privacy_problems
+from edgeproxy.segment import WRITE_KEY_RULE, valid_write_key
 
 ENV_PREFIX = "EDGEPROXY_"
 
@@ -387,8 +388,10 @@ def validate(s: Settings) -> list[str]:
     if s.cdn.upstream and not re.match(r"^https?://[^/]+", s.cdn.upstream):
         problems.append(f"cdn.upstream: must be an http(s) URL, got {s.cdn.upstream!r}")
     for i, key in enumerate(s.segment.write_keys):
-        if not isinstance(key, str) or not key:
-            problems.append(f"segment.write_keys[{i}]: must be a non-empty string")
+        if not valid_write_key(key):
+            problems.append(f"segment.write_keys[{i}]: a write key is {WRITE_KEY_RULE}, got {key!r}")
+    if not valid_write_key(s.origin.snippet_write_key):
+        problems.append(f"origin.snippet_write_key: a write key is {WRITE_KEY_RULE}, got {s.origin.snippet_write_key!r}")
     if s.sessions.timeout <= 0:
         problems.append("sessions.timeout: must be positive")
     for key in ("device_cookie_max_age", "ajs_cookie_max_age"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -130,6 +131,17 @@ def write_key_from_basic(header: str | None) -> str | None:
     return decoded.split(":", 1)[0] or None
 
 
+# Write keys as Segment issues them (32 letters and digits) and as people name test sources
+# ("wk-staging"): letters, digits, '_' and '-', at most 64. No '.', '/' or '%': a write key
+# becomes a CDN path, a cache key, a log field and a Basic auth header.
+WRITE_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+WRITE_KEY_RULE = "1-64 letters, digits, '_' or '-', starting with a letter or digit"
+
+
+def valid_write_key(key: Any) -> bool:
+    return isinstance(key, str) and WRITE_KEY_RE.fullmatch(key) is not None
+
+
 def resolve_write_key(body: dict[str, Any], authorization: str | None, allowed: list[str]) -> str:
     """Body key first, then Basic auth. Empty is Segment's 400; unknown (with a list) a 401."""
     key = body.get("writeKey")
@@ -137,6 +149,9 @@ def resolve_write_key(body: dict[str, Any], authorization: str | None, allowed: 
         key = write_key_from_basic(authorization)
     if not key:
         raise Rejected("writeKey", "An invalid write key was provided", code="invalid_request")
+    if not valid_write_key(key):
+        raise Rejected("writeKey", f"An invalid write key was provided: a write key is {WRITE_KEY_RULE}, "
+                       f"got {len(key)} characters", code="invalid_request")
     if allowed and key not in allowed:
         raise Rejected("writeKey", "unknown write key", code="unauthorized")
     return key

@@ -26,9 +26,10 @@ from typing import Any
 from edgeproxy.config import AmplitudeConfig, SegmentConfig, _coerce
 from edgeproxy.privacy.policy import Rules
 from edgeproxy.privacy.settings import PrivacyConfig, privacy_problems
+from edgeproxy.segment import WRITE_KEY_RULE, valid_write_key
 
 DEFAULT_SOURCE = "default"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # also a Prometheus label value and a URL query value
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # also a Prometheus label value and a URL query value
 _SOURCE_KEYS = ("name", "write_keys", "amplitude", "segment", "privacy")
 _SECTION_NAMES = {AmplitudeConfig: "amplitude", SegmentConfig: "segment", PrivacyConfig: "privacy"}
 _RELAY_KEYS = ("relay_url", "relay_write_key")
@@ -188,8 +189,8 @@ def sources_problems(settings: Any) -> list[str]:
             problems.append(f"{where}.write_keys: a source needs at least one write key (no event could reach it)")
         for j, key in enumerate(src.write_keys):
             here = f"{where}.write_keys[{j}]"
-            if not isinstance(key, str) or not key:
-                problems.append(f"{here}: must be a non-empty string")
+            if not valid_write_key(key):
+                problems.append(f"{here}: a write key is {WRITE_KEY_RULE}, got {key!r}")
             elif key in owner:
                 problems.append(f"{here}: write key {key!r} is also in {owner[key]}; a write key belongs to one source")
             else:

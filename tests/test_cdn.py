@@ -128,10 +128,16 @@ async def test_write_key_list(client_for):
 
 async def test_any_key_without_a_list_but_not_any_characters(client_for):
     client = await client_for()
-    assert (await get_settings(client, "whatever-Key_1.x"))["integrations"]["Segment.io"]["apiKey"] == "whatever-Key_1.x"
-    resp = await get(client, "/_e/v1/projects/bad%22key/settings")
-    assert resp.status == 400
-    assert "write key" in (await resp.json())["error"]
+    assert (await get_settings(client, "whatever-Key_1x"))["integrations"]["Segment.io"]["apiKey"] == "whatever-Key_1x"
+    for bad in ("bad%22key", ".", "..", "-x", "a.b", "k" * 65, "%2e"):
+        for path in (f"/_e/v1/projects/{bad}/settings", f"/_e/analytics.js/v1/{bad}/analytics.min.js"):
+            resp = await get(client, path)
+            assert resp.status in (400, 404), (path, resp.status)
+            if resp.status == 400:
+                assert "write key is 1-64 letters" in (await resp.json())["error"]
+    assert (await get(client, "/_e/analytics.js/v1/./analytics.min.js")).status in (400, 404)
+    resp = await get(client, f"/_e/analytics.js/v1/{'k' * 65}/analytics.min.js")
+    assert resp.status == 400  # never an upstream path or cache entry for it
 
 
 async def test_bad_host_header_is_refused(client_for):

@@ -132,3 +132,23 @@ async def test_the_cookie_belongs_to_its_browsers_messages_only(tmp_path, aiohtt
     device = {e["insert_id"]: e["device_id"] for e in amp.events}
     assert device == {"first": "device-old1", "same-browser": "device-old1", "same-browser-2": "device-old1",
                       "after-reset": "device-new22"}
+
+
+async def test_write_keys_outside_segments_alphabet_are_refused_everywhere(tmp_path, aiohttp_client, amp) -> None:
+    from edgeproxy.config import ConfigError, load_settings
+
+    client = await aiohttp_client(create_app(make_settings(tmp_path)))
+    for bad in (".", "../x", "k" * 65, "a b", "wk\n", "é"):
+        resp = await client.post("/_e/v1/t", data=orjson.dumps(track(writeKey=bad)))
+        assert resp.status == 400 and "write key is 1-64 letters" in (await resp.json())["message"], bad
+    for good in ("Jx0X5Nr0aWq3jHcXfO6w1QP8bOfYHp6w", "wk-staging_2"):
+        assert (await client.post("/_e/v1/t", data=orjson.dumps(track(writeKey=good)))).status == 200
+    path = tmp_path / "bad.toml"
+    path.write_text('[segment]\nwrite_keys = ["ok", "no.dots"]\n[origin]\nsnippet_write_key = "../x"\n'
+                    '[[sources]]\nname = "s"\nwrite_keys = ["' + "k" * 65 + '"]\n')
+    try:
+        load_settings(path, env={})
+    except ConfigError as exc:
+        text = "\n".join(exc.problems)
+    assert "segment.write_keys[1]: a write key is" in text and "origin.snippet_write_key: a write key is" in text
+    assert "sources[0].write_keys[0]: a write key is" in text

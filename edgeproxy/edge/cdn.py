@@ -7,7 +7,7 @@ a host the blockers do not list, and lets the settings point the tracking API ba
 
 Every file name that can be served comes from a table (the plugin's content hash built at
 startup, the listing of ``cdn.analytics_js_dir`` taken at startup, or a name checked
-against ``SAFE_NAME`` before it is used in an upstream URL), never from joining request
+against ``segment.WRITE_KEY_RE`` before it is used in an upstream URL), never from joining request
 text onto a filesystem path: path traversal has nothing to work with.
 """
 
@@ -27,15 +27,16 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from edgeproxy import segment
 from edgeproxy.config import Settings
 from edgeproxy.staticfiles import STATIC_DIR
 
 PLUGIN_FILE = "edgeproxy-session.js"
 # window[PLUGIN_LIBRARY_NAME] is what the plugin file defines; the settings name it.
 PLUGIN_LIBRARY_NAME = "edgeproxySessionPlugin"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+\Z")
 # Host (and port) as it may appear in a URL we write into JSON and JavaScript.
-SAFE_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+SAFE_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?\Z")
 SERVABLE_SUFFIXES = {".js": "application/javascript", ".map": "application/json"}
 HASHED_NAME = re.compile(r"\.[0-9a-f]{16,}\.js(?:\.map)?$")
 
@@ -171,7 +172,7 @@ def substitute_write_key(body: bytes, write_key: str) -> bytes:
     that value to ``analytics._writeKey`` and to the script-src guess; its own "was it
     substituted?" check spells the placeholder as a join, so a plain text replacement of every
     occurrence is exactly what the CDN does. Only local copies need it (an upstream CDN already
-    did it); ``write_key`` matched ``SAFE_NAME``, so it is safe inside a JavaScript string.
+    did it); ``write_key`` matched ``segment.WRITE_KEY_RE``, so it is safe inside a JavaScript string.
     """
     return body.replace(WRITE_KEY_PLACEHOLDER, write_key.encode())
 
@@ -315,8 +316,8 @@ class CdnHandlers:
         self._bundles: dict[str, Asset] = {}
 
     def _key_problem(self, write_key: str) -> web.Response | None:
-        if not SAFE_NAME.match(write_key):
-            return json_error(400, "write key must be letters, digits, '.', '_' or '-'")
+        if not segment.valid_write_key(write_key):
+            return json_error(400, f"invalid write key: a write key is {segment.WRITE_KEY_RULE}")
         if self.write_keys and write_key not in self.write_keys:
             return json_error(404, f"unknown write key {write_key!r}: not in segment.write_keys or any [[sources]] write_keys")
         return None

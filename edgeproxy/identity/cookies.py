@@ -55,7 +55,7 @@ _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 _DEVICE_SALT = "edgeproxy.device"
 _SESSION_SALT = "edgeproxy.session"
-_DOMAIN_RE = re.compile(r"^\.?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_DOMAIN_RE = re.compile(r"^\.?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
 
 
 @dataclass(slots=True)

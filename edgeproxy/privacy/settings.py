@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 EVENTS_WITHOUT_CONSENT = ("send", "drop", "anonymous")
 IP_MODES = ("full", "truncate", "drop")
-_CATEGORY_RE = re.compile(r"^[A-Za-z0-9_. -]{1,64}$")
+_CATEGORY_RE = re.compile(r"^[A-Za-z0-9_. -]{1,64}\Z")
 
 
 @dataclass
