@@ -8,6 +8,10 @@ pinned to the server core like the servers under test.
   sessions, built through its public ``touch()`` (or ``update()``) with ``sessions.touch`` as the edge does.
   Each session has its own device id (a UUID); user agents come from a pool of 50 distinct
   strings, shared as the identity service shares equal strings (``IdentityService._shared``).
+- ``memory-worst``: the same, but every event goes through ``segment.normalize`` and the
+  identity service with the largest strings they accept (1,024-character ids, 30 KB user
+  agent and library name, each unique): the bound on what a hostile client can make a
+  session cost.
 - ``memory-redis``: Redis ``INFO memory`` used_memory after minus before N sessions written
   through RedisSessionStore's ``touch()`` (or ``update()``): state key plus index entry.
 - ``forwarding``: fill a fresh SQLite spool with N mapped analytics.js track events
@@ -92,6 +96,40 @@ async def memory_store(sessions: int) -> dict[str, Any]:
     ids_bytes = sum(sys.getsizeof(i) for i in ids)
     assert len(store) == sessions
     return {"sessions": sessions, "bytes": after - before + ids_bytes}
+
+
+async def memory_worst(sessions: int) -> dict[str, Any]:
+    """Bytes per session when every client sends the largest strings edgeproxy accepts: each
+    event through normalize and the identity service (which bound what the store keeps), with
+    a unique 1,024-character device id and user id, a 30 KB user agent and library name."""
+    from datetime import datetime, timezone
+
+    from edgeproxy import segment
+    from edgeproxy.config import Settings
+    from edgeproxy.identity.service import IdentityService, CookieIdentity
+    from edgeproxy.identity.store import MemorySessionStore
+
+    settings = Settings()
+    settings.sessions.stamp_non_web = True  # a library name of 30 KB is not analytics.js: a server session
+    store = MemorySessionStore(timeout_ms=TIMEOUT_MS, max_sessions=sessions * 2)
+    service = IdentityService(settings, store, ["k" * 32])
+    now = datetime.now(timezone.utc)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(sessions):
+        tag = f"{i:010d}"
+        raw = {"type": "track", "event": "x", "anonymousId": tag + "a" * (segment.MAX_ID_LENGTH - 10),
+               "userId": tag + "u" * (segment.MAX_ID_LENGTH - 10),
+               "context": {"library": {"name": tag + "l" * 30_000}, "userAgent": tag + "m" * 30_000}}
+        msg = segment.normalize(raw, path_type=None, received=now)
+        await service.process(msg, CookieIdentity(), int(now.timestamp() * 1000))
+        del raw, msg
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(store) == sessions
+    return {"sessions": sessions, "bytes": after - before}
 
 
 async def _redis_used_memory(redis: Any) -> int:
@@ -211,6 +249,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     m = sub.add_parser("memory-store")
     m.add_argument("--sessions", type=int, default=100_000)
+    w = sub.add_parser("memory-worst")
+    w.add_argument("--sessions", type=int, default=20_000)
     r = sub.add_parser("memory-redis")
     r.add_argument("--url", required=True)
     r.add_argument("--sessions", type=int, default=100_000)
@@ -221,6 +261,8 @@ def main() -> None:
     _install_uvloop()
     if args.what == "memory-store":
         result = asyncio.run(memory_store(args.sessions))
+    elif args.what == "memory-worst":
+        result = asyncio.run(memory_worst(args.sessions))
     elif args.what == "memory-redis":
         result = asyncio.run(memory_redis(args.url, args.sessions))
     else:

@@ -286,9 +286,13 @@ def measure_memory(procs: Processes, sessions: int) -> dict[str, Any]:
     redis = srv.start_redis(procs, "redis-memory")
     log(f"memory: RedisSessionStore, {sessions:,} sessions")
     red = inproc("memory-redis", "--url", f"redis://127.0.0.1:{redis.port}/0", "--sessions", str(sessions))
+    worst_n = min(sessions, 20_000)
+    log(f"memory: worst-case strings through the identity service, {worst_n:,} sessions")
+    worst = inproc("memory-worst", "--sessions", str(worst_n))
     scale = SESSIONS / sessions
     return {"memory_store_mib": store["bytes"] * scale / 2**20, "redis_mib": red["bytes"] * scale / 2**20,
-            "sessions_written": sessions, "redis_updates_per_s": red["updates_per_s"]}
+            "sessions_written": sessions, "redis_updates_per_s": red["updates_per_s"],
+            "worst_bytes_per_session": worst["bytes"] / worst_n}
 
 
 def measure_forwarding(responder: Server, events: int) -> dict[str, Any]:
@@ -426,6 +430,11 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"target ≤ {TARGET_MEMORY_MIB:.0f} MiB", _met(m["memory_store_mib"] <= TARGET_MEMORY_MIB)))
         rows.append(("memory per 100,000 live sessions, Redis (used_memory)", f"{m['redis_mib']:.1f} MiB{note}",
                      f"written at {m['redis_updates_per_s']:,.0f} updates/s", "—"))
+        per = m["worst_bytes_per_session"]
+        rows.append(("memory per session, hostile client (1,024-character ids, 30 KB user agent and library, "
+                     "memory store)", f"{per / 1024:.1f} KiB; {per * 1_000_000 / 2**30:.1f} GiB at the default "
+                     "max_sessions (1,000,000)", f"{per / (m['memory_store_mib'] * 2**20 / SESSIONS):.0f}× a typical "
+                     "session", "—"))
     if "forwarding" in res:
         f = res["forwarding"]
         rows.append(("forwarding CPU per event (spool → Amplitude)",

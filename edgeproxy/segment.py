@@ -159,6 +159,14 @@ def resolve_write_key(body: dict[str, Any], authorization: str | None, allowed: 
 
 _OBJECT_FIELDS = ("context", "properties", "traits", "integrations")
 _ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
+# Amplitude keeps a string value up to 1,024 characters: a longer id cannot be an Amplitude id,
+# and the session store keeps ids per session (their length bounds its memory).
+MAX_ID_LENGTH = 1024
+
+
+def _device_id(context: Any) -> Any:
+    device = context.get("device") if isinstance(context, dict) else None
+    return device.get("id") if isinstance(device, dict) else None
 
 
 @dataclass(frozen=True)
@@ -195,11 +203,17 @@ def normalize(raw: Any, *, path_type: str | None, received: datetime, envelope: 
         value = msg.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
             raise Rejected(name, f"must be a string, got {_json_type(value)}")
+        if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+            raise Rejected(name, f"{len(value)} characters, at most {MAX_ID_LENGTH} (Amplitude's limit for a string)")
 
     if envelope.context:
         msg["context"] = {**envelope.context, **(msg.get("context") or {})}
     if envelope.integrations:
         msg["integrations"] = {**envelope.integrations, **(msg.get("integrations") or {})}
+    device_id = _device_id(msg.get("context"))
+    if isinstance(device_id, str) and len(device_id) > MAX_ID_LENGTH:
+        raise Rejected("context.device.id", f"{len(device_id)} characters, at most {MAX_ID_LENGTH} "
+                       f"(Amplitude's limit for a string)")
 
     if mtype == "track" and (not isinstance(event := msg.get("event"), (str, int, float)) or event == ""):
         raise Rejected("event", "a track call needs a non-empty event name")

@@ -152,3 +152,29 @@ async def test_write_keys_outside_segments_alphabet_are_refused_everywhere(tmp_p
         text = "\n".join(exc.problems)
     assert "segment.write_keys[1]: a write key is" in text and "origin.snippet_write_key: a write key is" in text
     assert "sources[0].write_keys[0]: a write key is" in text
+
+
+async def test_oversized_ids_are_refused_and_stored_strings_are_bounded(tmp_path, aiohttp_client, amp) -> None:
+    client = await aiohttp_client(create_app(make_settings(tmp_path)))
+    batch = [
+        track(messageId="huge-device", context={"library": {"name": "analytics.js"}, "device": {"id": "d" * 30_000}}),
+        track(messageId="huge-user", userId="u" * 1025),
+        track(messageId="huge-anon", anonymousId="a" * 1025),
+        track(messageId="long-but-ok", anonymousId="a" * 1024, userId="u" * 1024,
+              context={"library": {"name": "analytics.js"}, "userAgent": "Mozilla/5.0 " + "x" * 30_000}),
+    ]
+    resp = await client.post("/_e/v1/batch", data=orjson.dumps({"batch": batch, "writeKey": "wk"}))
+    body = await resp.json()
+    assert resp.status == 200 and body["accepted"] == 1, body
+    assert [(r["index"], r["field"]) for r in body["rejected"]] == [(0, "context.device.id"), (1, "userId"), (2, "anonymousId")]
+    assert "at most 1024" in body["rejected"][0]["message"]
+    server = track(messageId="server-lib", anonymousId="srv-12345",
+                   context={"library": {"name": "L" * 30_000}, "device": {"id": "srv-12345"}})
+    app = create_app(make_settings(tmp_path / "b", sessions__stamp_non_web=True))
+    other = await aiohttp_client(app)
+    assert (await other.post("/_e/v1/t", data=orjson.dumps(server))).status == 200
+    debug = await (await client.get("/debug?format=json")).json()
+    [session] = debug["sessions"]
+    assert len(session["user_agent"]) == 512 and len(session["device_id"]) <= 1024
+    [stamped] = (await (await other.get("/debug?format=json")).json())["sessions"]
+    assert len(stamped["library"]) == 100

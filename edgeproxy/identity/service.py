@@ -59,6 +59,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SHARED_STRINGS = 10_000  # distinct user agents kept as one object each (see _shared)
 DEVICE_COOKIE_REFRESH_MS = 86_400_000  # a device cookie older than a day is re-signed (its Max-Age renewed)
 _ONE_MS = timedelta(milliseconds=1)
+# What a stored session keeps of each string (its ids are bounded by segment.MAX_ID_LENGTH):
+# with these, a session costs at most ~3.6 KB of strings whatever a client sends.
+MAX_USER_AGENT = 512
+MAX_LIBRARY_NAME = 100
 
 
 @dataclass
@@ -130,8 +134,12 @@ def _non_blank(value: Any) -> str | None:
 def _user_agent(message: Mapping[str, Any]) -> str | None:
     context = message.get("context")
     if isinstance(context, dict) and isinstance(context.get("userAgent"), str):
-        return context["userAgent"][:512]
+        return context["userAgent"][:MAX_USER_AGENT]
     return None
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    return text[:limit] if text is not None else None
 
 
 class IdentityService:
@@ -270,7 +278,7 @@ class IdentityService:
         consent: str | None = None,
     ) -> tuple[SessionState, bool, SessionState | None]:
         user_id = _non_blank(message.get("userId"))
-        library = self._shared(library_name(message))
+        library = self._shared(_bounded(library_name(message), MAX_LIBRARY_NAME))
         user_agent = self._shared(_user_agent(message))
         request = TouchRequest(t_ms, self.timeout_ms, carried=carried, adopt_session_id=adopt, user_id=user_id,
                                library=library, user_agent=user_agent, consent=consent)
