@@ -178,3 +178,51 @@ async def test_oversized_ids_are_refused_and_stored_strings_are_bounded(tmp_path
     assert len(session["user_agent"]) == 512 and len(session["device_id"]) <= 1024
     [stamped] = (await (await other.get("/debug?format=json")).json())["sessions"]
     assert len(stamped["library"]) == 100
+
+
+async def test_every_debug_answer_carries_the_security_headers(tmp_path, aiohttp_client) -> None:
+    import base64 as b64
+    import hashlib
+    import re
+
+    from edgeproxy.edge.debug_pages import STYLE
+
+    client = await aiohttp_client(create_app(make_settings(tmp_path, debug__token="operator-token-1234")))
+    auth = {"Authorization": "Bearer operator-token-1234"}
+    answers = [await client.get("/debug", headers=auth), await client.get("/debug?format=json", headers=auth),
+               await client.get("/debug/me", headers=auth), await client.get("/debug/sessions/x", headers=auth),
+               await client.get("/debug/login"), await client.get("/debug", allow_redirects=False),
+               await client.get("/debug?format=json"), await client.post("/debug/login", data={"token": "wrong"}),
+               await client.post("/debug/forget", json={}, headers=auth)]
+    for resp in answers:
+        csp = resp.headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "script-src" not in csp, resp.url
+        assert resp.headers["X-Content-Type-Options"] == "nosniff" and resp.headers["Referrer-Policy"] == "no-referrer"
+    page = await (await client.get("/debug", headers=auth)).text()
+    assert "<script" not in page
+    [style] = re.findall(r"<style>(.*?)</style>", page, re.S)
+    digest = b64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    assert style == STYLE and f"'sha256-{digest}'" in answers[0].headers["Content-Security-Policy"]
+
+
+async def test_a_correct_token_always_works_whatever_failed_before(tmp_path, aiohttp_client) -> None:
+    settings = make_settings(tmp_path, debug__token="operator-token-1234", server__trusted_proxies=["127.0.0.1"])
+    client = await aiohttp_client(create_app(settings))
+    for i in range(300):  # wrong tokens, forged login cookies, from many addresses
+        headers = {"X-Forwarded-For": f"198.51.100.{i % 250}", "Accept": "application/json"}
+        if i % 3 == 0:
+            headers["Authorization"] = f"Bearer wrong-{i}"
+        elif i % 3 == 1:
+            headers["Cookie"] = f"_ep_debug=forged.{i}.x"
+        else:
+            headers["Authorization"] = "Basic b3BlcmF0b3I6b3BlcmF0b3ItdG9rZW4tMTIzNA=="
+        assert (await client.get("/debug", headers=headers)).status == 401
+        if i % 50 == 0:
+            assert (await client.post("/debug/login", data={"token": f"guess-{i}"}, headers=headers)).status == 401
+    for address in ("203.0.113.9", "198.51.100.1", "127.0.0.1"):
+        resp = await client.get("/debug?format=json", headers={"Authorization": "Bearer operator-token-1234",
+                                                                "X-Forwarded-For": address})
+        assert resp.status == 200, address
+        login = await client.post("/debug/login", data={"token": "operator-token-1234"},
+                                  headers={"X-Forwarded-For": address}, allow_redirects=False)
+        assert login.status == 303

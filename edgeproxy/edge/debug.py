@@ -12,7 +12,6 @@ import hmac
 import html
 import ipaddress
 from dataclasses import asdict, is_dataclass
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -20,6 +19,7 @@ from aiohttp import web
 from itsdangerous import BadSignature
 
 from edgeproxy.config import Settings
+from edgeproxy.edge.debug_pages import SECURITY_HEADERS, esc, json_default, page, render_overview, render_session
 from edgeproxy.identity import ajs
 from edgeproxy.identity.cookies import cookie_values, forget_refusal, make_serializer
 from edgeproxy.privacy.consent import privacy_signal
@@ -53,13 +53,13 @@ class DebugViews:
     def routes(self) -> list[web.RouteDef]:
         b = self.base
         return [
-            web.get(b, self.overview),
-            web.get(b + "/", self.overview),
-            web.get(b + "/me", self.me),
-            web.get(b + "/sessions/{device_id}", self.session),
-            web.post(b + "/forget", self.forget),
-            web.get(b + "/login", self.login_form),
-            web.post(b + "/login", self.login),
+            web.get(b, _secured(self.overview)),
+            web.get(b + "/", _secured(self.overview)),
+            web.get(b + "/me", _secured(self.me)),
+            web.get(b + "/sessions/{device_id}", _secured(self.session)),
+            web.post(b + "/forget", _secured(self.forget)),
+            web.get(b + "/login", _secured(self.login_form)),
+            web.post(b + "/login", _secured(self.login)),
         ]
 
     # -- access -----------------------------------------------------------------------------
@@ -98,13 +98,13 @@ class DebugViews:
             '<label>Debug token <input type="password" name="token" autofocus></label> '
             "<button>Sign in</button></form>"
         )
-        return _page("edgeproxy debug: sign in", body)
+        return page("edgeproxy debug: sign in", body)
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
         given = str(form.get("token", ""))
         if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
-            return _page("edgeproxy debug: sign in", "<p>Wrong token.</p>", status=401)
+            return page("edgeproxy debug: sign in", "<p>Wrong token.</p>", status=401)
         response = web.HTTPSeeOther(self.base)
         response.set_cookie(
             LOGIN_COOKIE,
@@ -144,7 +144,7 @@ class DebugViews:
         }
         if _wants_json(request):
             return _json(data)
-        return _page("edgeproxy debug", _render_overview(self.base, data, self.sources))
+        return page("edgeproxy debug", render_overview(self.base, data, self.sources))
 
     async def session(self, request: web.Request) -> web.Response:
         if not self._allowed(request):
@@ -165,7 +165,7 @@ class DebugViews:
                     "message": "no edgeproxy device cookie and no ajs_anonymous_id on this request"}
             if _wants_json(request):
                 return _json(data)
-            return _page("your session", "<p>This browser has no edgeproxy device cookie and no analytics.js "
+            return page("your session", "<p>This browser has no edgeproxy device cookie and no analytics.js "
                          "anonymousId yet: send an event first.</p>")
         return await self._session_view(request, device_id, privacy_signal=signal)
 
@@ -187,7 +187,7 @@ class DebugViews:
         report = await self.forget_person(user_id=user_id, device_id=device_id)
         if _wants_json(request) or request.content_type == "application/json":
             return _json(report.as_dict())
-        return _page("forgotten", "<pre>" + _e("\n".join(report.lines())) + "</pre>")
+        return page("forgotten", "<pre>" + esc("\n".join(report.lines())) + "</pre>")
 
     def _privacy(self, **filters: Any) -> list[dict[str, Any]] | None:
         return self.privacy_log.recent(limit=ROWS * 2, **filters) if self.privacy_log is not None else None
@@ -205,7 +205,21 @@ class DebugViews:
         }
         if _wants_json(request):
             return _json(data)
-        return _page(f"session {device_id}", _render_session(self.base, data))
+        return page(f"session {device_id}", render_session(self.base, data))
+
+
+def _secured(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    """Every /debug answer (pages, JSON, redirects, refusals) with ``SECURITY_HEADERS``."""
+    async def secured(request: web.Request) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers.update(SECURITY_HEADERS)
+            raise
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    return secured
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -216,15 +230,7 @@ def _wants_json(request: web.Request) -> bool:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data, default=_default), content_type="application/json")
-
-
-def _default(value: Any) -> Any:
-    if is_dataclass(value):
-        return asdict(value)  # type: ignore[arg-type]
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
+    return web.Response(status=status, body=orjson.dumps(data, default=json_default), content_type="application/json")
 
 
 def _of_source(rows: list[dict[str, Any]], source: str | None, limit: int | None = ROWS) -> list[dict[str, Any]]:
@@ -237,152 +243,3 @@ def _session_row(device_id: str, state: Any) -> dict[str, Any]:
     return {"device_id": device_id, **row}
 
 
-def _iso(ms: Any) -> str:
-    if not isinstance(ms, (int, float)) or isinstance(ms, bool):
-        return ""
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1b1b}
-h1{font-size:1.3rem}h2{font-size:1.05rem;margin-top:1.6rem}
-table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}
-th{background:#f4f4f4}code,pre{font:12px/1.3 ui-monospace,monospace}pre{white-space:pre-wrap;margin:0;max-width:60rem}
-.state-delivered{color:#17702a}.state-dead{color:#a11}.state-pending,.state-retrying,.state-in_flight{color:#8a5a00}
-"""
-
-
-def _page(title: str, body: str, status: int = 200) -> web.Response:
-    text = (
-        f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>{body}</body></html>"
-    )
-    return web.Response(status=status, text=text, content_type="text/html")
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body or '<tr><td colspan=%d>none</td></tr>' % len(headers)}</table>"
-
-
-def _render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str:
-    b = _e(base)
-    options = "".join(f'<option value="{_e(n)}"{" selected" if n == data["source"] else ""}>{_e(n)}</option>'
-                      for n in sources)
-    parts = [
-        f'<p><a href="{b}/me">my session</a> · <a href="{b}?format=json">JSON</a></p>',
-        f'<form method="post" action="{b}/forget">Forget a person: <input name="user_id" placeholder="user id"> '
-        'or <input name="device_id" placeholder="device id"> <button>Forget</button></form>',
-        f'<form method="get" action="{b}"><input name="q" value="{_e(data["query"])}" '
-        'placeholder="device or user id"> <button>Search</button></form>',
-        f'<form method="get" action="{b}">Deliveries of source <select name="source"><option value="">all</option>'
-        f'{options}</select> <button>Filter</button></form>',
-        "<h2>Live sessions</h2>",
-        _table(
-            ["device id", "user id", "session id", "start", "last event", "events", "consent", "library", "user agent"],
-            [
-                [
-                    f'<a href="{b}/sessions/{_e(s["device_id"])}"><code>{_e(s["device_id"])}</code></a>',
-                    _e(s.get("user_id")),
-                    f"<code>{_e(s.get('session_id'))}</code>",
-                    _e(_iso(s.get("session_id"))),
-                    _e(_iso(s.get("last_event_ms"))),
-                    _e(s.get("event_count")),
-                    _e(s.get("consent") or ""),
-                    _e(s.get("library")),
-                    _e((s.get("user_agent") or "")[:80]),
-                ]
-                for s in data["sessions"]
-            ],
-        ),
-        "<h2>Spool</h2>",
-        _table(["", ""], [[_e(k), _e(v)] for k, v in data["spool"].items()]),
-        _table(["target", "source", "pending", "dead"],
-               [[_e(r["target"]), _e(r["source"]), _e(r["pending"]), _e(r["dead"])] for r in data["by_target"]]),
-        "<h2>In flight</h2>",
-        _undelivered_table(data["in_flight"]),
-        "<h2>Retrying</h2>",
-        _undelivered_table(data["retrying"]),
-        "<h2>Recent upstream responses</h2>",
-        _table(
-            ["time", "target", "source", "endpoint", "status", "items", "body"],
-            [[_e(_iso(r.get("time_ms") or r.get("time"))), *_where(r), _e(r.get("endpoint")), _e(r.get("status")),
-              _e(r.get("items")), f"<code>{_e(str(r.get('body', ''))[:200])}</code>"] for r in data["recent_responses"]],
-        ),
-        "<h2>Dead letters</h2>",
-        _table(["reason", "count"], [[f"<code>{_e(code)}</code>", _e(n)] for code, n in data["dead_by_reason"].items()]),
-        _table(
-            ["message id", "target", "source", "reason code", "reason", "device id"],
-            [[f"<code>{_e(d.get('message_id'))}</code>", *_where(d), f"<code>{_e(d.get('reason_code'))}</code>", _e(d.get("reason")),
-              _e(d.get("device_id"))] for d in data["dead_letters"]],
-        ),
-    ]
-    if data["sink"] is not None:
-        parts += [
-            "<h2>Local sink (no Amplitude api_key configured: the requests Amplitude would get)</h2>",
-            _table(["request"], [[f"<pre>{_e(orjson.dumps(r, default=_default, option=orjson.OPT_INDENT_2).decode())}</pre>"] for r in reversed(data["sink"])]),
-        ]
-    parts += ["<h2>Privacy decisions (this process: withheld, anonymised, bots)</h2>", _privacy_table(data["privacy"])]
-    parts += ["<h2>Counters</h2>", _table(["", ""], [[_e(k), _e(v)] for k, v in sorted(data["counters"].items())])]
-    return "".join(parts)
-
-
-def _where(row: dict[str, Any]) -> list[str]:
-    """The target and source cells of a delivery row."""
-    return [_e(row.get("target", "amplitude")), _e(row.get("source", "default"))]
-
-
-def _undelivered_table(rows: list[dict[str, Any]]) -> str:
-    """Events in flight or waiting to be retried, with why and when."""
-    return _table(
-        ["message id", "target", "source", "endpoint", "device id", "attempts", "next attempt", "last error"],
-        [[f"<code>{_e(r.get('message_id'))}</code>", *_where(r), _e(r.get("endpoint")), _e(r.get("device_id")), _e(r.get("attempts")),
-          _e(_iso(r.get("next_attempt_ms"))), _e(r.get("last_error"))] for r in rows],
-    )
-
-
-def _render_session(base: str, data: dict[str, Any]) -> str:
-    b = _e(base)
-    s = data["session"]
-    summary = (
-        _table(["", ""], [[_e(k), _e(_iso(v) if k in {"session_id", "last_event_ms", "first_seen"} else v)] for k, v in s.items()])
-        if s else "<p>No live session for this device (expired, or held by another process's memory).</p>"
-    )
-    events = _table(
-        ["received", "target", "source", "endpoint", "state", "attempts", "last error", "as sent"],
-        [
-            [
-                _e(_iso(ev.get("received_ms"))),
-                *_where(ev),
-                _e(ev.get("endpoint")),
-                f'<span class="state-{_e(ev.get("state"))}">{_e(ev.get("state"))}</span>',
-                _e(ev.get("attempts")),
-                _e(ev.get("last_error")),
-                f"<pre>{_e(orjson.dumps(ev.get('item'), option=orjson.OPT_INDENT_2).decode())}</pre>",
-            ]
-            for ev in data["events"]
-        ],
-    )
-    privacy = ""
-    if "privacy_signal" in data:
-        privacy = (f'<p>Consent state: <b>{_e(data["consent"] or "none recorded")}</b> · this request '
-                   f'{"sends" if data["privacy_signal"] else "does not send"} Sec-GPC / DNT</p>')
-    return (f'<p><a href="{b}">all sessions</a></p>{privacy}{summary}<h2>Recent events</h2>{events}'
-            f'<h2>Privacy decisions</h2>{_privacy_table(data["privacy"])}')
-
-
-def _privacy_table(rows: list[dict[str, Any]] | None) -> str:
-    """Events the privacy rules did not deliver (and why), anonymised, or marked as bots."""
-    if rows is None:
-        return "<p>not recorded</p>"
-    return _table(
-        ["time", "source", "message id", "type", "event", "device id", "outcome", "reason", "consent", "bot"],
-        [[_e(_iso(r["at_ms"])), _e(r["source"]), f"<code>{_e(r['message_id'])}</code>", _e(r["type"]), _e(r["event"]),
-          _e(r["device_id"]), f'<span class="privacy-{_e(r["outcome"])}">{_e(r["outcome"])}</span>', _e(r["reason"] or ""),
-          _e(r["consent"]), _e(r["bot"] or "")] for r in rows],
-    )
