@@ -653,3 +653,22 @@ async def test_demo_other_pages_assets_and_errors(make_demo: Any, recorder: Reco
     assert recorder.paths == ["/about"]  # assets are not page views
     assert (await client.get("/no-such-page")).status == 404
     assert (await client.post("/", data=b"x")).status == 405
+
+
+async def test_every_end_to_end_header_reaches_the_origin_with_connection_tokens(origin: Any, make_proxy: Any) -> None:
+    """RFC 9110 7.6.1: only the fixed hop-by-hop set and the headers named in Connection go;
+    everything else, Proxy-* extension headers and repeats included, reaches the origin."""
+    client = await make_proxy(_url(origin))
+    end_to_end = [("X-End-To-End", "keep me"), ("Proxy-Request-Id", "abc"), ("X-Repeated", "1"), ("X-Repeated", "2"),
+                  ("Accept-Language", "fr"), ("Forwarded", "for=198.51.100.1"), ("Cache-Control", "no-cache"),
+                  ("X-Keep-Alive-Id", "k"), ("Upgrade-Insecure-Requests", "1"), ("Via", "1.1 cdn")]
+    headers = CIMultiDict([("Connection", "keep-alive, X-Private-Hop"), ("Connection", "x-second-hop"),
+                           ("X-Private-Hop", "drop"), ("X-Second-Hop", "drop"), ("Proxy", "http://evil:1"),
+                           *end_to_end])
+    resp = await client.get("/echo", headers=headers)
+    sent = _headers(await resp.json())
+    for name, _ in end_to_end:
+        assert sent.getall(name) == [v for n, v in end_to_end if n == name], name
+    for name in ("X-Private-Hop", "X-Second-Hop", "Proxy"):
+        assert name not in sent, name
+    assert sent["X-Forwarded-Host"] == resp.url.host + (f":{resp.url.port}" if resp.url.port else "")

@@ -34,6 +34,7 @@ from edgeproxy.identity.service import IdentityResult, IdentityService
 from edgeproxy.identity.session_events import session_message
 from edgeproxy.identity.sessions import client_session_value, parse_session_id
 from edgeproxy.identity.store import StoreUnavailable
+from edgeproxy.logs import client_error
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
 from edgeproxy.pipeline import Route, build_routes, default_device_id, relay_record, spool_records
@@ -149,7 +150,17 @@ class IngestHandlers:
         except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
             self.ctx.metrics.events_rejected_by("bad_encoding").inc()
             encoding = request.headers.get("Content-Encoding", "")
-            return _error(400, f"the body cannot be decoded as Content-Encoding {encoding!r}: {exc}", code="invalid_encoding")
+            client_error(log, "bad_encoding", request.remote, f"Content-Encoding {encoding!r}")
+            response = _error(400, f"the body cannot be decoded as Content-Encoding {encoding!r}: {exc}",
+                              code="invalid_encoding")
+            response.force_close()  # the rest of the body cannot be read either: no keep-alive drain
+            return response
+        except ConnectionError:  # the client went away mid-body: nobody reads the answer
+            self.ctx.metrics.events_rejected_by("connection_lost").inc()
+            client_error(log, "connection_lost", request.remote, "closed while sending the body")
+            response = _error(400, "the connection was lost while reading the body")
+            response.force_close()
+            return response
         if len(raw) > limit:
             self.ctx.metrics.events_rejected_by("too_large").inc()
             return _error(400, f"Exceed payload limit: the body is {len(raw)} bytes, at most {limit} allowed")

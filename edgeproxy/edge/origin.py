@@ -82,7 +82,10 @@ def hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[s
 
 
 def _is_proxy_header(name: str) -> bool:
-    return name.lower().startswith("proxy-")
+    """``Proxy:`` (no dash) is never a real header and is how httpoxy reaches an origin's CGI
+    ``HTTP_PROXY``; the Proxy-* hop-by-hop ones are in ``HOP_BY_HOP``. Any other ``Proxy-…``
+    header is end-to-end (RFC 9110 7.6.1) and goes through."""
+    return name.lower() == "proxy"
 
 
 def request_headers(
