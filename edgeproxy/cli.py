@@ -31,9 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.server.port = args.port
     if args.workers != 1:
         return _serve_workers(args, settings)
-    from aiohttp import web
-
-    from edgeproxy import logs
+    from edgeproxy import logs, serving
     from edgeproxy.app import create_app
 
     logs.configure(settings.server.log_format)
@@ -54,8 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         prepare_gc()
-        web.run_app(app, host=host, port=port, shutdown_timeout=settings.server.shutdown_grace, print=None,
-                    access_log=None, handle_signals=True, reuse_port=args.reuse_port or None)
+        serving.run(app, settings, reuse_port=args.reuse_port)
     except (OSError, SpoolUnavailable, RuntimeError) as exc:
         # Start-up problems an operator can fix (data_dir, port in use, signing key file): one
         # clear line, not a traceback.

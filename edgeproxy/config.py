@@ -57,6 +57,13 @@ class ServerConfig:
     ip_rate_limit: float = 100.0
     ip_burst: int = 1000
     shutdown_grace: float = 10.0
+    # Slow or idle clients (edge/connections.py): a new connection's first request head must be
+    # complete within header_timeout; a kept-alive connection idle (or sending its next head)
+    # longer than idle_timeout is closed; a tracking call's body must arrive within body_timeout.
+    header_timeout: float = 10.0
+    idle_timeout: float = 75.0
+    body_timeout: float = 30.0
+    max_connections_per_ip: int = 1000  # open connections from one address (0 = no cap; trusted_proxies exempt)
 
 
 @dataclass
@@ -189,6 +196,9 @@ DURATION_KEYS = {
     ("delivery", "claim_idle"),
     ("origin", "timeout"),
     ("server", "shutdown_grace"),
+    ("server", "header_timeout"),
+    ("server", "idle_timeout"),
+    ("server", "body_timeout"),
 }
 
 # URL schemes redis-py's from_url accepts: sessions.store and delivery.queue name Redis this way.
@@ -367,6 +377,11 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"server.{key}: must start with '/' and not end with one, got {value!r}")
     if s.server.ip_rate_limit < 0:
         problems.append("server.ip_rate_limit: must be 0 (no limit) or positive")
+    for key in ("header_timeout", "idle_timeout", "body_timeout"):
+        if getattr(s.server, key) <= 0:
+            problems.append(f"server.{key}: must be positive (a duration such as \"10s\")")
+    if s.server.max_connections_per_ip < 0:
+        problems.append("server.max_connections_per_ip: must be 0 (no cap) or positive")
     if s.server.ip_burst < 1:
         problems.append("server.ip_burst: must be at least 1")
     if s.server.log_format not in {"auto", "json", "text"}:

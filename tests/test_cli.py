@@ -83,17 +83,16 @@ def test_serve_tunes_the_collector_before_it_serves(tmp_path, monkeypatch):
     import gc
 
     import uvloop
-    from aiohttp import web
 
-    from edgeproxy import cli, logs
+    from edgeproxy import cli, logs, serving
 
     seen: dict[str, object] = {}
 
-    def fake_run_app(app, **kwargs):
-        seen.update(threshold=gc.get_threshold(), frozen=gc.get_freeze_count(), port=kwargs["port"])
+    def fake_run(app, settings, **kwargs):
+        seen.update(threshold=gc.get_threshold(), frozen=gc.get_freeze_count(), port=settings.server.port)
 
     monkeypatch.setenv("EDGEPROXY_DELIVERY__DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(web, "run_app", fake_run_app)
+    monkeypatch.setattr(serving, "run", fake_run)
     monkeypatch.setattr(uvloop, "install", lambda: None)  # the rest of the session keeps its loop policy…
     monkeypatch.setattr(logs, "configure", lambda fmt: None)  # …and its logging
     before = gc.get_threshold()

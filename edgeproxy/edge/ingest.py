@@ -9,6 +9,7 @@ the client get its 200; if the spool cannot take the events it gets a 503 with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -143,7 +144,15 @@ class IngestHandlers:
     async def _read_body(self, request: web.Request, limit: int) -> dict[str, Any] | web.Response:
         """The decompressed body as a JSON object, or the error response (Segment's wording)."""
         try:
-            raw = await request.read()  # aiohttp inflates gzip; client_max_size bounds the inflated size
+            async with asyncio.timeout(self.ctx.settings.server.body_timeout):  # a trickled body holds a connection
+                raw = await request.read()  # aiohttp inflates gzip; client_max_size bounds the inflated size
+        except TimeoutError:
+            self.ctx.metrics.events_rejected_by("body_timeout").inc()
+            client_error(log, "body_timeout", request.remote, f"no complete body in {self.ctx.settings.server.body_timeout:g} s")
+            response = _error(408, f"the body did not arrive within {self.ctx.settings.server.body_timeout:g} s "
+                              "(server.body_timeout)", code="timeout")
+            response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
             self.ctx.metrics.events_rejected_by("too_large").inc()
             return _error(400, f"Exceed payload limit: the body is over {limit} bytes once decompressed")
