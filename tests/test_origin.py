@@ -241,6 +241,7 @@ def make_proxy(aiohttp_client: Any, recorder: Recorder) -> Any:
         settings.origin.timeout = origin.pop("timeout", 5.0)
         settings.server.trusted_proxies = origin.pop("trusted_proxies", [])
         settings.segment.write_keys = origin.pop("write_keys", [])
+        settings.server.body_timeout = origin.pop("body_timeout", 30.0)
         for key, value in origin.items():
             setattr(settings.origin, key, value)
         app = web.Application()
@@ -672,3 +673,22 @@ async def test_every_end_to_end_header_reaches_the_origin_with_connection_tokens
     for name in ("X-Private-Hop", "X-Second-Hop", "Proxy"):
         assert name not in sent, name
     assert sent["X-Forwarded-Host"] == resp.url.host + (f":{resp.url.port}" if resp.url.port else "")
+
+
+async def test_a_trickled_upload_gets_408_at_body_timeout(origin: Any, make_proxy: Any) -> None:
+    """A client that stops sending its body holds no connection here or at the origin."""
+    import socket
+    import time
+
+    client = await make_proxy(_url(origin), body_timeout=1.0)
+
+    def trickle() -> tuple[float, bytes]:
+        sock = socket.create_connection(("127.0.0.1", client.server.port), timeout=10)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        start, data = time.monotonic(), b""
+        while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
+            data += chunk
+        return time.monotonic() - start, data
+
+    took, answer = await asyncio.get_running_loop().run_in_executor(None, trickle)
+    assert answer.startswith(b"HTTP/1.1 408") and 0.9 <= took < 4, (took, answer[:60])

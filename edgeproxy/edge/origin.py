@@ -30,7 +30,7 @@ import ipaddress
 import logging
 import re
 import zlib
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -39,6 +39,7 @@ from yarl import URL
 
 from edgeproxy.config import Settings
 from edgeproxy.edge.demo import DemoSite, OnHtml, render_snippet, snippet_write_key
+from edgeproxy.logs import client_error
 
 log = logging.getLogger("edgeproxy.origin")
 
@@ -179,9 +180,10 @@ def _injectable_status(status: int) -> bool:
 
 
 def error_page(status: int) -> web.Response:
-    """A small HTML page for origin failures; never a traceback."""
-    titles = {502: "Bad Gateway", 504: "Gateway Timeout"}
+    """A small HTML page for origin failures (and a stalled upload); never a traceback."""
+    titles = {408: "Request Timeout", 502: "Bad Gateway", 504: "Gateway Timeout"}
     texts = {
+        408: "The request's body did not arrive in time (server.body_timeout).",
         502: "The website behind this proxy could not be reached. Please try again in a moment.",
         504: "The website behind this proxy took too long to answer. Please try again in a moment.",
     }
@@ -217,12 +219,35 @@ async def _read_capped(content: aiohttp.StreamReader, cap: int) -> tuple[bytes, 
     return b"".join(parts), False
 
 
+class _TimedBody:
+    """A request body streamed upstream, each read bounded by ``server.body_timeout``: a client
+    trickling its upload would otherwise hold a connection here and one to the origin."""
+
+    def __init__(self, content: Any, idle: float) -> None:
+        self.content = content
+        self.idle = idle
+        self.timed_out = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout(self.idle):
+                    chunk = await self.content.readany()
+            except TimeoutError:
+                self.timed_out = True
+                raise
+            if not chunk:
+                return
+            yield chunk
+
+
 class OriginProxy:
     """The catch-all handler plus the ``ClientSession`` it owns for the app's lifetime."""
 
     def __init__(self, settings: Settings, on_html: OnHtml | None = None) -> None:
         self.origin = settings.origin.url
         self.timeout = settings.origin.timeout
+        self.body_timeout = settings.server.body_timeout
         self.on_html = on_html
         self.inject = settings.origin.inject_snippet
         self.snippet = render_snippet(settings.server.prefix, snippet_write_key(settings)).encode()
@@ -276,15 +301,18 @@ class OriginProxy:
         assert self.session is not None, "setup_origin's cleanup_ctx did not run"
         url = upstream_url(self.origin, request.raw_path)
         headers = self._forward_headers(request)
-        data = request.content if request.body_exists else None
+        body = _TimedBody(request.content, self.body_timeout) if request.body_exists else None
         try:
             upstream = await self.session.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False
+                request.method, url, headers=headers, data=body.chunks() if body else None, allow_redirects=False
             )
-        except asyncio.TimeoutError as exc:
-            return self._failed(request, 504, exc)
-        except aiohttp.ClientError as exc:
-            return self._failed(request, 502, exc)
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            if body is not None and body.timed_out:  # the client's upload stalled, not the origin
+                client_error(log, "body_timeout", request.remote, f"no body data for {self.body_timeout:g} s")
+                response = error_page(408)
+                response.force_close()
+                return response
+            return self._failed(request, 504 if isinstance(exc, asyncio.TimeoutError) else 502, exc)
         async with upstream:
             return await self._relay(request, upstream)
 
