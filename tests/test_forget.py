@@ -16,6 +16,7 @@ import orjson
 from fake_amplitude import TEST_API_KEY, FakeAmplitude
 from redis_server import redis_server
 from test_ingest import make_settings, track
+from test_sources import until
 
 from edgeproxy.app import create_app
 from edgeproxy.delivery.spool import DeadLetter, Spool, SpoolItem
@@ -33,14 +34,6 @@ def ev(mid: str, anon: str, user: str | None) -> dict:
     if user:
         body["userId"] = user
     return body
-
-
-async def until(check, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def send_people(client) -> None:

@@ -203,7 +203,9 @@ class IdentityService:
             if jar.bound_anonymous_id is None:
                 jar.bound_anonymous_id = anonymous_id
             elif anonymous_id != jar.bound_anonymous_id and anonymous_id != jar.device_id:
-                return await self._other_visitor(message, anonymous_id, t_ms, consent)
+                # Another browser than the request's cookies belong to: its own ids and session;
+                # the jar (and the response's cookies) stay the first visitor's.
+                return await self._stamped(_context_device_id(message) or anonymous_id, message, t_ms, None, consent)
         if jar.provisional:
             if anonymous_id is not None:
                 jar.device_id = anonymous_id
@@ -213,24 +215,16 @@ class IdentityService:
             jar.device_id = device_id if valid_device_id(device_id) else str(uuid.uuid4())
 
         carried = jar.session if device_id == jar.device_id else None
+        result = await self._stamped(device_id, message, t_ms, carried, consent)
+        if device_id == jar.device_id:
+            jar.session = reconcile(jar.session, result.session)
+        return result
+
+    async def _stamped(self, device_id: str, message: dict[str, Any], t_ms: int, carried: SessionState | None,
+                       consent: str | None) -> IdentityResult:
+        """Touch ``device_id``'s session and stamp its id on the web message."""
         present, claimed = client_session_claim(message)  # read once: nothing below changes it before the stamp
         new, started, ended = await self._touch(device_id, message, t_ms, carried, adoptable_claim(present, claimed),
-                                                consent)
-        if device_id == jar.device_id:
-            jar.session = reconcile(jar.session, new)
-        mismatch = False
-        if may_stamp(message):
-            mismatch = claim_mismatches(present, claimed, new.session_id)
-            stamp_session_id(message, new.session_id)
-        return IdentityResult(device_id=device_id, session=new, started=started, mismatch=mismatch, web=True, ended=ended)
-
-    async def _other_visitor(self, message: dict[str, Any], anonymous_id: str, t_ms: int,
-                             consent: str | None) -> IdentityResult:
-        """A web message of another browser than the request's cookies belong to: its own ids,
-        its own session; the jar (and the response's cookies) stay the first visitor's."""
-        device_id = _context_device_id(message) or anonymous_id
-        present, claimed = client_session_claim(message)
-        new, started, ended = await self._touch(device_id, message, t_ms, None, adoptable_claim(present, claimed),
                                                 consent)
         mismatch = False
         if may_stamp(message):
