@@ -33,6 +33,7 @@ from browser_fixtures import (  # noqa: F401  (amp, chromium, context, make_prox
     device_ids,
     make_proxy,
     open_page,
+    run_js,
     session_ids,
     shop,
     site,
@@ -70,6 +71,7 @@ async def test_demo_site_in_chromium_delivers_with_device_and_session(tmp_path: 
         await wait_for(lambda: len(amp.ingested("httpapi")) >= 3, timeout=EVENTS_WAIT)
         anonymous_id = await page.evaluate("analytics.user().anonymousId()")
         cookies = {c["name"]: c for c in await context.cookies()}
+        metrics = await run_js(page, "fetch('/metrics').then(r => r.text())")
     finally:
         proxy.kill(15)
 
@@ -84,6 +86,9 @@ async def test_demo_site_in_chromium_delivers_with_device_and_session(tmp_path: 
     assert {e["platform"] for e in items} == {"Web"}
     assert {e["library"] for e in items} == {"analytics.js"}
     assert amp.ingested("identify")[0]["user_id"] == "browser-user-42"
+    # The plugin and the server agree on the session from the very first event.
+    assert "edgeproxy_session_id_mismatches_total 0.0" in metrics, [
+        line for line in metrics.splitlines() if "mismatch" in line]
     # The server's cookies: the device cookie is HttpOnly, the session id readable by the page.
     assert cookies["_ep_did"]["httpOnly"] is True
     assert cookies["analytics_session_id"]["httpOnly"] is False

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeproxy.identity.sessions import (
+    ADOPT_LEEWAY_MS,
     MIN_EPOCH_MS,
     OUT_OF_SESSION,
     SessionState,
@@ -47,8 +48,17 @@ def test_no_state_adopts_the_plugin_session_id():
     assert (new.session_id, new.last_event_ms, new.first_seen) == (T0, T0 + 60_000, T0)
 
 
-def test_adoption_refused_when_the_session_would_start_after_its_first_event():
-    new, _ = touch(None, T0, TIMEOUT, adopt_session_id=T0 + 1)
+def test_adoption_allows_the_plugin_stamping_just_after_the_event():
+    # analytics.js creates the event (its timestamp), then the plugin stamps Date.now():
+    # a real first page view claims an id ~20 ms after the event. Refusing it was a mismatch.
+    new, _ = touch(None, T0, TIMEOUT, adopt_session_id=T0 + 23)
+    assert (new.session_id, new.last_event_ms, new.first_seen) == (T0 + 23, T0 + 23, T0)
+    new, _ = touch(None, T0, TIMEOUT, adopt_session_id=T0 + ADOPT_LEEWAY_MS)
+    assert new.session_id == T0 + ADOPT_LEEWAY_MS
+
+
+def test_adoption_refused_for_an_id_long_after_its_first_event():
+    new, _ = touch(None, T0, TIMEOUT, adopt_session_id=T0 + ADOPT_LEEWAY_MS + 1)
     assert new.session_id == T0
 
 
@@ -143,8 +153,8 @@ def test_invariants_for_any_arrival_order(ts, timeout, adopt):
             if t <= s.last_event_ms:
                 assert not started  # out of order never rotates
         if started:
-            assert new.session_id <= t  # never in the future of its first event
-        running_max = t if running_max is None else max(running_max, t)
+            assert new.session_id <= t + ADOPT_LEEWAY_MS  # never beyond the plugin's stamping delay
+        running_max = max(t, new.session_id) if running_max is None else max(running_max, t)
         assert new.last_event_ms == running_max
         assert new.session_id <= new.last_event_ms
         assert new.first_seen <= new.session_id
@@ -161,8 +171,9 @@ def test_boundary_for_any_gap(last, timeout, gap):
 def test_adoption_only_within_plausible_past(t, adopt):
     new, started = touch(None, t, TIMEOUT, adopt_session_id=adopt)
     assert started
-    expected = adopt if MIN_EPOCH_MS <= adopt <= t else t
+    expected = adopt if MIN_EPOCH_MS <= adopt <= t + ADOPT_LEEWAY_MS else t
     assert new.session_id == expected
+    assert new.last_event_ms == max(t, expected)
 
 
 # --- reconcile ------------------------------------------------------------------------

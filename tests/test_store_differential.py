@@ -26,7 +26,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as hst
 
 from edgeproxy.identity.redis_store import RedisSessionStore
-from edgeproxy.identity.sessions import MIN_EPOCH_MS, SessionState
+from edgeproxy.identity.sessions import ADOPT_LEEWAY_MS, MIN_EPOCH_MS, SessionState
 from edgeproxy.identity.store import MemorySessionStore, TouchRequest
 
 T0 = 1_780_000_000_000
@@ -72,11 +72,12 @@ class Draws:
         self.delta = hst.one_of(hst.sampled_from(edges), hst.integers(-3 * timeout, 3 * timeout))
         self.first_seen_shift = hst.sampled_from([0, -1, 1, -timeout])
         self.fresh_first_seen = hst.sampled_from([0, 1, timeout, 10**9])
-        # Adopted ids: relative to the event (valid at or before it, invalid after it) or fixed
+        # Adopted ids: relative to the event (valid up to ADOPT_LEEWAY_MS after it, invalid beyond) or fixed
         # (the MIN_EPOCH_MS boundary, an 18-digit id beyond 2**53, garbage).
         self.adopt = hst.one_of(
             hst.none(),
-            hst.tuples(hst.just("rel"), self.delta),
+            hst.tuples(hst.just("rel"), hst.one_of(self.delta, hst.sampled_from(
+                [ADOPT_LEEWAY_MS - 1, ADOPT_LEEWAY_MS, ADOPT_LEEWAY_MS + 1]))),
             hst.tuples(hst.just("abs"),
                        hst.sampled_from([MIN_EPOCH_MS, MIN_EPOCH_MS - 1, MIN_EPOCH_MS + 1, 10**18 - 1, 1])),
         )

@@ -33,7 +33,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from edgeproxy.identity.sessions import MIN_EPOCH_MS, SessionState
+from edgeproxy.identity.sessions import SessionState, adoptable_at
 from edgeproxy.identity.store import StoreUnavailable, TouchRequest, TouchResult, ttl_for
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,11 @@ local function reconcile(stored, carried)
   return stored
 end
 
--- sessions.touch (the adopt id arrives pre-checked: MIN_EPOCH_MS <= adopt <= t)
+-- sessions.touch (the adopt id arrives pre-checked by sessions.adoptable_at)
 local function touch(state, t, timeout, adopt, user_id, library, user_agent, consent)
   if state == nil then
     local session_id = adopt or t
-    return {session_id = session_id, last_event_ms = t, event_count = 1, user_id = user_id,
+    return {session_id = session_id, last_event_ms = math.max(session_id, t), event_count = 1, user_id = user_id,
             first_seen = math.min(session_id, t), library = library, user_agent = user_agent,
             consent = consent}, 1
   end
@@ -226,7 +226,7 @@ def _touch_args(device_id: str, request: TouchRequest, ttl_ms: int, prune_below_
         str(prune_below_ms),
         # The adoption test depends on the request only: decided here, so the script never
         # sees an out-of-range id (parse_session_id allows 18 digits, beyond 2**53).
-        str(adopt) if adopt is not None and MIN_EPOCH_MS <= adopt <= t_ms else "",
+        str(adopt) if adoptable_at(adopt, t_ms) else "",
         _opt(request.user_id),
         _opt(request.library),
         _opt(request.user_agent),

@@ -28,6 +28,14 @@ OUT_OF_SESSION = -1
 # client sending one is broken, so it is not adopted.
 MIN_EPOCH_MS = 1_000_000_000_000
 
+# How far after its first event a plugin's session id may be and still be adopted. The
+# plugin stamps when it runs, after analytics.js created the event (and its timestamp):
+# tens of ms on a normal page load, seconds while plugins load; the skew correction leaves
+# the event time in the server's clock, so honest browsers' small clock drift is in it too.
+# Refusing such an id made the first events of every fast visitor count as a mismatch.
+# Shorter than any idle timeout, so an adopted id never overtakes the session after it.
+ADOPT_LEEWAY_MS = 60_000
+
 WEB_LIBRARY = "analytics.js"
 
 
@@ -186,6 +194,12 @@ def stamp_session_id(message: dict[str, Any], session_id: int) -> None:
     entry["session_id"] = session_id
 
 
+def adoptable_at(adopt_session_id: int | None, t_ms: int) -> bool:
+    """Whether a plugin's id may start the session of an event at ``t_ms``: an id a clock
+    produced, and not later than the event allows for the plugin's stamping (``ADOPT_LEEWAY_MS``)."""
+    return adopt_session_id is not None and MIN_EPOCH_MS <= adopt_session_id <= t_ms + ADOPT_LEEWAY_MS
+
+
 def touch(
     state: SessionState | None,
     t_ms: int,
@@ -199,8 +213,10 @@ def touch(
 ) -> tuple[SessionState, bool]:
     """Apply one event at time ``t_ms``; return the new state and whether a session started.
 
-    - no state: adopt ``adopt_session_id`` (the browser plugin's id) when it is not after
-      the event (a session cannot start after its first event), else start at ``t_ms``;
+    - no state: adopt ``adopt_session_id`` (the browser plugin's id) when ``adoptable_at``,
+      else start at ``t_ms``; an id adopted from just after the event also moves
+      ``last_event_ms`` to it (the plugin saw the visitor active then), so a session never
+      ends before it started;
     - ``t_ms - last_event_ms > timeout_ms``: a new session at ``t_ms`` (exactly the timeout
       is still the same session);
     - otherwise the current session, ``last_event_ms = max(last_event_ms, t_ms)``: a late
@@ -209,14 +225,11 @@ def touch(
     ``user_id``, ``library``, ``user_agent`` and ``consent`` overwrite the stored values when given.
     """
     if state is None:
-        if adopt_session_id is not None and MIN_EPOCH_MS <= adopt_session_id <= t_ms:
-            session_id = adopt_session_id
-        else:
-            session_id = t_ms
+        session_id = adopt_session_id if adoptable_at(adopt_session_id, t_ms) else t_ms
         return (
             SessionState(
                 session_id=session_id,
-                last_event_ms=t_ms,
+                last_event_ms=max(session_id, t_ms),
                 event_count=1,
                 user_id=user_id,
                 first_seen=min(session_id, t_ms),
