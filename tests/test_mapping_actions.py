@@ -191,8 +191,14 @@ def test_device_id_from_identity_layer_only_replaces_the_default_mapping() -> No
 
 
 def test_settings_problems_refuse_every_event_unless_lenient() -> None:
-    assert Mapper({"api_key": "k"}).map(track()).error == "The root value is missing the required field 'secretKey'."
-    assert Mapper({**KEYS, "region": "asia"}).map(track()).error == 'Endpoint Region must be one of: "north_america" or "europe".'
+    # Each names the config key, then the reference's own message.
+    refused = Mapper({"api_key": "k"}).map(track())
+    assert refused.outputs == [] and refused.errors == []
+    assert refused.error == ("amplitude.secret_key is not set: Segment's destination refuses every event without it "
+                             "(its message: The root value is missing the required field 'secretKey'.)")
+    region = Mapper({**KEYS, "region": "asia"}).map(track()).error
+    assert region is not None and region.startswith("amplitude.region is 'asia': ")
+    assert region.endswith('(its message: Endpoint Region must be one of: "north_america" or "europe".)')
     assert Mapper({}, strict_settings=False).map(track()).outputs
 
 

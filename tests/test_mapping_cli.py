@@ -55,12 +55,35 @@ def test_toml_config_eu_one_request_per_endpoint(tmp_path: Path) -> None:
     assert line3["requests"][1]["body"]["identification"][0]["group_type"] == "company"
 
 
-def test_refusal_line(tmp_path: Path) -> None:
+def test_a_half_set_config_refuses_each_line_naming_the_missing_key(tmp_path: Path, capsys) -> None:
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"amplitude": {"api_key": "k"}}))
-    code, (line,) = run(config, json.dumps({"type": "track", "event": "x"}))
-    assert code == 0
-    assert line == {"requests": [], "error": "400 The root value is missing the required field 'secretKey'."}
+    code, lines = run(config, *[json.dumps({"type": "track", "event": "x", "userId": "u"})] * 2)
+    assert code == 0 and len(lines) == 2
+    for line in lines:
+        assert line["requests"] == []
+        assert line["error"].startswith("amplitude.secret_key is not set: Segment's destination refuses every event")
+        assert "The root value is missing the required field 'secretKey'." in line["error"]
+        assert not line["error"].startswith("400")  # a config problem, not an answer from Amplitude
+    err = capsys.readouterr().err
+    assert err.count("amplitude.secret_key") == 1, err  # said once, not per event
+    assert "edgeproxy serve needs only amplitude.api_key" in err
+
+
+def test_no_credentials_is_a_preview_with_placeholder_keys(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[amplitude]\nregion = "europe"\n')
+    events = [json.dumps({"type": "track", "event": f"e{i}", "userId": "u", "messageId": f"m{i}"}) for i in range(3)]
+    for path in (config, None):  # a config without keys, and no config at all
+        out = io.StringIO()
+        assert run_map(None if path is None else str(path), io.StringIO("\n".join(events)), out) == 0
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [line["error"] for line in lines] == [None] * 3
+        assert [line["requests"][0]["body"]["events"][0]["event_type"] for line in lines] == ["e0", "e1", "e2"]
+        assert {line["requests"][0]["body"]["api_key"] for line in lines} == {"PREVIEW-API-KEY"}
+        err = capsys.readouterr().err
+        assert err.count("placeholder keys") == 1, err
+    assert lines[0]["requests"][0]["url"] == "https://api2.amplitude.com/2/httpapi"  # no config: the default region
 
 
 def test_bad_subscriptions_exit_2_with_problems(tmp_path: Path, capsys) -> None:

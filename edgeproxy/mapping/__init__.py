@@ -46,11 +46,12 @@ class Output:
 @dataclass(slots=True)
 class Mapped:
     outputs: list[Output] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the reference's own refusals of this event
+    settings_error: str | None = None  # the configuration refuses every event (names the config key)
 
     @property
     def error(self) -> str | None:
-        return "; ".join(self.errors) or None
+        return "; ".join(([self.settings_error] if self.settings_error else []) + self.errors) or None
 
 
 class MappingConfigError(Exception):
@@ -135,14 +136,19 @@ def validate_subscriptions(subscriptions: Any) -> list[str]:
     return problems
 
 
-def _settings_errors(amplitude: dict[str, Any]) -> list[str]:
-    """The reference validates its settings before each event; these are its messages."""
-    errors = [f"The root value is missing the required field '{name}'."
+def settings_errors(amplitude: dict[str, Any]) -> list[str]:
+    """The reference validates its settings before each event and sends nothing when they are
+    wrong. Each problem names the config key, then quotes the reference's message (which
+    names its own field and reads like Amplitude's answer, so alone it misleads)."""
+    errors = [f"amplitude.{key} is not set: Segment's destination refuses every event without it "
+              f"(its message: The root value is missing the required field '{name}'.)"
               for key, name in (("api_key", "apiKey"), ("secret_key", "secretKey"))
               if amplitude.get(key) in (None, "")]
     region = amplitude.get("region")
     if region not in (None, *REGIONS):
-        errors.append('Endpoint Region must be one of: "north_america" or "europe".')
+        errors.append(f'amplitude.region is {region!r}: Segment\'s destination refuses every event unless it is '
+                      f'"north_america" or "europe" (its message: Endpoint Region must be one of: '
+                      f'"north_america" or "europe".)')
     return errors
 
 
@@ -154,7 +160,7 @@ class Mapper:
         problems = validate_subscriptions(subscriptions)
         if problems:
             raise MappingConfigError(problems)
-        self.settings_error = " ".join(_settings_errors(amplitude)) if strict_settings else ""
+        self.settings_error = " ".join(settings_errors(amplitude)) if strict_settings else ""
         self.subscriptions: list[_Subscription] = []
         for i, sub in enumerate(subscriptions):
             if sub.get("enabled") is False:
@@ -196,8 +202,8 @@ class Mapper:
             if ask and not sub.predicate(message):
                 continue
             if self.settings_error:
-                result.errors.append(self.settings_error)
-                continue
+                result.settings_error = self.settings_error
+                break
             try:
                 self._apply(sub, message, device_id, ctx, result)
             except Exception as exc:  # a bug must cost one event, not the process; tests assert it never happens

@@ -1,7 +1,8 @@
 """``edgeproxy map``: Segment events (JSON lines) in, the Amplitude requests they become out.
 
 The user's preview tool and the conformance suite's entry point: no network, no session
-state, settings checked strictly (a missing key refuses every event, as the reference does).
+state, settings checked strictly (one missing key refuses every event, as the reference
+does; with neither key it is a preview with placeholder keys).
 One output line per input line, in the shape of the conformance cases' ``expected``.
 """
 
@@ -61,14 +62,35 @@ def render(mapped: Mapped, amplitude: dict[str, Any]) -> dict[str, Any]:
                             region=amplitude.get("region") or "north_america",
                             base_override=amplitude.get("endpoint_url") or "")
         requests.append({"method": "POST", "url": req.url, "headers": {"content-type": req.content_type}, "body": req.body})
-    error = "; ".join(f"400 {e}" for e in mapped.errors) or None
-    return {"requests": requests, "error": error}
+    errors = ([mapped.settings_error] if mapped.settings_error else []) + [f"400 {e}" for e in mapped.errors]
+    return {"requests": requests, "error": "; ".join(errors) or None}
+
+
+# Shown in the requests of a preview made without credentials, so nobody mistakes them for real ones.
+PLACEHOLDER_KEYS = {"api_key": "PREVIEW-API-KEY", "secret_key": "PREVIEW-SECRET-KEY"}
+
+
+def with_preview_keys(amplitude: dict[str, Any], where: str, stderr: TextIO) -> dict[str, Any]:
+    """A config without either key is a preview: placeholder keys, said once on stderr. With
+    one key only the config is half-set, so the refusal stays (naming the missing key) and is
+    said once on stderr too, instead of only on every output line."""
+    missing = [key for key in PLACEHOLDER_KEYS if amplitude.get(key) in (None, "")]
+    if len(missing) == len(PLACEHOLDER_KEYS):
+        print(f"edgeproxy map: {where} sets neither amplitude.api_key nor amplitude.secret_key: previewing "
+              f"with placeholder keys ({PLACEHOLDER_KEYS['api_key']})", file=stderr)
+        return {**amplitude, **PLACEHOLDER_KEYS}
+    for key in missing:
+        print(f"edgeproxy map: {where} sets no amplitude.{key}: Segment's destination refuses every event "
+              f"without it and this preview mirrors it, so every line below is a refusal (set it, or remove "
+              f"both keys for a preview with placeholders; edgeproxy serve needs only amplitude.api_key)",
+              file=stderr)
+    return amplitude
 
 
 def run_map(config_path: str | None, stdin: TextIO, stdout: TextIO, source: str | None = None) -> int:
     """Map every JSON line of ``stdin`` as ``source`` would; 2 when the configuration is unusable, else 0."""
     try:
-        amplitude = load_amplitude_config(config_path, source)
+        amplitude = with_preview_keys(load_amplitude_config(config_path, source), config_path or "(defaults)", sys.stderr)
         mapper = Mapper(amplitude, strict_settings=True)
     except MappingConfigError as exc:
         for problem in exc.problems:
