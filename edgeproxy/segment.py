@@ -143,12 +143,15 @@ def valid_write_key(key: Any) -> bool:
 
 
 def resolve_write_key(body: dict[str, Any], authorization: str | None, allowed: list[str]) -> str:
-    """Body key first, then Basic auth. Empty is Segment's 400; unknown (with a list) a 401."""
+    """Body key first, then Basic auth. None is Segment's 400 (its status and code, with a
+    message that says what is missing: Segment's "An invalid write key was provided" sent
+    newcomers looking for a typo in a key they never sent); unknown (with a list) a 401."""
     key = body.get("writeKey")
     if not isinstance(key, str) or not key:
         key = write_key_from_basic(authorization)
     if not key:
-        raise Rejected("writeKey", "An invalid write key was provided", code="invalid_request")
+        raise Rejected("writeKey", "no write key: send the source's write key as writeKey in the body or as the "
+                       "username of Basic auth", code="invalid_request")
     if not valid_write_key(key):
         raise Rejected("writeKey", f"An invalid write key was provided: a write key is {WRITE_KEY_RULE}, "
                        f"got {len(key)} characters", code="invalid_request")

@@ -166,12 +166,21 @@ async def test_write_key_from_basic_auth(client):
     assert resp.status == 200
 
 
-async def test_missing_write_key_is_400(client):
+async def test_missing_write_key_is_400_saying_there_is_none(client):
     body = track()
     del body["writeKey"]
-    resp = await client.post("/_e/v1/t", data=orjson.dumps(body))
+    for sent, headers in ((body, {}), ({**body, "writeKey": ""}, {}), (body, {"Authorization": "Basic Og=="})):
+        resp = await client.post("/_e/v1/t", data=orjson.dumps(sent), headers=headers)
+        assert resp.status == 400
+        answer = await resp.json()
+        assert answer["code"] == "invalid_request"  # Segment's status and code
+        assert answer["message"].startswith("no write key: send the source's write key as writeKey"), answer
+
+
+async def test_a_malformed_write_key_keeps_segments_wording(client):
+    resp = await client.post("/_e/v1/t", data=orjson.dumps(track(writeKey="a b")))
     assert resp.status == 400
-    assert (await resp.json())["message"] == "An invalid write key was provided"
+    assert (await resp.json())["message"].startswith("An invalid write key was provided: a write key is 1-64")
 
 
 async def test_unknown_write_key_is_401_with_a_list(tmp_path, aiohttp_client):
