@@ -28,6 +28,7 @@ from edgeproxy.forget import forget_person
 from edgeproxy.identity.cookies import load_signing_keys
 from edgeproxy.identity.service import IdentityService
 from edgeproxy.identity.store import open_store
+from edgeproxy.lifecycle import delivered_so_far, log_stopped, log_stopping
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
 from edgeproxy.privacy.anonymous import anonymous_secret
@@ -129,12 +130,16 @@ def create_app(settings: Settings) -> web.Application:
     async def stop(_: web.Application) -> None:
         if sweeper is not None:
             await sweeper.stop()
+        before = delivered_so_far(metrics)
         await worker.stop(settings.server.shutdown_grace)
+        await log_stopped(spool, store, delivered=delivered_so_far(metrics) - before,
+                          memory_store=settings.sessions.store == "memory")
         await spool.close()
         await store.close()
 
     async def stop_accepting(_: web.Application) -> None:
         ingest.stop_accepting()  # SIGTERM: 503 on ingest while the worker flushes (on_cleanup)
+        log_stopping(settings.server.shutdown_grace)
 
     app.on_startup.append(start)
     app.on_shutdown.append(stop_accepting)

@@ -89,6 +89,8 @@ async def test_demo_site_in_chromium_delivers_with_device_and_session(tmp_path: 
     # The plugin and the server agree on the session from the very first event.
     assert "edgeproxy_session_id_mismatches_total 0.0" in metrics, [
         line for line in metrics.splitlines() if "mismatch" in line]
+    # Every request of the visit was answered (the favicon too: it was a 404 on every page).
+    assert not [line for line in metrics.splitlines() if 'status="404"' in line and not line.startswith("#")], metrics
     # The server's cookies: the device cookie is HttpOnly, the session id readable by the page.
     assert cookies["_ep_did"]["httpOnly"] is True
     assert cookies["analytics_session_id"]["httpOnly"] is False

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import gzip
 import math
+import re
 import signal
 import socket
 import subprocess
@@ -82,6 +83,12 @@ class Proxy:
         assert self.proc is not None
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=30)
+
+    async def terminate(self) -> int:
+        """SIGTERM, waiting without blocking this loop: stand-ins on it must answer the shutdown flush."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, 30)
 
 
 
@@ -261,6 +268,23 @@ async def test_an_amplitude_outage_loses_nothing_and_is_not_hammered(tmp_path, a
     assert 1 <= len(failed) <= bound, [(r.status, r.at) for r in amp.requests]
 
 
+async def test_sigterm_flushes_what_is_waiting_and_says_so(tmp_path, amp):
+    # A long flush interval: the 10 events wait for it, so only the shutdown flush sends them.
+    proxy = Proxy(tmp_path, amp.base_url, delivery__flush_interval='"60s"', server__shutdown_grace='"10s"')
+    await proxy.start()
+    async with aiohttp.ClientSession() as s:
+        body = {"writeKey": WRITE_KEY, "batch": [ajs_event("track", i, "flush", event="Waiting") for i in range(10)]}
+        assert (await s.post(proxy.base + "/_e/v1/b", data=orjson.dumps(body))).status == 200
+    await asyncio.sleep(0.3)
+    assert amp.ingested("httpapi") == []
+    assert await proxy.terminate() == 0
+    assert len(amp.ingested("httpapi")) == 10
+    said = proxy.log.read_text()
+    assert ("edgeproxy stopped: delivered 10 items while stopping; the spool keeps 0 undelivered (0 of them "
+            "retrying) and 0 dead letters for the next start; the memory session store is not kept (1 live "
+            "sessions; visitors continue them from their cookies)") in said, said
+
+
 async def test_sigterm_keeps_undelivered_events_for_the_next_start(tmp_path, amp):
     proxy = Proxy(tmp_path, amp.base_url, server__shutdown_grace='"1s"')
     await proxy.start()
@@ -272,6 +296,11 @@ async def test_sigterm_keeps_undelivered_events_for_the_next_start(tmp_path, amp
         assert (await s.post(proxy.base + "/_e/v1/b", data=orjson.dumps(body))).status == 200
     assert proxy.kill(signal.SIGTERM) == 0
     assert amp.ingested("httpapi") == []
+    said = proxy.log.read_text()
+    assert "edgeproxy stopping: tracking calls get 503 from now" in said, said
+    assert re.search(r"edgeproxy stopped: delivered 0 items while stopping; the spool keeps 10 undelivered "
+                     r"\(\d+ of them retrying\) and 0 dead letters for the next start; the memory session store "
+                     r"is not kept \(0 live sessions; visitors continue them from their cookies\)", said), said
     amp.reset()  # Amplitude is healthy again (nothing was ingested, so no record is lost)
     report = subprocess.run([*edgeproxy_command(), "spool", "--config", str(proxy.config)],
                             capture_output=True, text=True, timeout=60)

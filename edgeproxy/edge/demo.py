@@ -44,11 +44,15 @@ ROUTES: dict[str, _Asset] = {
     "/about": _Asset("about.html", "text/html", True),
     "/demo.css": _Asset("demo.css", "text/css", False),
     "/demo.js": _Asset("demo.js", "application/javascript", False),
+    # The pages link the SVG; /favicon.ico is what browsers ask for on their own (a 404 on
+    # every page, counted in /metrics, otherwise). Both answer the SVG with its type.
+    "/favicon.svg": _Asset("favicon.svg", "image/svg+xml", False),
+    "/favicon.ico": _Asset("favicon.svg", "image/svg+xml", False),
 }
 
 _NOT_FOUND = (
     "<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>404 Not Found</title>"
-    '<link rel="stylesheet" href="/demo.css"></head>\n<body><main><h1>404 Not Found</h1>'
+    '<link rel="icon" href="/favicon.svg" type="image/svg+xml"><link rel="stylesheet" href="/demo.css"></head>\n<body><main><h1>404 Not Found</h1>'
     '<p>The demo site has no such page. <a href="/">Back to the start</a>.</p></main></body></html>\n'
 )
 
