@@ -165,12 +165,13 @@ def _count_requests(metrics: Metrics) -> Callable:
     return middleware
 
 
-def _counters(metrics: Metrics) -> dict[str, float]:
+def _counters(metrics: Metrics) -> dict[str, float | int]:
     """Flat view of the Prometheus counters for /debug."""
     out: dict[str, float] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:
             if sample.name.endswith("_total"):
                 labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+                value = int(sample.value) if float(sample.value).is_integer() else sample.value  # counts read as counts
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = value
     return out

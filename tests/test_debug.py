@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 
 import orjson
@@ -61,6 +62,34 @@ async def test_sink_mode_overview_session_and_me(tmp_path, aiohttp_client):
     assert "anon-0001-aaaa" in html and "<table>" in html
     page = await (await c.get("/debug/sessions/anon-0001-aaaa")).text()
     assert "dbg-0" in page and "delivered" in page
+
+
+async def test_pages_say_what_restarts_empty_and_read_as_an_operator_expects(tmp_path, aiohttp_client):
+    c = await aiohttp_client(create_app(make_settings(tmp_path)))
+    await post_events(c, 2)
+    await wait_delivered(c, "anon-0001-aaaa", 2)
+    overview = await (await c.get("/debug?format=json")).json()
+    html = await (await c.get("/debug")).text()
+    # After a restart the memory store and the sink are empty while the spool counts earlier runs: said.
+    assert "This process started " in html
+    assert "the memory session store starts empty on each start; visitors&#x27; sessions continue from their cookies" in html
+    assert "the sink starts empty on each start, while the spool's delivered count includes earlier runs" in html
+    assert overview["process"]["session_store"] == "memory" and overview["process"]["sink_size"] > 0
+    # Counters are counts: integers in the JSON twin and on the page, not 2.0.
+    delivered = {k: v for k, v in overview["counters"].items() if k.startswith("edgeproxy_delivered_items_total")}
+    assert delivered and all(type(v) is int for v in delivered.values()), delivered
+    assert re.search(r"<td>edgeproxy_events_accepted_total\{[^<]*\}</td><td>2</td>", html), html
+    assert ".0</td>" not in html.split("<h2>Counters</h2>")[1]
+    # Key/value tables have no empty header row.
+    assert "<th></th>" not in html
+    # The session page is titled by the session and shows the raw epoch-ms id Amplitude users search for.
+    session_id = overview["sessions"][0]["session_id"]
+    page = await (await c.get("/debug/sessions/anon-0001-aaaa")).text()
+    assert f"<title>session {session_id} of device anon-0001-aaaa</title>" in page
+    assert re.search(rf"<td>session_id</td><td><code>{session_id}</code> \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{{3}}Z</td>", page), page
+    assert "<th></th>" not in page
+    unknown = await (await c.get("/debug/sessions/nobody-here")).text()
+    assert "<title>device nobody-here</title>" in unknown
 
 
 async def test_search_by_user_or_device(tmp_path, aiohttp_client):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import html
 import ipaddress
+import time
 from dataclasses import asdict, is_dataclass
 from typing import Any, Awaitable, Callable
 
@@ -35,7 +36,7 @@ class DebugViews:
     """Handlers for ``{debug_path}``; data comes from callables so this module imports no store."""
 
     def __init__(self, settings: Settings, signing_keys: list[str], *, store: Any, spool: Any, identity: Any,
-                 sink: Any, counters: Callable[[], dict[str, float]], privacy_log: Any = None,
+                 sink: Any, counters: Callable[[], dict[str, float | int]], privacy_log: Any = None,
                  forget: Provider | None = None):
         self.settings = settings
         self.base = settings.server.debug_path
@@ -49,6 +50,7 @@ class DebugViews:
         self.privacy_log = privacy_log  # edge/privacy_gate.PrivacyLog: events the privacy rules withheld or marked
         self.forget_person = forget  # forget.forget_person bound to this process's store, spool and log
         self.sources = ["default", *(src.name for src in settings.sources)]
+        self.started_ms = int(time.time() * 1000)  # what is in memory here (sessions, sink) dates from then
 
     def routes(self) -> list[web.RouteDef]:
         b = self.base
@@ -141,6 +143,8 @@ class DebugViews:
             "sink": list(self.sink)[-ROWS:] if self.sink is not None else None,
             "privacy": self._privacy(source=source),
             "counters": self.counters(),
+            "process": {"started_ms": self.started_ms, "session_store": self.settings.sessions.store,
+                        "sink_size": getattr(self.sink, "maxlen", None)},
         }
         if _wants_json(request):
             return _json(data)
@@ -205,7 +209,8 @@ class DebugViews:
         }
         if _wants_json(request):
             return _json(data)
-        return page(f"session {device_id}", render_session(self.base, data))
+        title = f"session {state.session_id} of device {device_id}" if state is not None else f"device {device_id}"
+        return page(title, render_session(self.base, data))
 
 
 def _secured(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:

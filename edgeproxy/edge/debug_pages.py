@@ -40,7 +40,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1b1b}
 h1{font-size:1.3rem}h2{font-size:1.05rem;margin-top:1.6rem}
 table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}
 th{background:#f4f4f4}code,pre{font:12px/1.3 ui-monospace,monospace}pre{white-space:pre-wrap;margin:0;max-width:60rem}
-.state-delivered{color:#17702a}.state-dead{color:#a11}.state-pending,.state-retrying,.state-in_flight{color:#8a5a00}
+.note{color:#555}.state-delivered{color:#17702a}.state-dead{color:#a11}.state-pending,.state-retrying,.state-in_flight{color:#8a5a00}
 """
 # The pages carry no script at all and one inline style, allowed by its hash; nothing may frame them.
 _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
@@ -63,9 +63,22 @@ def page(title: str, body: str, status: int = 200) -> web.Response:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    """Rows under a header row; a key/value table (all headers empty) has no header row."""
+    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>" if any(headers) else ""
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body or '<tr><td colspan=%d>none</td></tr>' % len(headers)}</table>"
+    return f"<table>{head}{body or '<tr><td colspan=%d>none</td></tr>' % len(headers)}</table>"
+
+
+def pairs(data: dict[str, Any]) -> str:
+    return table(["", ""], [[esc(k), esc(v)] for k, v in data.items()])
+
+
+def restart_note(process: dict[str, Any]) -> str:
+    """What starts empty with each process, so an empty page after a restart is not a mystery."""
+    store = ("the memory session store starts empty on each start; visitors' sessions continue from "
+             "their cookies at their next event" if process["session_store"] == "memory"
+             else "sessions are kept in Redis, shared by every process")
+    return f'<p class="note">This process started {esc(iso(process["started_ms"]))}: {esc(store)}.</p>'
 
 
 def render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str:
@@ -80,6 +93,7 @@ def render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str:
         'placeholder="device or user id"> <button>Search</button></form>',
         f'<form method="get" action="{b}">Deliveries of source <select name="source"><option value="">all</option>'
         f'{options}</select> <button>Filter</button></form>',
+        restart_note(data["process"]),
         "<h2>Live sessions</h2>",
         table(
             ["device id", "user id", "session id", "start", "last event", "events", "consent", "library", "user agent"],
@@ -99,7 +113,7 @@ def render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str:
             ],
         ),
         "<h2>Spool</h2>",
-        table(["", ""], [[esc(k), esc(v)] for k, v in data["spool"].items()]),
+        pairs(data["spool"]),
         table(["target", "source", "pending", "dead"],
                [[esc(r["target"]), esc(r["source"]), esc(r["pending"]), esc(r["dead"])] for r in data["by_target"]]),
         "<h2>In flight</h2>",
@@ -123,10 +137,12 @@ def render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str:
     if data["sink"] is not None:
         parts += [
             "<h2>Local sink (no Amplitude api_key configured: the requests Amplitude would get)</h2>",
+            f'<p class="note">The last {esc(data["process"]["sink_size"])} requests of this process, kept in memory: '
+            "the sink starts empty on each start, while the spool's delivered count includes earlier runs.</p>",
             table(["request"], [[f"<pre>{esc(orjson.dumps(r, default=json_default, option=orjson.OPT_INDENT_2).decode())}</pre>"] for r in reversed(data["sink"])]),
         ]
     parts += ["<h2>Privacy decisions (this process: withheld, anonymised, bots)</h2>", privacy_table(data["privacy"])]
-    parts += ["<h2>Counters</h2>", table(["", ""], [[esc(k), esc(v)] for k, v in sorted(data["counters"].items())])]
+    parts += ["<h2>Counters</h2>", pairs(dict(sorted(data["counters"].items())))]
     return "".join(parts)
 
 
@@ -148,7 +164,7 @@ def render_session(base: str, data: dict[str, Any]) -> str:
     b = esc(base)
     s = data["session"]
     summary = (
-        table(["", ""], [[esc(k), esc(iso(v) if k in {"session_id", "last_event_ms", "first_seen"} else v)] for k, v in s.items()])
+        table(["", ""], [[esc(k), _session_cell(k, v)] for k, v in s.items()])
         if s else "<p>No live session for this device (expired, or held by another process's memory).</p>"
     )
     events = table(
@@ -172,6 +188,13 @@ def render_session(base: str, data: dict[str, Any]) -> str:
                    f'{"sends" if data["privacy_signal"] else "does not send"} Sec-GPC / DNT</p>')
     return (f'<p><a href="{b}">all sessions</a></p>{privacy}{summary}<h2>Recent events</h2>{events}'
             f'<h2>Privacy decisions</h2>{privacy_table(data["privacy"])}')
+
+
+def _session_cell(key: str, value: Any) -> str:
+    """The raw epoch-ms ``session_id`` (what Amplitude users search for) next to its date."""
+    if key == "session_id":
+        return f"<code>{esc(value)}</code> {esc(iso(value))}"
+    return esc(iso(value) if key in {"last_event_ms", "first_seen"} else value)
 
 
 def privacy_table(rows: list[dict[str, Any]] | None) -> str:
