@@ -29,6 +29,7 @@ from edgeproxy.identity.cookies import load_signing_keys
 from edgeproxy.identity.service import IdentityService
 from edgeproxy.identity.store import open_store
 from edgeproxy.lifecycle import delivered_so_far, log_stopped, log_stopping
+from edgeproxy.logs import access_timing
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
 from edgeproxy.privacy.anonymous import anonymous_secret
@@ -52,6 +53,8 @@ def create_app(settings: Settings) -> web.Application:
     middlewares = [_count_requests(metrics)]
     if settings.server.trusted_proxies:
         middlewares.insert(0, forwarded_middleware(settings.server.trusted_proxies))
+    if settings.server.access_log:
+        middlewares.insert(0, access_timing)
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=middlewares)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

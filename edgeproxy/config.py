@@ -64,6 +64,9 @@ class ServerConfig:
     idle_timeout: float = 75.0
     body_timeout: float = 30.0
     max_connections_per_ip: int = 1000  # open connections from one address (0 = no cap; trusted_proxies exempt)
+    # One structured line per request (logger "edgeproxy.access"): method, path without the
+    # query, status, size, duration, client, route. Never cookies, tokens or the query string.
+    access_log: bool = False
 
 
 @dataclass

@@ -4,24 +4,29 @@
 same loop (signals raise ``GracefulExit``, then the runner's cleanup runs the app's shutdown
 with ``shutdown_grace``), with aiohttp's keep-alive timer set from ``idle_timeout`` and no
 lingering read of a body the handler did not want (``lingering_time=0``: a 400 for a bad
-body closes the connection instead of reading and logging the rest).
+body closes the connection instead of reading and logging the rest), and the structured
+access log when ``[server] access_log`` is on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from aiohttp import web
 
 from edgeproxy.edge.connections import GuardedSite
+from edgeproxy.logs import ACCESS_LOGGER, AccessLogger
 
 
 async def _serve(app: web.Application, settings: Any, reuse_port: bool) -> None:
     server = settings.server
-    runner = web.AppRunner(app, handle_signals=True, access_log=None, shutdown_timeout=server.shutdown_grace,
-                           keepalive_timeout=server.idle_timeout, lingering_time=0)
+    access_log = logging.getLogger(ACCESS_LOGGER) if server.access_log else None
+    runner = web.AppRunner(app, handle_signals=True, access_log=access_log, access_log_class=AccessLogger,
+                           shutdown_timeout=server.shutdown_grace, keepalive_timeout=server.idle_timeout,
+                           lingering_time=0)
     await runner.setup()
     try:
         site = GuardedSite(runner, server.host, server.port, max_per_ip=server.max_connections_per_ip,
