@@ -1,4 +1,5 @@
-"""Conformance: every case of tests/conformance/amplitude-cases.jsonl through ``edgeproxy map``.
+"""Conformance: every case of tests/conformance/amplitude-cases.jsonl (and of
+useragent-cases.jsonl) through ``edgeproxy map``.
 
 Compared as tests/conformance's README says: events grouped by endpoint URL and compared in
 order, structurally, ignoring only the listed deliberate differences (leaked
@@ -135,11 +136,39 @@ def test_score_is_reported(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
         diff = compare(case, _run(case, tmp_path))
         if diff:
             failures.append(f"  {case['name']}: {diff}")
+    report(capsys, "conformance", len(CASES), failures)
+
+
+def report(capsys: pytest.CaptureFixture[str], what: str, total: int, failures: list[str]) -> None:
+    """Print the score and every failing case, then fail if any did."""
     with capsys.disabled():
-        print(f"\nconformance: {len(CASES) - len(failures)}/{len(CASES)} passed")
+        print(f"\n{what}: {total - len(failures)}/{total} passed")
         for line in failures:
             print(line)
     assert not failures
+
+
+UA_CASES_FILE = Path(__file__).parent / "conformance" / "useragent-cases.jsonl"
+UA_CASES = [json.loads(line) for line in UA_CASES_FILE.read_text().splitlines() if line.strip()]
+
+
+def test_user_agent_cases(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The 496 user agents Segment's destination parsed (browsers, HTTP stacks, bots, consoles,
+    TVs), through one ``edgeproxy map`` run per config: os_name, os_version, device_*."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for case in UA_CASES:
+        by_config.setdefault(json.dumps(case["config"], sort_keys=True), []).append(case)
+    failures = []
+    for config_text, cases in by_config.items():
+        config = tmp_path / "ua-config.json"
+        config.write_text(config_text)
+        stdout = io.StringIO()
+        assert run_map(str(config), io.StringIO("".join(json.dumps(c["event"]) + "\n" for c in cases)), stdout) == 0
+        for case, line in zip(cases, stdout.getvalue().splitlines(), strict=True):
+            diff = compare(case, json.loads(line))
+            if diff:
+                failures.append(f"  {case['name']} {case['event']['context'].get('userAgent')!r}: {diff}")
+    report(capsys, "user agents", len(UA_CASES), failures)
 
 
 def test_compare_detects_a_difference() -> None:

@@ -1,9 +1,11 @@
 """User-agent parsing with the results of the reference's ``@amplitude/ua-parser-js`` 0.7.25.
 
-We parse with the ``ua-parser`` package (uap-core regexes) and translate its answers to
-ua-parser-js's conventions through the small tables below, where the two libraries name or
-detect things differently: "Mac OS X" is "Mac OS", desktops have no device, generic Android
-brands are not vendors, crawlers are unknown, and ua-parser-js also reports a device type.
+We parse with the ``ua-parser`` package (uap-core regexes) and translate its answers to the
+reference's through the declarative tables of ``useragent_rules``: names ("Mac OS X" is
+"Mac OS"), browsers the reference does not know (apps, web views, HTTP libraries, bots: its
+generic tokens decide), and the device families each parser attributes differently
+(consoles, TVs, app HTTP stacks, a few phone brands). Parses are cached per user agent:
+real traffic repeats a few hundred of them.
 """
 
 from __future__ import annotations
@@ -13,65 +15,86 @@ from typing import Any
 
 from ua_parser import parse
 
-# uap-core OS family -> ua-parser-js os.name (None: ua-parser-js finds no OS).
-OS_NAMES: dict[str, str | None] = {
-    "Mac OS X": "Mac OS",
-    "Chrome OS": "Chromium OS",
-    "Other": None,
-}
-# uap-core browser family -> ua-parser-js browser.name.
-BROWSER_NAMES: dict[str, str | None] = {
-    "Chrome Mobile": "Chrome",
-    "Chrome Mobile iOS": "Chrome",
-    "Chrome Mobile WebView": "Chrome WebView",
-    "Firefox Mobile": "Firefox",
-    "Firefox iOS": "Firefox",
-    "Samsung Internet": "Samsung Browser",
-    "Edge Mobile": "Edge",
-    "Opera Mobile": "Opera Mobi",
-    "Other": None,
-}
-# uap-core device brands that ua-parser-js does not report as a vendor.
-NO_VENDOR_BRANDS = frozenset({"Generic", "Generic_Android", "Generic_Android_Tablet", "Generic_Inettv", "Spider"})
-# (brand, model) pairs that ua-parser-js does not report as a device at all (desktops).
-DESKTOP_DEVICES = frozenset({("Apple", "Mac")})
-# User agents for which ua-parser-js 0.7.25 finds no browser (uap-core reads "Android" from them).
-NO_BROWSER_PREFIXES = ("Dalvik/",)
-# Device type rules, first match wins: (field, value, type).
-TABLET_MODELS = ("iPad", "Kindle", "Nexus 7", "Nexus 9", "Nexus 10", "Pixel C")
-MOBILE_MODELS = ("iPhone", "iPod")
-MOBILE_OS = frozenset({"iOS", "Windows Phone", "BlackBerry OS", "KaiOS", "Firefox OS", "Symbian OS"})
+from .useragent_rules import (
+    ANDROID_MOBILE_WORDS,
+    ANDROID_TABLET_WORDS,
+    BROWSER_NAMES,
+    BROWSER_PREFIXES,
+    BROWSER_TOKENS,
+    DESKTOP_DEVICES,
+    GENERIC_MODELS,
+    KEEP,
+    MOBILE_MODELS,
+    MOBILE_OS,
+    NO_VENDOR_BRANDS,
+    OS_NAMES,
+    RULES,
+    TABLET_MODELS,
+    TEXT_BROWSERS,
+    UNRECOGNISED_FAMILIES,
+    VENDOR_NAMES,
+)
+
+Parsed = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
 
 
-@lru_cache(maxsize=2048)
-def _parse(user_agent: str) -> tuple[str | None, ...]:
-    """(os.name, browser.name, browser.major, device.vendor, device.model, device.type) in ua-parser-js terms."""
+@lru_cache(maxsize=4096)
+def _parse(user_agent: str) -> Parsed:
+    """(os.name, browser.name, browser.major, device.vendor, device.model, device.type) in the reference's terms."""
     result = parse(user_agent)
     device = result.device
-    if device is not None and device.brand == "Spider":
-        return (None, None, None, None, None, None)  # type: ignore[return-value]
-    os_name = None
-    if result.os is not None:
-        os_name = OS_NAMES.get(result.os.family, result.os.family)
-    browser_name = browser_major = None
-    if result.user_agent is not None and not user_agent.startswith(NO_BROWSER_PREFIXES):
-        browser_name = BROWSER_NAMES.get(result.user_agent.family, result.user_agent.family)
-        browser_major = result.user_agent.major if browser_name else None
+    spider = device is not None and device.brand == "Spider"
+    os_name = OS_NAMES.get(result.os.family, result.os.family) if result.os is not None else None
+    browser_name, browser_major = _browser(user_agent, result.user_agent, spider)
     vendor = model = device_type = None
-    if device is not None and (device.brand, device.model) not in DESKTOP_DEVICES:
-        vendor = None if device.brand in NO_VENDOR_BRANDS else device.brand
-        model = device.model or None
-        device_type = _device_type(user_agent, os_name, device.brand, model)
-    return (os_name, browser_name, browser_major, vendor, model, device_type)  # type: ignore[return-value]
+    if device is not None and not spider and (device.brand, device.model) not in DESKTOP_DEVICES:
+        generic = device.brand in NO_VENDOR_BRANDS
+        if not (generic and user_agent.startswith("Dalvik/")):  # an app's Android stack: no readable device
+            vendor = None if generic else VENDOR_NAMES.get(device.brand, device.brand)
+            model = None if device.model in GENERIC_MODELS else device.model or None
+            device_type = _device_type(user_agent, os_name, device.brand, model)
+    for rule in RULES:
+        match = rule.pattern.search(user_agent)
+        if match is None:
+            continue
+        if rule.os is not KEEP:
+            os_name = rule.os  # type: ignore[assignment]
+        if rule.vendor is not KEEP:
+            vendor = rule.vendor  # type: ignore[assignment]
+        if rule.model is not KEEP:
+            model = match.expand(rule.model) if isinstance(rule.model, str) else None
+        if rule.type is not KEEP:
+            device_type = rule.type  # type: ignore[assignment]
+    return (os_name, browser_name, browser_major, vendor, model, device_type)
+
+
+def _browser(user_agent: str, found: Any, spider: bool) -> tuple[str | None, str | None]:
+    """The library's browser when the reference knows it too, else the reference's generic tokens."""
+    family = found.family if found is not None else None
+    # A family with a "/" is uap-core's generic bot rule naming a URL's tail ("com/bot").
+    known = (family is not None and family not in UNRECOGNISED_FAMILIES and "/" not in family
+             and not spider and (user_agent.startswith(BROWSER_PREFIXES) or family in TEXT_BROWSERS))
+    if known:
+        name = BROWSER_NAMES.get(family, family)
+        return name, (found.major if name else None)
+    for token in BROWSER_TOKENS:
+        match = token.pattern.search(user_agent)
+        if match is not None:
+            return token.name, match.group(1)
+    return None, None
 
 
 def _device_type(user_agent: str, os_name: str | None, brand: str | None, model: str | None) -> str | None:
-    if model and model.startswith(TABLET_MODELS) or brand == "Generic_Android_Tablet":
+    if model and model.startswith(TABLET_MODELS) or brand == "Generic_Android_Tablet" and model:
         return "tablet"
     if model and model.startswith(MOBILE_MODELS) or os_name in MOBILE_OS:
         return "mobile"
     if os_name == "Android":
-        mobile = "Mobile" in user_agent or user_agent.startswith(NO_BROWSER_PREFIXES)
+        if model is None:  # no model to read: only the words of the user agent type it
+            if ANDROID_MOBILE_WORDS.search(user_agent):
+                return "mobile"
+            return "tablet" if ANDROID_TABLET_WORDS.search(user_agent) else None
+        mobile = "Mobile" in user_agent or user_agent.startswith("Dalvik/")
         return "mobile" if mobile else "tablet"
     return None
 
