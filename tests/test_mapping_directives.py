@@ -102,7 +102,7 @@ def test_coercion(payload, coerced) -> None:
     ({"time": "yesterday"}, "Timestamp must be a valid date-like string but it was not."),
     ({"event_properties": "x"}, "Event Properties must be an object but it was a string."),
     ({"event_properties": [1]}, "Event Properties must be an object but it was an array."),
-    ({"user_id": {"a": 1}}, "User ID must be a string but it was an object."),
+    ({"user_id": {"a": 1}}, "User ID must be a string or null but it was an object."),
     ({"products": [{"quantity": 0.5}]}, "Quantity must be an integer but it was a number."),
 ])
 def test_refusals_use_the_reference_wording(payload, error) -> None:

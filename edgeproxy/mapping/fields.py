@@ -19,6 +19,7 @@ class Field:
     required: bool = False
     multiple: bool = False
     properties: Mapping[str, "Field"] | None = None  # declared sub-properties of an object
+    item_path: str = ""  # a multiple field's JSON pointer, which names its items in errors ("/products")
 
 
 def S(label: str, **kw: object) -> Field:
@@ -84,7 +85,7 @@ _USER_AGENT_FIELDS: dict[str, Field] = {
     "includeRawUserAgent": Field("Include Raw User Agent", "boolean"),
     "userAgentData": _USER_AGENT_DATA,
 }
-_PRODUCTS = Field("Products", "object", multiple=True, properties=_REVENUE)
+_PRODUCTS = Field("Products", "object", multiple=True, properties=_REVENUE, item_path="/products")
 _UTM_PROPERTIES = Field("UTM Properties", "object", properties=_UTM)
 
 LOG_EVENT_V2: dict[str, Field] = {
@@ -141,7 +142,7 @@ GROUP_IDENTIFY_USER: dict[str, Field] = {
 }
 
 MAP_USER: dict[str, Field] = {
-    "user_id": S("Previous ID"),
+    "user_id": S("User ID"),  # the alias's previousId by default; the reference's errors say "User ID"
     "global_user_id": S("Global User ID"),
     "min_id_length": _MIN_ID_LENGTH,
 }

@@ -54,8 +54,17 @@ def split_path(path: str) -> tuple[str, ...]:
     return tuple(p for p in _PATH_SPLIT.split(path) if p != "")
 
 
+def passes_through(value: Any) -> bool:
+    """A value the reference's path lookup stops at and returns for every path below it:
+    JavaScript's falsy primitives (``null``, ``false``, ``0``, ``""``). Observed: with
+    ``context.os: 0`` Segment's destination sends ``os_name: "0"``, with ``context.device: ""``
+    no device id at all. A truthy primitive (``true``, ``"iOS"``, ``5``) gives undefined below it."""
+    return value is None or value is False or (type(value) in (int, float, str) and not value)
+
+
 def get_path(data: Any, parts: tuple[str, ...]) -> Any:
-    """Follow ``parts`` into dicts and lists; anything else on the way gives ``MISSING``."""
+    """Follow ``parts`` into dicts and lists; a falsy primitive on the way is the answer
+    (``passes_through``); anything else gives ``MISSING``."""
     value = data
     for part in parts:
         if isinstance(value, dict):
@@ -63,6 +72,8 @@ def get_path(data: Any, parts: tuple[str, ...]) -> Any:
         elif isinstance(value, list) and part.isdigit():
             index = int(part)
             value = value[index] if index < len(value) else MISSING
+        elif passes_through(value):
+            return value
         else:
             return MISSING
         if value is MISSING:
@@ -129,6 +140,17 @@ def _fill(value: Any, level: _Level, values: Values) -> None:
                 values[slot] = child
             if sub is not None:
                 _fill(child, sub, values)
+    elif value is not MISSING and passes_through(value):
+        _fill_all(value, level, values)
+
+
+def _fill_all(value: Any, level: _Level, values: Values) -> None:
+    """Every slot below a falsy primitive holds it (``passes_through``)."""
+    for _, slot, sub, _ in level[1]:
+        if slot is not None:
+            values[slot] = value
+        if sub is not None:
+            _fill_all(value, sub, values)
 
 
 class Scope:

@@ -36,6 +36,7 @@ from .directives import (
     split_path,
 )
 from .fields import Field
+from .paths import passes_through
 from .schema import (
     DROPPED,
     Invalid,
@@ -127,6 +128,14 @@ def _take(payload: dict[str, Any], key: str, value: Any, step: Callable[[Any], A
         missing.append(if_missing)
 
 
+def _locals(tree: dict[str, Any]) -> Any:
+    """The registered locals of every path in ``tree``, depth first."""
+    for local, children in tree.values():
+        if local is not None:
+            yield local
+        yield from _locals(children)
+
+
 def _declared_object(spec: Field | None) -> bool:
     return spec is not None and spec.type == "object" and bool(spec.properties) and not spec.multiple
 
@@ -141,7 +150,7 @@ class _Writer:
 
     def __init__(self, fields: Mapping[str, Field]):
         self.fields = fields
-        self.namespace: dict[str, Any] = {"MISSING": MISSING, "take": _take, "js_string": js_string,
+        self.namespace: dict[str, Any] = {"MISSING": MISSING, "passes_through": passes_through, "take": _take, "js_string": js_string,
                                           "get_path": get_path, "array_items": array_items,
                                           "is_date_like": is_date_like, "strings_only": _strings_only}
         self.tree: _Tree = {}
@@ -256,6 +265,10 @@ class _Writer:
             for index, local, children in indexed:
                 self.emit(depth + 1, f"if len({value}) > {index}:")
                 self.child(f"{value}[{index}]", local, children, depth + 2)
+        below = list(_locals(tree))
+        if below:  # a falsy primitive is every path below it (paths.passes_through)
+            self.emit(depth, f"elif {value} is not MISSING and passes_through({value}):")
+            self.emit(depth + 1, " = ".join(below) + f" = {value}")
 
     def child(self, expression: str, local: str | None, children: _Tree, depth: int) -> None:
         name = local or self.fresh("n")

@@ -137,7 +137,9 @@ def _coerce_scalar(value: Any, spec: Field) -> Any:
                     if key in value:
                         value[key] = _coerce_scalar(value[key], sub)
             return value
-    raise Invalid(f"{spec.label} must be {_EXPECTED[kind]} but it was {describe(value)}.")
+    # ajv-human-errors names both types of a nullable field ("a string or null").
+    raise Invalid(f"{spec.label} must be {_EXPECTED[kind]}{' or null' if spec.allow_null else ''} "
+                  f"but it was {describe(value)}.")
 
 
 def _coerce(value: Any, spec: Field) -> Any:
@@ -145,8 +147,15 @@ def _coerce(value: Any, spec: Field) -> Any:
     if value is None and spec.allow_null:
         return None
     if spec.multiple:
-        items = value if isinstance(value, list) else [value]
-        return [_coerce_scalar(item, spec) for item in items]
+        items = value if isinstance(value, list) else [value]  # coerceTypes 'array': a value is a one-item list
+        out = []
+        for index, item in enumerate(items):
+            try:
+                out.append(_coerce_scalar(item, spec))
+            except Invalid as exc:  # ajv names an item by its JSON pointer: "The value at /products/0 ..."
+                raise Invalid(exc.message.replace(spec.label, f"The value at {spec.item_path}/{index}", 1)
+                              if spec.item_path else exc.message) from None
+        return out
     return _coerce_scalar(value, spec)
 
 
