@@ -8,7 +8,7 @@ SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests drive for real (Redis, nginx, Chromium); installed only when missing.
 DEB_PACKAGES = redis-server nginx chromium
 
-.PHONY: run test deps test-deps system-deps bench clean
+.PHONY: run test test-differential deps test-deps system-deps bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +49,16 @@ system-deps:
 
 test-deps: $(VENV)/.installed-test system-deps
 	@if [ -f tests/js/package.json ]; then cd tests/js && npm ci --no-audit --no-fund --silent; fi
+	@# Segment's published Amplitude destination: the reference of the differential mapping test.
+	@if [ -f tests/reference/package.json ]; then cd tests/reference && npm ci --no-audit --no-fund --silent --ignore-scripts; fi
 
 test: test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The differential mapping test on thousands of events (the suite runs a few hundred).
+DIFFERENTIAL_EVENTS ?= 5000
+test-differential: test-deps
+	EDGEPROXY_DIFFERENTIAL_EVENTS=$(DIFFERENTIAL_EVENTS) $(BIN)/python -m pytest -q -s tests/test_mapping_differential.py
 
 bench: deps system-deps
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk)

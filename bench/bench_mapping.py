@@ -23,7 +23,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgeproxy.mapping import Mapper  # noqa: E402
+from edgeproxy.mapping import Mapper, useragent  # noqa: E402
 
 _CONTEXT = {
     "library": {"name": "analytics.js", "version": "npm:next-1.70.0"}, "locale": "en-US",
@@ -104,7 +104,24 @@ def main() -> None:
         ring = itertools.repeat(event) if args.same_event else itertools.cycle(variants(event))
         us = best_of(lambda ring=ring: mapper.map(next(ring), device_id="a1b2c3d4"), args.seconds, args.repeat)
         print(f"mapping {label:<42} {us:6.1f} µs/event  ({us / reference:.1f}x orjson round trip)")
+    # User agents as real traffic mixes them: the 496 of the conformance cases, each parsed
+    # once (a miss: uap-core plus the rule table), then a track event cycling through them
+    # (the parse cache holds them all, as it holds a site's browsers).
+    agents = user_agents()
+    cold = best_of(lambda it=itertools.cycle(agents): useragent._parse.__wrapped__(next(it)), args.seconds, args.repeat)
+    print(f"user-agent parse, uncached ({len(agents)} distinct agents) {'':<12}{cold:6.1f} µs/agent")
+    mixed = [{**e, "context": {**e["context"], "userAgent": a}} for e, a in zip(variants(EVENT), itertools.cycle(agents))]
+    ring = itertools.cycle(mixed)
+    us = best_of(lambda: mapper.map(next(ring), device_id="a1b2c3d4"), args.seconds, args.repeat)
+    print(f"mapping track, {len(agents)} user agents in turn (cached) {'':<11}{us:6.1f} µs/event  "
+          f"({us / reference:.1f}x orjson round trip)")
     print(f"reference orjson loads(dumps(track event)) {'':<26}{reference:6.2f} µs/event")
+
+
+def user_agents() -> list[str]:
+    cases = Path(__file__).resolve().parent.parent / "tests" / "conformance" / "useragent-cases.jsonl"
+    agents = (orjson.loads(line)["event"]["context"].get("userAgent") for line in cases.read_text().splitlines() if line)
+    return [a for a in dict.fromkeys(agents) if isinstance(a, str) and a]
 
 
 if __name__ == "__main__":
