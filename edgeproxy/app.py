@@ -12,11 +12,14 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from edgeproxy import segment
+from edgeproxy.cockpit.history import MinuteHistory
+from edgeproxy.cockpit.trail import Trail
 from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue, describe, open_queue
 from edgeproxy.delivery.targets import build_targets
 from edgeproxy.delivery.worker import DeliveryWorker
 from edgeproxy.edge.cdn import setup_cdn
+from edgeproxy.edge.cockpit_views import CockpitViews
 from edgeproxy.edge.debug import DebugViews
 from edgeproxy.edge.forwarded import forwarded_middleware
 from edgeproxy.edge.identity_cookies import ResetHandler, page_cookies
@@ -66,7 +69,8 @@ def create_app(settings: Settings) -> web.Application:
     # The server never refuses events for settings the reference checks but that do not affect sending
     # (secret_key is only for Amplitude's GDPR API); `check-config` reports real problems.
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
-    worker = DeliveryWorker(spool, settings, metrics, targets=build_targets(settings, sources))
+    trail = Trail(settings.debug.trail_size) if settings.debug.trail_size else None
+    worker = DeliveryWorker(spool, settings, metrics, targets=build_targets(settings, sources), trail=trail)
     sweeper = SessionSweeper(store, mapper, spool, settings, wake=worker.wake) if settings.sessions.session_events else None
 
     app[SETTINGS] = settings
@@ -78,7 +82,7 @@ def create_app(settings: Settings) -> web.Application:
     prefix = settings.server.prefix
     privacy = PrivacyGate(metrics, anonymous_secret(signing_keys[0]))
     ingest = IngestHandlers(IngestContext(settings, identity, mapper, spool, metrics, wake_delivery=worker.wake,
-                                          sources=sources, privacy=privacy))
+                                          sources=sources, privacy=privacy, trail=trail))
     app.add_routes(ingest.routes(prefix))
     setup_cdn(app, settings)
 
@@ -107,7 +111,11 @@ def create_app(settings: Settings) -> web.Application:
         privacy_log=privacy.log,
         forget=lambda **person: forget_person(**person, store=store, spool=spool, sources=sources,
                                               privacy_log=privacy.log),
+        trail=trail,
+        live=lambda: cockpit.sample(),
     )
+    cockpit = CockpitViews(debug, trail, MinuteHistory(), metrics.registry, wake_delivery=worker.wake)
+    app.add_routes(cockpit.routes())
     app.add_routes(debug.routes())
 
     app.add_routes(ResetHandler(identity, settings).routes(prefix))
@@ -119,6 +127,7 @@ def create_app(settings: Settings) -> web.Application:
     async def start(_: web.Application) -> None:
         await spool.open()
         await worker.start()
+        await cockpit.start()
         if sweeper is not None:
             await sweeper.start()
         log.info(
@@ -142,6 +151,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def stop_accepting(_: web.Application) -> None:
         ingest.stop_accepting()  # SIGTERM: 503 on ingest while the worker flushes (on_cleanup)
+        await cockpit.close()  # live /debug streams end
         log_stopping(settings.server.shutdown_grace)
 
     app.on_startup.append(start)

@@ -142,6 +142,10 @@ class DeliveryConfig:
 @dataclass
 class DebugConfig:
     token: str = ""
+    # Recent messages the cockpit's event trail keeps in memory (0: no trail). Each holds
+    # references to the message and its payloads: at most ~100 KB each (Segment's 32 KB
+    # message, mapped), typically ~3 KB.
+    trail_size: int = 1000
 
 
 @dataclass
@@ -425,6 +429,8 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"sessions.{key}: must be a cookie name of letters, digits, '_', '.', '-'")
     if not 1 <= s.delivery.batch_size <= 2000:
         problems.append(f"delivery.batch_size: must be between 1 and 2000 (Amplitude's limit), got {s.delivery.batch_size}")
+    if s.debug.trail_size < 0:
+        problems.append("debug.trail_size: must be 0 (no event trail) or positive")
     if s.delivery.flush_interval <= 0:
         problems.append("delivery.flush_interval: must be positive")
     if s.delivery.queue and not is_redis_url(s.delivery.queue):

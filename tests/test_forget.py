@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import sqlite3
 import subprocess
 import sys
@@ -74,12 +75,16 @@ async def test_a_device_is_forgotten_with_the_user_ids_it_carried(tmp_path, aioh
     client = await aiohttp_client(create_app(settings_for(tmp_path, amp)))
     await send_people(client)
     await until(lambda: len(amp.events) == 4, "four events")
-    report = await (await client.post("/debug/forget", data={"device_id": "dev-c"},
+    # The overview's form carries a CSRF token; a form posted without it (another site's) is refused.
+    refused = await client.post("/debug/forget", data={"device_id": "dev-c"})
+    assert refused.status == 403 and "CSRF token" in await refused.text()
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await (await client.get("/debug")).text()).group(1)
+    report = await (await client.post("/debug/forget", data={"device_id": "dev-c", "csrf": csrf},
                                       headers={"Accept": "application/json"})).json()
     assert report["device_ids"] == ["dev-c"] and report["user_ids"] == ["user-2"] and report["sessions"] == 1
     await until(lambda: amp.deletions, "the deletion")
     assert amp.deletions[0]["user_ids"] == ["user-2"]
-    page = await client.post("/debug/forget", data={"device_id": "dev-never-seen"})
+    page = await client.post("/debug/forget", data={"device_id": "dev-never-seen", "csrf": csrf})
     text = await page.text()
     assert "no user id is known for this device" in text and "User Look-Up" in text
 

@@ -49,6 +49,7 @@ from edgeproxy.delivery.targets import (
     amplitude_max_items,
     build_targets,
 )
+from edgeproxy.cockpit.trail import MAX_EXCERPT, Attempt, Trail, item_outcomes
 from edgeproxy.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class DeliveryWorker:
         sink_size: int = SINK_SIZE,
         rng: random.Random | None = None,
         targets: dict[tuple[str, str], Target] | None = None,
+        trail: Trail | None = None,
     ) -> None:
         self.spool = spool
         self.targets = build_targets(settings) if targets is None else targets
@@ -116,6 +118,7 @@ class DeliveryWorker:
         self._last_stats = 0.0
         self._orphans: set[asyncio.Future[None]] = set()
         self.requests_sent = 0
+        self.trail = trail  # the cockpit's event trail: each attempt's outcome per message
 
     @property
     def sink_mode(self) -> bool:
@@ -442,6 +445,12 @@ class DeliveryWorker:
             response=response,
             now=t,
         )
+        if self.trail is not None and len(self.trail):
+            # retry holds the backoff's (row ids, until) first when there is one, the pause's last
+            upcoming = {"retry": retry[0][1] if v.backoff and retry else None, "throttled": retry[-1][1] if v.pause else None}
+            self.trail.attempted([c.message_id for c in sub], Attempt(t, target.kind, endpoint, status, v.outcome,
+                                                                      excerpt[:MAX_EXCERPT], None),
+                                 item_outcomes(v, v.outcome == "sink"), upcoming)
         labels = (target.kind, target.source)
         self.metrics.deliveries.labels(*labels, endpoint, v.outcome).inc()
         if v.ack:

@@ -8,6 +8,7 @@ compared in constant time and never logged; with no token, loopback clients only
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import html
 import ipaddress
@@ -19,6 +20,9 @@ import orjson
 from aiohttp import web
 from itsdangerous import BadSignature
 
+from edgeproxy.cockpit.devices import ClientSessions
+from edgeproxy.cockpit.pages import devices_table, live_hooks, live_section, trail_table
+from edgeproxy.cockpit.trail import Trail
 from edgeproxy.config import Settings
 from edgeproxy.edge.debug_pages import SECURITY_HEADERS, esc, json_default, page, render_overview, render_session
 from edgeproxy.identity import ajs
@@ -37,7 +41,8 @@ class DebugViews:
 
     def __init__(self, settings: Settings, signing_keys: list[str], *, store: Any, spool: Any, identity: Any,
                  sink: Any, counters: Callable[[], dict[str, float | int]], privacy_log: Any = None,
-                 forget: Provider | None = None):
+                 forget: Provider | None = None, trail: Trail | None = None,
+                 live: Callable[[], Awaitable[dict[str, Any]]] | None = None):
         self.settings = settings
         self.base = settings.server.debug_path
         self.token = settings.debug.token
@@ -51,22 +56,26 @@ class DebugViews:
         self.forget_person = forget  # forget.forget_person bound to this process's store, spool and log
         self.sources = ["default", *(src.name for src in settings.sources)]
         self.started_ms = int(time.time() * 1000)  # what is in memory here (sessions, sink) dates from then
+        self.trail = trail  # the cockpit's event trail (None: off)
+        self.devices = trail.devices if trail is not None else ClientSessions(0)
+        self.live = live  # samples the minute history and returns the overview's live data
+        self._csrf_key = hashlib.sha256(b"edgeproxy.debug-csrf\0" + signing_keys[0].encode()).digest()
 
     def routes(self) -> list[web.RouteDef]:
         b = self.base
         return [
-            web.get(b, _secured(self.overview)),
-            web.get(b + "/", _secured(self.overview)),
-            web.get(b + "/me", _secured(self.me)),
-            web.get(b + "/sessions/{device_id}", _secured(self.session)),
-            web.post(b + "/forget", _secured(self.forget)),
-            web.get(b + "/login", _secured(self.login_form)),
-            web.post(b + "/login", _secured(self.login)),
+            web.get(b, secured(self.overview)),
+            web.get(b + "/", secured(self.overview)),
+            web.get(b + "/me", secured(self.me)),
+            web.get(b + "/sessions/{device_id}", secured(self.session)),
+            web.post(b + "/forget", secured(self.forget)),
+            web.get(b + "/login", secured(self.login_form)),
+            web.post(b + "/login", secured(self.login)),
         ]
 
     # -- access -----------------------------------------------------------------------------
 
-    def _allowed(self, request: web.Request) -> bool:
+    def allowed(self, request: web.Request) -> bool:
         if not self.token:
             try:
                 return ipaddress.ip_address(request.remote or "").is_loopback
@@ -85,11 +94,33 @@ class DebugViews:
                 return False
         return False
 
-    def _deny(self, request: web.Request) -> web.Response:
+    def csrf_token(self, request: web.Request) -> str:
+        """The token a /debug form must send back: bound to the operator's login (or to
+        loopback access), so another site cannot make the operator's browser post a form."""
+        basis = request.cookies.get(LOGIN_COOKIE) or "loopback"
+        return hmac.new(self._csrf_key, basis.encode(), hashlib.sha256).hexdigest()
+
+    async def read_form(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """A POST's fields: JSON (a browser cannot send it cross-site without CORS, which /debug
+        never answers), or a form carrying the CSRF token; a refusal says what was wrong."""
+        if request.content_type == "application/json":
+            try:
+                given = await request.json()
+            except ValueError:
+                return json_response({"error": "the body is not JSON"}, status=400)
+            return given if isinstance(given, dict) else json_response({"error": "the body must be a JSON object"}, status=400)
+        given = dict(await request.post())
+        bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "  # allowed() checked its token
+        if not bearer and not hmac.compare_digest(str(given.get("csrf", "")).encode(), self.csrf_token(request).encode()):
+            return page("refused", "<p>This form is stale or did not come from this /debug page (its CSRF token "
+                        "is missing or wrong): reload the page and try again.</p>", status=403)
+        return given
+
+    def deny(self, request: web.Request) -> web.Response:
         if not self.token:
             return web.Response(status=403, text="/debug is open to loopback clients only; set [debug] token to reach it from elsewhere.\n")
-        if _wants_json(request):
-            return _json({"error": "a debug token is required (Authorization: Bearer <token>)"}, status=401)
+        if wants_json(request):
+            return json_response({"error": "a debug token is required (Authorization: Bearer <token>)"}, status=401)
         raise web.HTTPSeeOther(self.base + "/login")
 
     async def login_form(self, request: web.Request) -> web.Response:
@@ -122,11 +153,12 @@ class DebugViews:
     # -- views ------------------------------------------------------------------------------
 
     async def overview(self, request: web.Request) -> web.Response:
-        if not self._allowed(request):
-            return self._deny(request)
+        if not self.allowed(request):
+            return self.deny(request)
         query = request.query.get("q", "")[:200]
         source = request.query.get("source", "")[:64] or None
         sessions = await self.store.list_sessions(query=query, limit=100)
+        live = await self.live() if self.live is not None else None
         # Filtered rows are picked from a longer list, so a quiet source still shows its own.
         fetch = ROWS if source is None else ROWS * 10
         data = {
@@ -143,21 +175,35 @@ class DebugViews:
             "sink": list(self.sink)[-ROWS:] if self.sink is not None else None,
             "privacy": self._privacy(source=source),
             "counters": self.counters(),
+            "live": live,
+            "trail": [e.summary() for e in self.trail.find(query, limit=ROWS)] if self.trail is not None else None,
+            "devices": [d.as_dict() for d in self.devices.recent(query, limit=ROWS * 2)],
             "process": {"started_ms": self.started_ms, "session_store": self.settings.sessions.store,
                         "sink_size": getattr(self.sink, "maxlen", None)},
         }
-        if _wants_json(request):
-            return _json(data)
-        return page("edgeproxy debug", render_overview(self.base, data, self.sources))
+        if wants_json(request):
+            return json_response(data)
+        return page("edgeproxy debug", self._cockpit(data) + render_overview(self.base, data, self.sources, self.csrf_token(request)))
+
+    def _cockpit(self, data: dict[str, Any]) -> str:
+        """The overview's top: live numbers and charts, the latest events, mobile and server devices."""
+        b = esc(self.base)
+        seq = self.trail.last_seq if self.trail is not None else 0
+        live = f'<div id="live">{live_section(data["live"])}</div>' if data["live"] is not None else ""
+        trail = (f'<h2>Latest events (<a href="{b}/events">event trail</a>)</h2>{trail_table(self.base, data["trail"])}'
+                 if data["trail"] is not None else "<p>The event trail is off (<code>[debug] trail_size = 0</code>).</p>")
+        devices = ("<h2>Mobile and server devices (the session ids their libraries sent)</h2>"
+                   + devices_table(self.base, data["devices"]))
+        return live_hooks(self.base, "overview", data["query"], seq) + live + trail + devices
 
     async def session(self, request: web.Request) -> web.Response:
-        if not self._allowed(request):
-            return self._deny(request)
+        if not self.allowed(request):
+            return self.deny(request)
         return await self._session_view(request, request.match_info["device_id"][:200])
 
     async def me(self, request: web.Request) -> web.Response:
-        if not self._allowed(request):
-            return self._deny(request)
+        if not self.allowed(request):
+            return self.deny(request)
         header = request.headers.get("Cookie")
         jar = self.identity.read_cookie_header(header)
         # Before consent (cookies_before_consent = false) there is no device cookie: the session
@@ -167,8 +213,8 @@ class DebugViews:
         if not device_id:
             data = {"device_id": None, "privacy_signal": signal,
                     "message": "no edgeproxy device cookie and no ajs_anonymous_id on this request"}
-            if _wants_json(request):
-                return _json(data)
+            if wants_json(request):
+                return json_response(data)
             return page("your session", "<p>This browser has no edgeproxy device cookie and no analytics.js "
                          "anonymousId yet: send an event first.</p>")
         return await self._session_view(request, device_id, privacy_signal=signal)
@@ -176,21 +222,17 @@ class DebugViews:
     async def forget(self, request: web.Request) -> web.Response:
         """``POST {debug}/forget`` with ``user_id`` or ``device_id`` (form or JSON): ``edgeproxy
         forget`` in this process, which also holds a memory store's sessions."""
-        if not self._allowed(request):
-            return self._deny(request)
-        if request.content_type == "application/json":
-            try:
-                given = await request.json()
-            except ValueError:
-                return _json({"error": "the body is not JSON"}, status=400)
-        else:
-            given = dict(await request.post())
+        if not self.allowed(request):
+            return self.deny(request)
+        given = await self.read_form(request)
+        if isinstance(given, web.Response):
+            return given
         user_id, device_id = (str(given.get(k) or "").strip()[:1024] or None for k in ("user_id", "device_id"))
         if self.forget_person is None or not (user_id or device_id):
-            return _json({"error": "give user_id or device_id"}, status=400)
+            return json_response({"error": "give user_id or device_id"}, status=400)
         report = await self.forget_person(user_id=user_id, device_id=device_id)
-        if _wants_json(request) or request.content_type == "application/json":
-            return _json(report.as_dict())
+        if wants_json(request) or request.content_type == "application/json":
+            return json_response(report.as_dict())
         return page("forgotten", "<pre>" + esc("\n".join(report.lines())) + "</pre>")
 
     def _privacy(self, **filters: Any) -> list[dict[str, Any]] | None:
@@ -199,21 +241,24 @@ class DebugViews:
     async def _session_view(self, request: web.Request, device_id: str, **extra: Any) -> web.Response:
         state = await self.store.get(device_id)
         events = await self.spool.events_for_session(device_id, limit=100)
+        client = self.devices.get(device_id)
         data = {
             "device_id": device_id,
             "session": _session_row(device_id, state) if state is not None else None,
+            "client_sessions": client.as_dict() if client is not None else None,
+            "timeout_ms": int(self.settings.sessions.timeout * 1000),
             "consent": getattr(state, "consent", None),
             **extra,
             "events": events,
             "privacy": self._privacy(device_id=device_id),
         }
-        if _wants_json(request):
-            return _json(data)
+        if wants_json(request):
+            return json_response(data)
         title = f"session {state.session_id} of device {device_id}" if state is not None else f"device {device_id}"
-        return page(title, render_session(self.base, data))
+        return page(title, render_session(self.base, data, self.csrf_token(request)))
 
 
-def _secured(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+def secured(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
     """Every /debug answer (pages, JSON, redirects, refusals) with ``SECURITY_HEADERS``."""
     async def secured(request: web.Request) -> web.StreamResponse:
         try:
@@ -230,11 +275,11 @@ def _secured(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) ->
 # -- rendering ----------------------------------------------------------------------------------
 
 
-def _wants_json(request: web.Request) -> bool:
+def wants_json(request: web.Request) -> bool:
     return request.query.get("format") == "json" or "application/json" in request.headers.get("Accept", "")
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data, default=json_default), content_type="application/json")
 
 

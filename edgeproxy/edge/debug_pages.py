@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from edgeproxy.cockpit import charts
+
 
 def json_default(value: Any) -> Any:
     if is_dataclass(value):
@@ -40,12 +42,19 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1b1b}
 h1{font-size:1.3rem}h2{font-size:1.05rem;margin-top:1.6rem}
 table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}
 th{background:#f4f4f4}code,pre{font:12px/1.3 ui-monospace,monospace}pre{white-space:pre-wrap;margin:0;max-width:60rem}
-.note{color:#555}.state-delivered{color:#17702a}.state-dead{color:#a11}.state-pending,.state-retrying,.state-in_flight{color:#8a5a00}
+.note{color:#555}form.inline{display:inline-block;margin:0 .4rem .3rem 0}
+.headlines{display:flex;flex-wrap:wrap;gap:.6rem}.headline{border:1px solid #ddd;padding:.4rem .7rem;min-width:9rem}
+.figure{font-size:1.5rem;font-weight:600}.trend-up{color:#17702a}.trend-down{color:#a11}.trend-flat{color:#777}
+.charts{display:flex;flex-wrap:wrap;gap:.8rem}figure{margin:0}figcaption{font-size:12px}.axis{font-size:10px;color:#777;display:block}
+.delivery-dead,.delivery-refused{color:#a11}.delivery-delivered{color:#17702a}.delivery-retrying,.delivery-queued{color:#8a5a00}
+.state-delivered{color:#17702a}.state-dead{color:#a11}.state-pending,.state-retrying,.state-in_flight{color:#8a5a00}
 """
-# The pages carry no script at all and one inline style, allowed by its hash; nothing may frame them.
+# The pages carry one inline style, allowed by its hash, and only /debug's own script (the live
+# updates; every page works without it); nothing may frame them.
 _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 SECURITY_HEADERS = {
-    "Content-Security-Policy": f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "
+    "Content-Security-Policy": f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; script-src 'self'; "
+                               "connect-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -81,13 +90,14 @@ def restart_note(process: dict[str, Any]) -> str:
     return f'<p class="note">This process started {esc(iso(process["started_ms"]))}: {esc(store)}.</p>'
 
 
-def render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str:
+def render_overview(base: str, data: dict[str, Any], sources: list[str], csrf: str) -> str:
     b = esc(base)
     options = "".join(f'<option value="{esc(n)}"{" selected" if n == data["source"] else ""}>{esc(n)}</option>'
                       for n in sources)
     parts = [
         f'<p><a href="{b}/me">my session</a> · <a href="{b}?format=json">JSON</a></p>',
-        f'<form method="post" action="{b}/forget">Forget a person: <input name="user_id" placeholder="user id"> '
+        f'<form method="post" action="{b}/forget"><input type="hidden" name="csrf" value="{esc(csrf)}">'
+        'Forget a person: <input name="user_id" placeholder="user id"> '
         'or <input name="device_id" placeholder="device id"> <button>Forget</button></form>',
         f'<form method="get" action="{b}"><input name="q" value="{esc(data["query"])}" '
         'placeholder="device or user id"> <button>Search</button></form>',
@@ -128,10 +138,12 @@ def render_overview(base: str, data: dict[str, Any], sources: list[str]) -> str:
         ),
         "<h2>Dead letters</h2>",
         table(["reason", "count"], [[f"<code>{esc(code)}</code>", esc(n)] for code, n in data["dead_by_reason"].items()]),
+        replay_forms(base, data["dead_by_reason"], csrf),
         table(
-            ["message id", "target", "source", "reason code", "reason", "device id"],
-            [[f"<code>{esc(d.get('message_id'))}</code>", *where(d), f"<code>{esc(d.get('reason_code'))}</code>", esc(d.get("reason")),
-              esc(d.get("device_id"))] for d in data["dead_letters"]],
+            ["message id", "target", "source", "reason code", "reason", "device id", "act"],
+            [[f'<a href="{b}/events/{esc(d.get("message_id"))}"><code>{esc(d.get("message_id"))}</code></a>', *where(d),
+              f"<code>{esc(d.get('reason_code'))}</code>", esc(d.get("reason")), esc(d.get("device_id")),
+              replay_one(base, str(d.get("message_id")), csrf)] for d in data["dead_letters"]],
         ),
     ]
     if data["sink"] is not None:
@@ -160,18 +172,28 @@ def undelivered_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def render_session(base: str, data: dict[str, Any]) -> str:
+def render_session(base: str, data: dict[str, Any], csrf: str) -> str:
     b = esc(base)
     s = data["session"]
-    summary = (
-        table(["", ""], [[esc(k), _session_cell(k, v)] for k, v in s.items()])
-        if s else "<p>No live session for this device (expired, or held by another process's memory).</p>"
-    )
+    client = data.get("client_sessions")
+    if s:
+        summary = table(["", ""], [[esc(k), _session_cell(k, v)] for k, v in s.items()])
+    elif client:
+        summary = ("<p>A mobile or server device: its library keeps the session, edgeproxy passes its ids through.</p>"
+                   + table(["session id", "start", "first event", "last event", "events"],
+                           [[f"<code>{esc(c['session_id'])}</code>", esc(iso(c["session_id"])), esc(iso(c["first_ms"])),
+                             esc(iso(c["last_ms"])), esc(c["events"])] for c in client["sessions"]]))
+    else:
+        summary = "<p>No live session for this device (expired, or held by another process's memory).</p>"
+    timeline = charts.timeline([_timeline_point(ev) for ev in data["events"] if ev.get("target", "amplitude") == "amplitude"],
+                               gap_ms=max(60_000, data.get("timeout_ms", 1_800_000) // 6))
     events = table(
-        ["received", "target", "source", "endpoint", "state", "attempts", "last error", "as sent"],
+        ["received", "message id", "target", "source", "endpoint", "state", "attempts", "last error", "as sent"],
         [
             [
                 esc(iso(ev.get("received_ms"))),
+                f'<a href="{b}/events/{esc(ev.get("message_id"))}"><code>{esc(ev.get("message_id"))}</code></a>'
+                + (replay_one(base, str(ev.get("message_id")), csrf) if ev.get("state") == "dead" else ""),
                 *where(ev),
                 esc(ev.get("endpoint")),
                 f'<span class="state-{esc(ev.get("state"))}">{esc(ev.get("state"))}</span>',
@@ -186,8 +208,19 @@ def render_session(base: str, data: dict[str, Any]) -> str:
     if "privacy_signal" in data:
         privacy = (f'<p>Consent state: <b>{esc(data["consent"] or "none recorded")}</b> · this request '
                    f'{"sends" if data["privacy_signal"] else "does not send"} Sec-GPC / DNT</p>')
-    return (f'<p><a href="{b}">all sessions</a></p>{privacy}{summary}<h2>Recent events</h2>{events}'
+    return (f'<p><a href="{b}">all sessions</a> · <a href="{b}/events?q={esc(data["device_id"])}">its event trail</a></p>'
+            f'{privacy}{summary}<h2>Timeline</h2>{timeline}<h2>Recent events</h2>{events}'
             f'<h2>Privacy decisions</h2>{privacy_table(data["privacy"])}')
+
+
+def _timeline_point(ev: dict[str, Any]) -> dict[str, Any]:
+    """A spooled item on the session timeline: its event time (else when it was received)."""
+    item = ev.get("item") if isinstance(ev.get("item"), dict) else {}
+    t = item.get("time")
+    if not isinstance(t, int) or isinstance(t, bool):
+        t = ev.get("received_ms") or 0
+    return {"t": t, "session_id": item.get("session_id", ev.get("session_id")),
+            "label": item.get("event_type") or ev.get("endpoint")}
 
 
 def _session_cell(key: str, value: Any) -> str:
@@ -207,3 +240,19 @@ def privacy_table(rows: list[dict[str, Any]] | None) -> str:
           esc(r["device_id"]), f'<span class="privacy-{esc(r["outcome"])}">{esc(r["outcome"])}</span>', esc(r["reason"] or ""),
           esc(r["consent"]), esc(r["bot"] or "")] for r in rows],
     )
+
+
+def replay_forms(base: str, dead_by_reason: dict[str, int], csrf: str) -> str:
+    """One button per reason: replay every dead letter of it (``edgeproxy replay --reason``)."""
+    b = esc(base)
+    return "".join(
+        f'<form method="post" action="{b}/replay" class="inline"><input type="hidden" name="csrf" value="{esc(csrf)}">'
+        f'<input type="hidden" name="reason" value="{esc(code)}"><button>Replay all {esc(n)} <code>{esc(code)}</code></button></form>'
+        for code, n in dead_by_reason.items()
+    )
+
+
+def replay_one(base: str, message_id: str, csrf: str) -> str:
+    b = esc(base)
+    return (f'<form method="post" action="{b}/replay" class="inline"><input type="hidden" name="csrf" value="{esc(csrf)}">'
+            f'<input type="hidden" name="message_id" value="{esc(message_id)}"><button>Replay</button></form>')

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.web import RequestPayloadError
 
 from edgeproxy import segment
+from edgeproxy.cockpit.trail import Trail
 from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue
 from edgeproxy.delivery.spool import DeadLetter, SpoolItem, SpoolUnavailable
@@ -60,6 +61,7 @@ class IngestContext:
     wake_delivery: Callable[[], None] | None = None  # nudges the delivery worker after an append
     sources: SourceTable | None = None  # None: the settings' own (``mapper`` is the default source's)
     privacy: PrivacyGate | None = None  # None: one with a per-process secret (tests)
+    trail: Trail | None = None  # the cockpit's event trail (None: ``debug.trail_size = 0``)
 
 
 @dataclass(slots=True)
@@ -73,6 +75,8 @@ class Accepted:
     msg: dict[str, Any]
     device_id: str | None
     verdict: Verdict
+    identity: IdentityResult
+    session_id: int | None
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -240,6 +244,8 @@ class IngestHandlers:
             except segment.Rejected as exc:
                 ctx.metrics.events_rejected_by(exc.field).inc()
                 rejected.append({"index": index, **exc.as_dict()})
+                if ctx.trail is not None:
+                    ctx.trail.rejected(route.name, raw, f"{exc.field}: {exc.message}", now_ms)
                 continue
             except StoreUnavailable as exc:
                 return self._unavailable(f"session store unavailable: {exc}", len(raws))
@@ -254,9 +260,17 @@ class IngestHandlers:
                 ctx.metrics.session_mismatches.inc()
             accepted.append(self._map(route, write_key, index, msg, result, now_ms, verdict))
 
+        trail = ctx.trail
+        if trail is not None:  # before the append: the worker may send the items before it returns
+            for record in accepted:
+                trail.record(route.name, record.msg, record.identity, record.items, record.dead,
+                             _outcome(record.verdict), now_ms, record.session_id)
         try:
             accepted = await self._commit(accepted, rejected)
         except SpoolUnavailable as exc:
+            if trail is not None:
+                for record in accepted:
+                    trail.mark(record.msg.get("messageId"), "not accepted: the spool was unavailable (503, the client retries)")
             return self._unavailable(f"spool unavailable: {exc}", len(accepted))
         # One increment per message type, not per message: the same totals for a batch of 20.
         by_type: dict[str, int] = {}
@@ -303,6 +317,8 @@ class IngestHandlers:
                     stored.append(record)
                 except ValueError as exc:
                     self.ctx.metrics.events_rejected_by("message").inc()
+                    if self.ctx.trail is not None:
+                        self.ctx.trail.mark(record.msg.get("messageId"), f"rejected: message: cannot be stored: {exc}")
                     rejected.append({"index": record.index, "field": "message", "message": f"cannot be stored: {exc}"})
             rejected.sort(key=lambda r: r["index"])
         if self.ctx.wake_delivery is not None:
@@ -342,7 +358,7 @@ class IngestHandlers:
             if result.ended is not None:
                 end = session_message("end", sessions.session_end_event, key, result.ended)
                 messages.insert(0, (end, result.ended.session_id))
-        accepted = Accepted(index, msg["type"], [], [], msg, key, verdict)
+        accepted = Accepted(index, msg["type"], [], [], msg, key, verdict, result, session_id)
         if route.mapper is not None and verdict.deliver:
             for message, sid in messages:
                 device_id = result.device_id
@@ -358,6 +374,13 @@ class IngestHandlers:
             accepted.items.append(relay_record(msg, write_key=write_key, device_id=result.device_id,
                                                session_id=session_id, received_ms=now_ms, source=route.name))
         return accepted
+
+
+def _outcome(verdict: Verdict) -> str:
+    """What the privacy rules made of an accepted message, for the trail."""
+    if not verdict.deliver:
+        return f"withheld from Amplitude: {verdict.reason}"
+    return "anonymised" if verdict.anonymous else "accepted"
 
 
 def _check_message_size(raw: Any) -> None:

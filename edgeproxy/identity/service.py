@@ -45,6 +45,7 @@ from edgeproxy.identity.sessions import (
     SessionState,
     adoptable_claim,
     claim_mismatches,
+    duration_text,
     client_session_claim,
     client_session_value,
     is_web,
@@ -93,6 +94,38 @@ class IdentityResult:
     # session-end event. Only a session the store still held counts: one the store no longer
     # has was already ended by the idle sweep (or lost with a restart), so no duplicate.
     ended: SessionState | None = None
+    # The decision, in words, for the cockpit's event trail: where the device id came from and
+    # what became of the session (constants but for a rotation's idle gap).
+    device_from: str = ""
+    session_how: str = ""
+
+
+# Where a device id came from (IdentityResult.device_from).
+FROM_CONTEXT = "context.device.id (sent by the client)"
+FROM_COOKIE = "the device cookie"
+FROM_ADOPTED = "anonymousId, adopted in place of the page's provisional id"
+FROM_ANONYMOUS = "anonymousId (no device cookie yet)"
+FROM_BATCH = "an earlier message of this request"
+FROM_OTHER = "anonymousId: another visitor than the request's cookies"
+FROM_NEW = "new (no cookie, no anonymousId)"
+FROM_DEFAULT = "not web: Segment's default (context.device.id, else anonymousId)"
+# What became of the session (IdentityResult.session_how), but for a rotation.
+SESSION_STARTED = "started"
+SESSION_ADOPTED = "started with the plugin's session id (adopted)"
+SESSION_CONTINUED = "continued"
+SESSION_REPLACED = "continued; the client's different session id was replaced"
+SESSION_CLIENT = "the library's own session id"
+SESSION_NONE = "no session id"
+SESSION_OPTED_OUT = "touched; no session id written (Actions Amplitude disabled for this event)"
+
+
+def session_how(old: SessionState | None, new: SessionState, started: bool, adopt: int | None, t_ms: int) -> str:
+    """``IdentityResult.session_how`` for a touched session (the mismatch case is the caller's)."""
+    if not started:
+        return SESSION_CONTINUED
+    if old is not None and old.session_id != new.session_id:
+        return f"rotated after {duration_text(t_ms - old.last_event_ms)} idle (was {old.session_id})"
+    return SESSION_ADOPTED if adopt is not None and new.session_id == adopt else SESSION_STARTED
 
 
 def event_time_ms(message: Mapping[str, Any], now_ms: int) -> int:
@@ -205,32 +238,51 @@ class IdentityService:
             elif anonymous_id != jar.bound_anonymous_id and anonymous_id != jar.device_id:
                 # Another browser than the request's cookies belong to: its own ids and session;
                 # the jar (and the response's cookies) stay the first visitor's.
-                return await self._stamped(_context_device_id(message) or anonymous_id, message, t_ms, None, consent)
+                context_id = _context_device_id(message)
+                return await self._stamped(context_id or anonymous_id, message, t_ms, None, consent,
+                                           FROM_CONTEXT if context_id else FROM_OTHER)
+        adopted = False
         if jar.provisional:
             if anonymous_id is not None:
                 jar.device_id = anonymous_id
+                adopted = True
             jar.provisional = False
-        device_id = _context_device_id(message) or jar.device_id or anonymous_id or str(uuid.uuid4())
+        context_id = _context_device_id(message)
+        if context_id:
+            device_id, device_from = context_id, FROM_CONTEXT
+        elif jar.device_id:
+            device_id = jar.device_id
+            device_from = FROM_ADOPTED if adopted else FROM_COOKIE if jar.has_edge_cookies else FROM_BATCH
+        elif anonymous_id:
+            device_id, device_from = anonymous_id, FROM_ANONYMOUS
+        else:
+            device_id, device_from = str(uuid.uuid4()), FROM_NEW
         if jar.device_id is None:
             jar.device_id = device_id if valid_device_id(device_id) else str(uuid.uuid4())
 
         carried = jar.session if device_id == jar.device_id else None
-        result = await self._stamped(device_id, message, t_ms, carried, consent)
+        result = await self._stamped(device_id, message, t_ms, carried, consent, device_from)
         if device_id == jar.device_id:
             jar.session = reconcile(jar.session, result.session)
         return result
 
     async def _stamped(self, device_id: str, message: dict[str, Any], t_ms: int, carried: SessionState | None,
-                       consent: str | None) -> IdentityResult:
+                       consent: str | None, device_from: str) -> IdentityResult:
         """Touch ``device_id``'s session and stamp its id on the web message."""
         present, claimed = client_session_claim(message)  # read once: nothing below changes it before the stamp
-        new, started, ended = await self._touch(device_id, message, t_ms, carried, adoptable_claim(present, claimed),
-                                                consent)
+        adopt = adoptable_claim(present, claimed)
+        old, new, started, ended = await self._touch(device_id, message, t_ms, carried, adopt, consent)
         mismatch = False
+        how = session_how(old or carried, new, started, adopt, t_ms)  # a restarted memory store: the cookie's
         if may_stamp(message):
             mismatch = claim_mismatches(present, claimed, new.session_id)
             stamp_session_id(message, new.session_id)
-        return IdentityResult(device_id=device_id, session=new, started=started, mismatch=mismatch, web=True, ended=ended)
+            if mismatch and not started:
+                how = SESSION_REPLACED
+        else:
+            how = SESSION_OPTED_OUT
+        return IdentityResult(device_id=device_id, session=new, started=started, mismatch=mismatch, web=True, ended=ended,
+                              device_from=device_from, session_how=how)
 
     async def _non_web(self, message: dict[str, Any], t_ms: int, consent: str | None) -> IdentityResult:
         """Left alone unless ``stamp_non_web`` and no session id is present.
@@ -242,10 +294,13 @@ class IdentityService:
         present, _ = client_session_value(message)
         key = _context_device_id(message) or _non_blank(message.get("anonymousId"))
         if present or not self.stamp_non_web or key is None or not may_stamp(message):
-            return IdentityResult(device_id=None, session=None, started=False, mismatch=False, web=False)
-        new, started, ended = await self._touch(key, message, t_ms, None, None, consent)
+            return IdentityResult(device_id=None, session=None, started=False, mismatch=False, web=False,
+                                  device_from=FROM_DEFAULT, session_how=SESSION_CLIENT if present else SESSION_NONE)
+        old, new, started, ended = await self._touch(key, message, t_ms, None, None, consent)
         stamp_session_id(message, new.session_id)
-        return IdentityResult(device_id=None, session=new, started=started, mismatch=False, web=False, ended=ended)
+        return IdentityResult(device_id=None, session=new, started=started, mismatch=False, web=False, ended=ended,
+                              device_from=FROM_DEFAULT,
+                              session_how="stamped (sessions.stamp_non_web): " + session_how(old, new, started, None, t_ms))
 
     def _shared(self, text: str | None) -> str | None:
         """One string object per distinct user agent or library name.
@@ -270,7 +325,8 @@ class IdentityService:
         carried: SessionState | None,
         adopt: int | None,
         consent: str | None = None,
-    ) -> tuple[SessionState, bool, SessionState | None]:
+    ) -> tuple[SessionState | None, SessionState, bool, SessionState | None]:
+        """(the state before, the state after, started, the session this event ended)."""
         user_id = _non_blank(message.get("userId"))
         library = self._shared(_bounded(library_name(message), MAX_LIBRARY_NAME))
         user_agent = self._shared(_user_agent(message))
@@ -278,7 +334,7 @@ class IdentityService:
                                library=library, user_agent=user_agent, consent=consent)
         old, new, started = await self.store.touch(key, request)
         ended = old if started and old is not None and old.session_id != new.session_id else None
-        return new, started, ended
+        return old, new, started, ended
 
     def response_cookies(self, jar: CookieIdentity, now_ms: int) -> list[CookieSpec]:
         """Cookies for a tracking response: device, session and the readable pair.

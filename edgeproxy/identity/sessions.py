@@ -86,6 +86,13 @@ class SessionState:
         return cls(**ints, **strs)
 
 
+def duration_text(ms: int) -> str:
+    """An idle gap as a person reads it: "41 min 12 s", "2 h 5 min"."""
+    seconds = max(0, int(ms)) // 1000
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
+
+
 def library_name(message: Mapping[str, Any]) -> str | None:
     context = message.get("context")
     if isinstance(context, dict):
