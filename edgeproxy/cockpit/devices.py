@@ -30,6 +30,7 @@ class ClientSession:
 @dataclass(slots=True)
 class ClientDevice:
     device_id: str
+    source: str
     library: str | None
     user_id: str | None
     first_ms: int
@@ -39,7 +40,7 @@ class ClientDevice:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "device_id": self.device_id, "library": self.library, "user_id": self.user_id,
+            "device_id": self.device_id, "source": self.source, "library": self.library, "user_id": self.user_id,
             "first_ms": self.first_ms, "last_ms": self.last_ms, "events": self.events,
             "session_id": self.sessions[-1].session_id if self.sessions else None,
             "sessions": [{"session_id": s.session_id, "first_ms": s.first_ms, "last_ms": s.last_ms, "events": s.events}
@@ -57,7 +58,7 @@ class ClientSessions:
     def __len__(self) -> int:
         return len(self._devices)
 
-    def record(self, msg: dict[str, Any], device_id: str | None, session_id: int | None, t_ms: int) -> None:
+    def record(self, source: str, msg: dict[str, Any], device_id: str | None, session_id: int | None, t_ms: int) -> None:
         if device_id is None:
             return
         device = self._devices.get(device_id)
@@ -65,7 +66,7 @@ class ClientSessions:
             if len(self._devices) >= self.size:
                 self._devices.popitem(last=False)
             library = library_name(msg)
-            device = self._devices[device_id] = ClientDevice(device_id, library[:100] if library else None, None, t_ms, t_ms)
+            device = self._devices[device_id] = ClientDevice(device_id, source, library[:100] if library else None, None, t_ms, t_ms)
         else:
             self._devices.move_to_end(device_id)
         user_id = msg.get("userId")
@@ -85,13 +86,15 @@ class ClientSessions:
     def get(self, device_id: str) -> ClientDevice | None:
         return self._devices.get(device_id)
 
-    def recent(self, query: str = "", limit: int = 100) -> list[ClientDevice]:
+    def recent(self, query: str = "", limit: int = 100, source: str | None = None) -> list[ClientDevice]:
         """Most recently seen first; ``query`` a case-insensitive part of the device or user id."""
         needle = query.strip().lower()
         out = []
         for device in reversed(self._devices.values()):
             if len(out) >= limit:
                 break
+            if source is not None and device.source != source:
+                continue
             if not needle or needle in device.device_id.lower() or needle in (device.user_id or "").lower():
                 out.append(device)
         return out

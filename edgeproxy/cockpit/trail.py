@@ -156,7 +156,7 @@ class Trail:
         self._add(TrailEntry(self._seq, received_ms, source, msg.get("messageId"), outcome, msg, device_id, result.web,
                              result.device_from, result.session_how, session_id, items, dead))
         if not result.web:
-            self.devices.record(msg, device_id, session_id, event_time_ms(msg, received_ms))  # a mobile batch comes late
+            self.devices.record(source, msg, device_id, session_id, event_time_ms(msg, received_ms))  # a mobile batch comes late
 
     def rejected(self, source: str, raw: Any, why: str, received_ms: int) -> None:
         """A message the tracking API refused (the client got the reason too)."""
@@ -191,13 +191,15 @@ class Trail:
     def get(self, message_id: str) -> TrailEntry | None:
         return self._by_id.get(message_id)
 
-    def find(self, query: str = "", *, limit: int = 100, after_seq: int = 0) -> list[TrailEntry]:
+    def find(self, query: str = "", *, limit: int = 100, after_seq: int = 0, source: str | None = None) -> list[TrailEntry]:
         """Most recent first; ``query`` a case-insensitive part of an id or of the event's name."""
         needle = query.strip().lower()
         out = []
         for entry in reversed(self._ring):
             if entry.seq <= after_seq or len(out) >= limit:
                 break
+            if source is not None and entry.source != source:
+                continue
             if not needle or entry.matches(needle):
                 out.append(entry)
         return out

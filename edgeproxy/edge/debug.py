@@ -176,8 +176,8 @@ class DebugViews:
             "privacy": self._privacy(source=source),
             "counters": self.counters(),
             "live": live,
-            "trail": [e.summary() for e in self.trail.find(query, limit=ROWS)] if self.trail is not None else None,
-            "devices": [d.as_dict() for d in self.devices.recent(query, limit=ROWS * 2)],
+            "trail": [e.summary() for e in self.trail.find(query, limit=ROWS, source=source)] if self.trail is not None else None,
+            "devices": [d.as_dict() for d in self.devices.recent(query, limit=ROWS * 2, source=source)],
             "process": {"started_ms": self.started_ms, "session_store": self.settings.sessions.store,
                         "sink_size": getattr(self.sink, "maxlen", None)},
         }
