@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 
@@ -71,7 +72,8 @@ async def test_pages_say_what_restarts_empty_and_read_as_an_operator_expects(tmp
     overview = await (await c.get("/debug?format=json")).json()
     html = await (await c.get("/debug")).text()
     # After a restart the memory store and the sink are empty while the spool counts earlier runs: said.
-    assert "This process started " in html
+    assert f"This process (pid {os.getpid()} on " in html and " started " in html  # which one, behind nginx
+    assert overview["process"]["pid"] == os.getpid() and overview["process"]["host"]
     assert "the memory session store starts empty on each start; visitors&#x27; sessions continue from their cookies" in html
     assert "the sink starts empty on each start, while the spool's delivered count includes earlier runs" in html
     assert overview["process"]["session_store"] == "memory" and overview["process"]["sink_size"] > 0

@@ -58,14 +58,15 @@ def nginx_conf(tmp_path: Path, port: int, backends: list[int], origin_port: int,
     """nginx/edgeproxy.conf with its marked lines adjusted, inside a minimal top-level config."""
     site = (ROOT / "nginx" / "edgeproxy.conf").read_text()
     servers = "".join(f"    server 127.0.0.1:{p};\n" for p in backends)
-    site, n1 = re.subn(r"(upstream edgeproxy \{\n)(?:    server .*\n)+", lambda m: m.group(1) + servers, site)
+    site, n1 = re.subn(r"(upstream edgeproxy(?:_debug)? \{\n(?:    hash .*\n)?)(?:    server .*\n)+",
+                       lambda m: m.group(1) + servers, site)
     site, n2 = re.subn(r"server 127\.0\.0\.1:3000;", f"server 127.0.0.1:{origin_port};", site)
     site, n3 = re.subn(r"listen 443 ssl", f"listen 127.0.0.1:{port} ssl", site)
     site, n4 = re.subn(r"ssl_certificate +\S+;", f"ssl_certificate {cert};", site)
     site, n5 = re.subn(r"ssl_certificate_key +\S+;", f"ssl_certificate_key {key};", site)
     site, n6 = re.subn(r"include /etc/nginx/edgeproxy-locations\.conf;",
                        f"include {ROOT / 'nginx' / 'edgeproxy-locations.conf'};", site)
-    assert (n1, n2, n3, n4, n5, n6) == (1, 1, 1, 1, 1, 1), "nginx/edgeproxy.conf no longer has the marked lines"
+    assert (n1, n2, n3, n4, n5, n6) == (2, 1, 1, 1, 1, 1), "nginx/edgeproxy.conf no longer has the marked lines"
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"""
 worker_processes 1;
@@ -252,3 +253,61 @@ async def test_concurrent_bursts_one_session_each_and_kill_9_loses_no_acknowledg
               f"or failed (not acknowledged); acknowledged and delivered to Amplitude: {len(delivered)}; "
               f"lost: {len(expected - delivered)}")
         assert delivered == expected
+
+
+async def sse_messages(response: aiohttp.ClientResponse, deadline: float):
+    """The `data:` messages of a Server-Sent Events response as they arrive, until ``deadline``."""
+    data: list[bytes] = []
+    while time.monotonic() < deadline:
+        line = await asyncio.wait_for(response.content.readline(), max(0.1, deadline - time.monotonic()))
+        if not line:
+            return
+        if line.startswith(b"data: "):
+            data.append(line[6:].rstrip(b"\n"))
+        elif line == b"\n" and data:
+            yield orjson.loads(b"\n".join(data))
+            data = []
+
+
+async def test_the_cockpit_behind_nginx_one_process_per_operator_and_a_live_stream(tmp_path, amp, redis_url):
+    token = "nginx-operator-token-0123456789"
+    async with Cluster(tmp_path, amp.base_url, redis_url, 2, debug__token=f'"{token}"') as cluster:
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with cluster.visitor() as operator, cluster.visitor(force_close=True) as browser:
+            r = await operator.get(cluster.base + "/_e/debug/stream", allow_redirects=False)
+            assert r.status in (302, 303) and r.headers["Location"].endswith("/_e/debug/login"), \
+                "without the token the stream, like every /debug page, sends a person to the login"
+            # The operator always reaches the same process (its trail and charts are per process).
+            pids = set()
+            for _ in range(6):
+                r = await operator.get(cluster.base + "/_e/debug?format=json", headers=bearer)
+                assert r.status == 200
+                pids.add((await r.json())["process"]["pid"])
+            assert len(pids) == 1, f"the operator's pages came from several processes: {pids}"
+
+            stream = await operator.get(cluster.base + "/_e/debug/stream", headers=bearer,
+                                        timeout=aiohttp.ClientTimeout(total=60))
+            assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+            sent = {f"nginx-live-{n}" for n in range(8)}
+            seen: set[str] = set()
+            messages = 0
+            async for message in sse_messages(stream, time.monotonic() + 30):
+                messages += 1
+                if messages == 1:  # the first message sets the cursor; now the visitor's events
+                    for n, mid in enumerate(sorted(sent)):  # round-robin: both processes take some
+                        body = ajs_event("track", n, "nginx-live-device", event="Live", messageId=mid)
+                        r = await browser.post(cluster.base + "/_e/v1/t", data=orjson.dumps(body), headers=AUTH)
+                        assert r.status == 200
+                    continue
+                assert message["live"], "an overview stream carries the live numbers"
+                seen |= {mid for mid in sent if f"/events/{mid}" in message["rows"]}
+                if seen and messages > 4:  # a few periods after the events: all of this process's are in
+                    break
+            stream.close()
+            assert seen, "no event reached the operator through nginx's stream while it was open"
+            r = await operator.get(cluster.base + "/_e/debug?format=json", headers=bearer)
+            trail = {row["message_id"] for row in (await r.json())["trail"]} & sent
+            print(f"\ncockpit behind nginx: 2 processes, the operator's one took {len(trail)} of {len(sent)} "
+                  f"events; the live stream showed {len(seen)} in {messages} messages")
+            assert seen == trail, "the stream and the pages of one operator are one process's view"
+            assert len(trail) < len(sent), "round-robin should have sent some events to the other process"

@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import html
 import ipaddress
+import os
+import socket
 import time
 from dataclasses import asdict, is_dataclass
 from typing import Any, Awaitable, Callable
@@ -178,7 +180,8 @@ class DebugViews:
             "live": live,
             "trail": [e.summary() for e in self.trail.find(query, limit=ROWS, source=source)] if self.trail is not None else None,
             "devices": [d.as_dict() for d in self.devices.recent(query, limit=ROWS * 2, source=source)],
-            "process": {"started_ms": self.started_ms, "session_store": self.settings.sessions.store,
+            "process": {"pid": os.getpid(), "host": socket.gethostname(),
+                        "started_ms": self.started_ms, "session_store": self.settings.sessions.store,
                         "sink_size": getattr(self.sink, "maxlen", None)},
         }
         if wants_json(request):

@@ -87,7 +87,9 @@ def restart_note(process: dict[str, Any]) -> str:
     store = ("the memory session store starts empty on each start; visitors' sessions continue from "
              "their cookies at their next event" if process["session_store"] == "memory"
              else "sessions are kept in Redis, shared by every process")
-    return f'<p class="note">This process started {esc(iso(process["started_ms"]))}: {esc(store)}.</p>'
+    return (f'<p class="note">This process (pid {esc(process["pid"])} on {esc(process["host"])}) started '
+            f'{esc(iso(process["started_ms"]))}: {esc(store)}. The event trail, charts and live numbers are '
+            f'this process\'s own.</p>')
 
 
 def render_overview(base: str, data: dict[str, Any], sources: list[str], csrf: str) -> str:
