@@ -3,9 +3,9 @@
 ``python bench/_handler_only.py`` reads the same configuration as ``edgeproxy serve`` (the
 bench passes it in ``EDGEPROXY_*`` variables) and serves ``{prefix}/v1/*`` with the real
 ``IngestHandlers``: body parsing, the signed cookies in and out, the session store's touch,
-the mapping to Amplitude items and the response. Only the queue is replaced, by one that
-counts what it is given and keeps nothing: no SQLite, no flush to disk, no delivery worker,
-no metrics middleware.
+the mapping to Amplitude items, the cockpit's event trail (``[debug] trail_size``, as serve
+wires it) and the response. Only the queue is replaced, by one that counts what it is given
+and keeps nothing: no SQLite, no flush to disk, no delivery worker, no metrics middleware.
 
 Why it is in the benchmark: it is the "parse-cookie-session-map" stand-in the speed targets
 are set against, built from edgeproxy's own code, so the run itself says how much of a
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from aiohttp import web  # noqa: E402
 
 from edgeproxy.app import CLIENT_MAX_SIZE  # noqa: E402
+from edgeproxy.cockpit.trail import Trail  # noqa: E402
 from edgeproxy.cli import prepare_gc  # noqa: E402
 from edgeproxy.config import Settings, load_settings  # noqa: E402
 from edgeproxy.delivery.spool import DeadLetter, SpoolItem  # noqa: E402
@@ -49,7 +50,9 @@ def build_app(settings: Settings, queue: CountingQueue) -> web.Application:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the signing key file lives there
     identity = IdentityService.from_settings(settings)
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
-    handlers = IngestHandlers(IngestContext(settings, identity, mapper, queue, Metrics()))  # type: ignore[arg-type]
+    trail = Trail(settings.debug.trail_size) if settings.debug.trail_size else None
+    context = IngestContext(settings, identity, mapper, queue, Metrics(), trail=trail)  # type: ignore[arg-type]
+    handlers = IngestHandlers(context)
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app.add_routes(handlers.routes(settings.server.prefix))
     return app

@@ -22,6 +22,10 @@ pinned to the server core like the servers under test.
   In the steady state of a server that has run a while: before the N, ``retention`` events
   (kept for /debug, 10,000 by default) are delivered untimed, so every measured event also
   pays for pruning one old delivered row, as it does in a long-running process.
+- ``trail-memory``: tracemalloc's traced bytes after N analytics.js track calls of 1,000
+  visitors through the real tracking handler (``_handler_only.py``'s app, in-process over
+  loopback) with ``[debug] trail_size`` as given: run with 1,000 and with 0, the difference is
+  what the cockpit's full event trail holds (the messages and spool items it keeps alive).
 """
 
 from __future__ import annotations
@@ -172,6 +176,44 @@ def _messages(n: int) -> list[dict[str, Any]]:
     return [track_event(visitors[i % len(visitors)], f"ajs-next-{uuid.uuid4()}", t + i / 1000, seq=i) for i in range(n)]
 
 
+def _trail_app(events: int, trail_size: int) -> tuple[Any, Any, list[bytes]]:
+    """The real tracking handler (``_handler_only.py``'s app) with ``trail_size``, and bodies."""
+    import orjson
+    from _handler_only import CountingQueue, build_app
+
+    from edgeproxy.config import Settings
+
+    settings = Settings()
+    settings.debug.trail_size = trail_size
+    settings.delivery.data_dir = Path(tempfile.mkdtemp(prefix="edgeproxy-trail-"))
+    settings.amplitude.api_key = "bench-dummy-api-key"
+    settings.server.ip_rate_limit = 0  # all of it comes from one address, as in the HTTP benchmark
+    queue = CountingQueue()
+    return build_app(settings, queue), queue, [orjson.dumps(m) for m in _messages(events)]
+
+
+async def _post_all(client: Any, bodies: list[bytes]) -> None:
+    for body in bodies:
+        async with client.post("/_e/v1/t", data=body, headers={"Content-Type": "text/plain"}) as response:
+            assert response.status == 200, await response.text()
+
+
+async def trail_memory(events: int, trail_size: int) -> dict[str, Any]:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    app, queue, bodies = _trail_app(events, trail_size)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    async with TestClient(TestServer(app)) as client:
+        await _post_all(client, bodies)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert queue.items == events
+    return {"events": events, "trail_size": trail_size, "bytes": after - before}
+
+
 def thread_cpu_s() -> dict[int, float]:
     """CPU seconds of each thread of this process (Linux /proc), by native thread id."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -195,6 +237,7 @@ async def forwarding(endpoint_url: str, events: int) -> dict[str, Any]:
 
     settings = Settings()
     settings.amplitude.api_key = "bench-dummy-api-key"
+    settings.server.ip_rate_limit = 0  # all of it comes from one address, as in the HTTP benchmark
     settings.amplitude.endpoint_url = endpoint_url
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
     with tempfile.TemporaryDirectory(prefix="edgeproxy-bench-fwd-") as tmp:
@@ -257,6 +300,9 @@ def main() -> None:
     f = sub.add_parser("forwarding")
     f.add_argument("--endpoint-url", required=True)
     f.add_argument("--events", type=int, default=20_000)
+    t = sub.add_parser("trail-memory")
+    t.add_argument("--events", type=int, default=3_000)
+    t.add_argument("--trail-size", type=int, default=1_000)
     args = parser.parse_args()
     _install_uvloop()
     if args.what == "memory-store":
@@ -265,6 +311,8 @@ def main() -> None:
         result = asyncio.run(memory_worst(args.sessions))
     elif args.what == "memory-redis":
         result = asyncio.run(memory_redis(args.url, args.sessions))
+    elif args.what == "trail-memory":
+        result = asyncio.run(trail_memory(args.events, args.trail_size))
     else:
         from edgeproxy.cli import prepare_gc
 

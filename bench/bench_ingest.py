@@ -28,7 +28,11 @@ generator ``wrk -t1`` and the stand-ins for the outside world on core 1):
   framework reference for this figure: what any aiohttp proxy pays before doing anything);
 - ``memory``: bytes per 100,000 live sessions, MemorySessionStore (tracemalloc) and Redis
   (``INFO memory`` used_memory), written through the stores' ``touch()``;
-- ``forwarding``: CPU time of the delivery path per event (spool → worker → local responder).
+- ``forwarding``: CPU time of the delivery path per event (spool → worker → local responder);
+- ``trail``: what the cockpit's event trail costs the hot path: the handler alone with the
+  trail as serve runs it (``[debug] trail_size`` 1,000) against the same with ``trail_size = 0``
+  (the handler alone is where a fixed cost shows most, with no spool around it), and the bytes
+  a full trail holds (tracemalloc, the real handler in-process, with against without).
 
 Method: a warm-up per server, then rounds interleaved across servers (round 1 of every server,
 then round 2 …, so drift in the machine's load hits all alike), the median per figure. Each
@@ -43,7 +47,7 @@ steals the next server's CPU.
 Run (``make bench`` runs it with the defaults, about 7 minutes):
 
     .venv/bin/python bench/bench_ingest.py [--quick] [--rounds 3] [--seconds 5] [--warmup 2]
-        [--connections 32] [--only ingest|new|batch|redis|crash|website|memory|forwarding] [--json FILE]
+        [--connections 32] [--only ingest|new|batch|redis|crash|website|trail|memory|forwarding] [--json FILE]
 
 It prints a Markdown table (benchmark | result | ratio / target | met?) for README.md.
 """
@@ -68,12 +72,13 @@ import _servers as srv  # noqa: E402
 import _wrk as wrk  # noqa: E402
 from _servers import BenchError, Processes, Server  # noqa: E402
 
-SCENARIOS = ("ingest", "new", "batch", "redis", "crash", "website", "memory", "forwarding")
+SCENARIOS = ("ingest", "new", "batch", "redis", "crash", "website", "trail", "memory", "forwarding")
 SINGLE_EVENT = ("ingest", "new", "redis", "crash")  # the /v1/t rows, each also compared with the handler alone
-HTTP_SCENARIOS = {"ingest", "new", "batch", "redis", "crash", "website"}
+HTTP_SCENARIOS = {"ingest", "new", "batch", "redis", "crash", "website", "trail"}
 PAGE_BYTES = 100 * 1024
 SESSIONS = 100_000
 FORWARD_EVENTS = 20_000
+TRAIL_EVENTS = 3_000  # through the handler for the trail's memory: the 1,000-entry ring full thrice
 DRAIN_TIMEOUT_S = 90.0
 MODERATE_RATE = 1000.0  # req/s
 MAX_MODERATE_CONNECTIONS = 30
@@ -230,13 +235,18 @@ def build_targets(procs: Processes, only: set[str], tmp: Path, responder: Server
         targets.append(Target("bare", "bare aiohttp (reference)", bare.url("/_e/v1/t"), *scripted("ref", body=single)))
     assert responder is not None
     amp_url = responder.url()
+    if only & {"ingest", "trail"}:
+        handler = srv.start_handler_only(procs, "handler-only", origin_url=origin.url())
+        targets.append(Target("handler", "edgeproxy handler, no spool (reference)", handler.url("/_e/v1/t"),
+                              *scripted("handler", body=single, cookie=returning_cookie(handler, single))))
+    if "trail" in only:
+        quiet = srv.start_handler_only(procs, "handler-no-trail", origin_url=origin.url(), trail_size=0)
+        targets.append(Target("notrail", "edgeproxy handler, no spool, no event trail", quiet.url("/_e/v1/t"),
+                              *scripted("notrail", body=single, cookie=returning_cookie(quiet, single))))
     if only & {"ingest", "new", "batch", "website"}:
         edge = srv.start_edgeproxy(procs, "edgeproxy", amplitude_url=amp_url, origin_url=origin.url())
         cookie = returning_cookie(edge, single)
         if "ingest" in only:
-            handler = srv.start_handler_only(procs, "handler-only", origin_url=origin.url())
-            targets.append(Target("handler", "edgeproxy handler, no spool (reference)", handler.url("/_e/v1/t"),
-                                  *scripted("handler", body=single, cookie=returning_cookie(handler, single))))
             targets.append(Target("ingest", "edgeproxy /v1/t returning visitor", edge.url("/_e/v1/t"),
                                   *scripted("ingest", body=single, cookie=cookie), edge=edge))
         if "new" in only:
@@ -295,6 +305,14 @@ def measure_memory(procs: Processes, sessions: int) -> dict[str, Any]:
             "worst_bytes_per_session": worst["bytes"] / worst_n}
 
 
+def measure_trail_memory(events: int) -> dict[str, Any]:
+    log(f"trail: bytes held after {events:,} events through the handler, trail_size 1,000 and 0")
+    on, off = (inproc("trail-memory", "--events", str(events), "--trail-size", str(n)) for n in (1000, 0))
+    entries = min(events, 1000)
+    held = on["bytes"] - off["bytes"]
+    return {"entries": entries, "bytes": held, "mib": held / 2**20, "bytes_per_entry": held / entries}
+
+
 def measure_forwarding(responder: Server, events: int) -> dict[str, Any]:
     log(f"forwarding: {events:,} events spool → worker → local responder")
     f = inproc("forwarding", "--endpoint-url", responder.url(), "--events", str(events))
@@ -339,6 +357,11 @@ def summarize(targets: Sequence[Target]) -> dict[str, Any]:
         if "nginx" in by and t.mod and t.key not in ("nginx", "origin", "bareproxy", "website"):
             out[t.key]["added_p50_ms"] = per_round(t.mod, by["nginx"].mod, lambda a, b: (a.p50_us - b.p50_us) / 1000)
             out[t.key]["added_p99_ms"] = per_round(t.mod, by["nginx"].mod, lambda a, b: (a.p99_us - b.p99_us) / 1000)
+    if "notrail" in by and "handler" in by:
+        h, q = by["handler"], by["notrail"]
+        out["notrail"]["x_trail_on"] = per_round(h.sat, q.sat, lambda a, b: a.rps / b.rps)
+        if h.mod and q.mod:
+            out["notrail"]["trail_added_p50_ms"] = per_round(h.mod, q.mod, lambda a, b: (a.p50_us - b.p50_us) / 1000)
     if "website" in by and "origin" in by:
         w, o = by["website"], by["origin"]
         out["website"]["x_origin"] = per_round(w.sat, o.sat, lambda a, b: a.rps / b.rps)
@@ -423,6 +446,16 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{s['events_per_s']:,.0f} vs {o['events_per_s']:,.0f} req/s at saturation",
                      f"{s['x_origin']:.3f}× the origin's rate{over_bare}; target p50 ≤ +{TARGET_PASS_P50_MS} ms",
                      _met(s["added_p50_ms"] <= TARGET_PASS_P50_MS)))
+    if "notrail" in h:
+        q = h["notrail"]
+        cost = (1 / h["handler"]["requests_per_s"] - 1 / q["requests_per_s"]) * 1e6
+        memory = res.get("trail_memory")
+        held = (f"; a full trail ({memory['entries']:,} entries) holds {memory['mib']:.1f} MiB "
+                f"({memory['bytes_per_entry'] / 1024:.1f} KiB an entry)") if memory else ""
+        rows.append(("the cockpit's event trail on the hot path: handler alone with `trail_size` 1,000 vs 0",
+                     f"{h['handler']['requests_per_s']:,.0f} vs {q['requests_per_s']:,.0f} req/s ({cost:+.1f} µs a "
+                     f"request); p50 {q.get('trail_added_p50_ms', float('nan')):+.3f} ms at ~1,000 req/s{held}",
+                     f"{q['x_trail_on']:.3f}× the rate without it", "—"))
     if "memory" in res:
         m = res["memory"]
         note = "" if m["sessions_written"] == SESSIONS else f" (extrapolated from {m['sessions_written']:,})"
@@ -493,6 +526,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["edgeproxy_rss_mib"] = {name: {"start": rss_start[name], "end": srv.rss_mib(e.proc.pid)}
                                                 for name, e in edges.items()}
                 results["edgeproxy_metrics"] = {name: check_edge(e, problems) for name, e in edges.items()}
+            if "trail" in only:
+                results["trail_memory"] = measure_trail_memory(TRAIL_EVENTS // 3 if args.quick else TRAIL_EVENTS)
             if "memory" in only:
                 results["memory"] = measure_memory(procs, args.sessions)
             if "forwarding" in only:

@@ -211,3 +211,67 @@ async def test_everything_is_escaped_and_the_trail_can_be_off(tmp_path, aiohttp_
 def test_trail_size_is_checked(tmp_path) -> None:
     assert "debug.trail_size: must be 0 (no event trail) or positive" in validate(make_settings(tmp_path, debug__trail_size=-1))
     assert not any("trail_size" in p for p in validate(make_settings(tmp_path, debug__trail_size=0)))
+
+
+def _result(device_id: str):
+    from edgeproxy.identity.service import FROM_COOKIE, SESSION_CONTINUED, IdentityResult
+
+    return IdentityResult(device_id, None, False, False, True, device_from=FROM_COOKIE, session_how=SESSION_CONTINUED)
+
+
+def test_a_full_trail_holds_compact_json_not_the_requests_objects() -> None:
+    """1,000 entries of ~1.2 KB messages stay near their JSON's size (orjson's own output keeps
+    a 16 KiB buffer, and the request's object trees were 6.7 KiB an entry)."""
+    import gc
+    import tracemalloc
+
+    from edgeproxy.cockpit.trail import Trail
+    from edgeproxy.delivery.spool import SpoolItem
+
+    def message(n: int) -> dict:
+        return {**web_event(f"m-{n}", properties={"sku": f"SKU-{n}", "note": "x" * 800}), "anonymousId": f"d-{n}"}
+
+    trail = Trail(1000)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for n in range(2000):
+        msg = message(n)
+        item = SpoolItem(msg["messageId"], "httpapi", {"event_type": "Viewed", "event_properties": msg["properties"]},
+                         None, msg["anonymousId"], None, 1, 1)
+        trail.record("default", msg, _result(msg["anonymousId"]), [item], (), "accepted", 1, 1)
+        del msg, item
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(trail) == 1000
+    json_bytes = sum(len(e.message_json) + sum(len(p[2]) for p in e.payloads) for e in trail.find(limit=1000))
+    assert held < 1.6 * json_bytes, (held, json_bytes)
+    shown = trail.get("m-1999").as_dict()
+    assert shown["message"]["properties"]["sku"] == "SKU-1999" and shown["type"] == "track"
+    assert shown["amplitude_payloads"] == [{"endpoint": "httpapi", "item": {"event_type": "Viewed",
+                                                                          "event_properties": shown["message"]["properties"]}}]
+    assert [e.message_id for e in trail.find("sku", limit=5)] == [], "search reads the ids and the name, not properties"
+    assert trail.find("m-1998", limit=5)[0].message_id == "m-1998" and trail.get("m-999") is None  # fell out of the ring
+
+
+def test_the_trail_keeps_what_orjson_cannot_encode_and_never_raises() -> None:
+    from edgeproxy.cockpit.trail import UNKEPT, Trail
+    from edgeproxy.delivery.spool import SpoolItem
+
+    trail = Trail(10)
+    big = {**web_event("big-int"), "properties": {"n": 2**70}}  # JSON allows it; orjson does not write it
+    item = SpoolItem("big-int", "httpapi", {"event_properties": {"n": 2**70}}, None, "d", None, 1, 1)
+    trail.record("default", big, _result("d"), [item], (), "accepted", 1, 1)
+    shown = trail.get("big-int").as_dict()
+    assert shown["message"]["properties"]["n"] == 2**70
+    assert trail.get("big-int").payloads[0][2] == UNKEPT  # the queue refuses that item itself, and says so
+
+    deep: dict = {}
+    node = deep
+    for _ in range(3000):  # deeper than orjson's 254 levels and than json's recursion
+        node["x"] = {}
+        node = node["x"]
+    trail.rejected("default", {"messageId": "too-deep", "type": "track", "properties": deep}, "message: too deep", 1)
+    assert trail.get("too-deep").as_dict()["message"] == orjson.loads(UNKEPT)
+    assert trail.find("too-deep")[0].type == "track"

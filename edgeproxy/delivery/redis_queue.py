@@ -78,7 +78,7 @@ def _s(value: bytes | str) -> str:
 def encode_record(it: SpoolItem, key: str) -> bytes:
     """One queue entry (``key`` is the item's ``group_key``): the item plus what batching,
     throttling and /debug need."""
-    encoded = orjson.dumps(it.item)
+    encoded = it.item_json()
     return orjson.dumps({
         "message_id": it.message_id, "endpoint": it.endpoint, "group_key": key,
         "item": orjson.Fragment(encoded), "options": it.options, "device_id": it.device_id, "user_id": it.user_id,

@@ -110,7 +110,7 @@ class SpoolItem:
 
     Slotted, not frozen: one is built for every event, and a frozen dataclass pays an
     ``object.__setattr__`` per field (2.9 µs against 0.7 µs on the bench machine). Nothing
-    changes one after it is built, and nothing hashes one.
+    changes one after it is built but ``encoded`` (``item_json()``), and nothing hashes one.
     """
 
     message_id: str
@@ -123,6 +123,14 @@ class SpoolItem:
     received_ms: int
     target: str = DEFAULT_TARGET  # who delivers it: "amplitude", or "segment" (the relay)
     source: str = DEFAULT_SOURCE
+    encoded: bytes | None = None  # ``item`` as JSON, once made (item_json)
+
+    def item_json(self) -> bytes:
+        """The item's JSON, made once per item: the queue stores it and the cockpit's trail keeps it."""
+        encoded = self.encoded
+        if encoded is None:
+            encoded = self.encoded = orjson.dumps(self.item)
+        return encoded
 
 
 @dataclass(slots=True)
@@ -240,7 +248,7 @@ def _encode_append(items: Sequence[SpoolItem], dead: Sequence[DeadLetter], room:
     rows = []
     size = 0
     for it in items:
-        encoded = orjson.dumps(it.item)
+        encoded = it.item_json()
         options = orjson.dumps(it.options) if it.options else None
         rows.append((
             it.message_id, it.endpoint, group_key(it.endpoint, it.options, it.target, it.source), encoded,
