@@ -89,7 +89,7 @@ async def test_an_operator_follows_an_event_and_watches_it_live(amp: FakeAmplitu
     # The trail page finds it by name; the session page links to it and draws the session.
     await cockpit.goto(debug(proxy, "/events?q=while+paused"))
     assert await cockpit.locator("#trail-rows tr").count() == 1
-    await cockpit.click(f"#trail-rows a[href*='/sessions/']")
+    await cockpit.click("#trail-rows a[href*='/sessions/']")
     assert await cockpit.locator("figure.timeline").get_attribute("data-sessions") == "1"
     assert await cockpit.locator(f"a[href$='/events/{third}']").count() == 1
 
