@@ -82,6 +82,12 @@ class OriginConfig:
 class CdnConfig:
     analytics_js_dir: str = ""
     upstream: str = "https://cdn.segment.com"
+    # The settings served switch analytics.js to its batching delivery strategy
+    # (integrations["Segment.io"].deliveryStrategy): events go to /v1/b in batches of
+    # browser_batch_size, or after browser_batch_timeout, and are flushed at page hide.
+    browser_batching: bool = False
+    browser_batch_size: int = 10
+    browser_batch_timeout: float = 5.0
 
 
 @dataclass
@@ -206,6 +212,7 @@ DURATION_KEYS = {
     ("server", "header_timeout"),
     ("server", "idle_timeout"),
     ("server", "body_timeout"),
+    ("cdn", "browser_batch_timeout"),
 }
 
 # URL schemes redis-py's from_url accepts: sessions.store and delivery.queue name Redis this way.
@@ -407,6 +414,10 @@ def validate(s: Settings) -> list[str]:
         problems.append(f"origin.url: must be an http(s) URL, got {s.origin.url!r}")
     if s.cdn.analytics_js_dir and not Path(s.cdn.analytics_js_dir).is_dir():
         problems.append(f"cdn.analytics_js_dir: not a directory: {s.cdn.analytics_js_dir!r}")
+    if not 1 <= s.cdn.browser_batch_size <= 100:
+        problems.append(f"cdn.browser_batch_size: must be 1-100 events, got {s.cdn.browser_batch_size}")
+    if not 0.05 <= s.cdn.browser_batch_timeout <= 60:
+        problems.append(f"cdn.browser_batch_timeout: must be between 50ms and 60s, got {s.cdn.browser_batch_timeout:g}s")
     if s.cdn.upstream and not re.match(r"^https?://[^/]+", s.cdn.upstream):
         problems.append(f"cdn.upstream: must be an http(s) URL, got {s.cdn.upstream!r}")
     for i, key in enumerate(s.segment.write_keys):

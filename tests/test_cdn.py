@@ -437,3 +437,29 @@ async def test_real_analytics_next_dist_is_served_with_its_chunks(client_for):
         chunk = await get(client, f"/_e/analytics-next/bundles/{name}", **{"Accept-Encoding": "gzip"})
         assert chunk.status == 200, name
         assert await chunk.read() == (REAL_UMD / name).read_bytes()
+
+
+def test_browser_batching_settings_and_their_checks(tmp_path) -> None:
+    """`[cdn] browser_batching` puts analytics.js's batching strategy in the settings it serves
+    (Segment's shape: integrations["Segment.io"].deliveryStrategy); the size and timeout are
+    checked. The Chromium side: test_browser_batching.py."""
+    from edgeproxy.config import ConfigError, load_settings, validate
+    from edgeproxy.edge.cdn import build_settings
+
+    common = dict(write_key="wk", api_host="www.example.com/_e/v1", protocol="https",
+                  plugin_url="https://www.example.com/_e/p/x.js", session_length_ms=1_800_000)
+    assert "deliveryStrategy" not in build_settings(**common)["integrations"]["Segment.io"]
+    on = build_settings(**common, batching=(25, 2000))["integrations"]["Segment.io"]
+    assert on["deliveryStrategy"] == {"strategy": "batching", "config": {"size": 25, "timeout": 2000}}
+    assert on["apiHost"] == "www.example.com/_e/v1" and on["protocol"] == "https"
+
+    config = tmp_path / "edgeproxy.toml"
+    config.write_text('[cdn]\nbrowser_batching = true\nbrowser_batch_size = 20\nbrowser_batch_timeout = "500ms"\n')
+    s = load_settings(config, env={})
+    assert (s.cdn.browser_batching, s.cdn.browser_batch_size, s.cdn.browser_batch_timeout) == (True, 20, 0.5)
+    config.write_text('[cdn]\nbrowser_batching = true\nbrowser_batch_size = 0\nbrowser_batch_timeout = "2m"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, env={})
+    assert "cdn.browser_batch_size: must be 1-100 events, got 0" in refused.value.problems
+    assert "cdn.browser_batch_timeout: must be between 50ms and 60s, got 120s" in refused.value.problems
+    assert not any(p.startswith("cdn.browser") for p in validate(Settings()))

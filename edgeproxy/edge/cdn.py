@@ -112,7 +112,7 @@ def etag_matches(header: str, etag: str) -> bool:
 
 
 def build_settings(*, write_key: str, api_host: str, protocol: str, plugin_url: str, session_length_ms: int,
-                   reset_url: str | None = None) -> dict[str, Any]:
+                   reset_url: str | None = None, batching: tuple[int, int] | None = None) -> dict[str, Any]:
     """The analytics.js 2.0 settings JSON, shaped as Segment's CDN serves it.
 
     ``apiHost`` and ``metrics.host`` point back at this proxy so nothing reaches
@@ -121,19 +121,26 @@ def build_settings(*, write_key: str, api_host: str, protocol: str, plugin_url: 
     ``componentTypes: []`` makes analytics.js load no classic destination for it. No
     ``plan`` is sent, so analytics.js needs no schema-filter chunk. ``resetUrl`` tells the
     session plugin where ``analytics.reset()`` expires the edge's identity cookies.
+    ``batching`` (size, timeout in ms) switches analytics.js to its batching delivery
+    strategy: one ``/v1/b`` request per ``size`` events or ``timeout``, and a keepalive flush
+    at page hide, instead of one request per event.
     """
+    segment_io: dict[str, Any] = {
+        "apiKey": write_key,
+        "apiHost": api_host,
+        "protocol": protocol,
+        "unbundledIntegrations": [],
+        "addBundledMetadata": True,
+        "maybeBundledConfigIds": {},
+        "versionSettings": {"version": "4.4.7", "componentTypes": ["browser"]},
+        "retryQueue": True,
+    }
+    if batching is not None:
+        size, timeout_ms = batching
+        segment_io["deliveryStrategy"] = {"strategy": "batching", "config": {"size": size, "timeout": timeout_ms}}
     return {
         "integrations": {
-            "Segment.io": {
-                "apiKey": write_key,
-                "apiHost": api_host,
-                "protocol": protocol,
-                "unbundledIntegrations": [],
-                "addBundledMetadata": True,
-                "maybeBundledConfigIds": {},
-                "versionSettings": {"version": "4.4.7", "componentTypes": ["browser"]},
-                "retryQueue": True,
-            },
+            "Segment.io": segment_io,
             "Actions Amplitude": {"versionSettings": {"componentTypes": []}},
         },
         "enabledMiddleware": {},
@@ -308,6 +315,8 @@ class CdnHandlers:
 
         self.write_keys = SourceTable(settings).all_write_keys  # every source's (empty: any key)
         self.session_length_ms = int(settings.sessions.timeout * 1000)
+        cdn = settings.cdn
+        self.batching = (cdn.browser_batch_size, int(cdn.browser_batch_timeout * 1000)) if cdn.browser_batching else None
         plugin = Asset.of((static_dir / PLUGIN_FILE).read_bytes(), "application/javascript")
         self.plugin_hash = plugin.etag.strip('"')[:20]
         self.plugins = {f"{self.plugin_hash}.js": plugin}
@@ -338,6 +347,7 @@ class CdnHandlers:
             plugin_url=f"{scheme}://{host_prefix}/p/{self.plugin_hash}.js",
             session_length_ms=self.session_length_ms,
             reset_url=f"{scheme}://{host_prefix}/reset",
+            batching=self.batching,
         )
         headers = {"Cache-Control": SETTINGS_CACHE, "Vary": VARY_HOST, "Access-Control-Allow-Origin": "*"}
         return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
