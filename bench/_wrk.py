@@ -75,10 +75,13 @@ def single_body(t: float, anonymous_id: str = "0b7e5d7c-3f1a-4c1e-9a55-2f6d8c1b4
     return json.dumps(track_event(anonymous_id, message_id, t), separators=(",", ":"))
 
 
-def batch_body(t: float, anonymous_id: str = "0b7e5d7c-3f1a-4c1e-9a55-2f6d8c1b4e90") -> str:
-    """What analytics.js's batching delivery strategy posts to /v1/b: 20 events of one visitor."""
+def batch_body(t: float, anonymous_id: str = "0b7e5d7c-3f1a-4c1e-9a55-2f6d8c1b4e90", size: int = BATCH_SIZE) -> str:
+    """What analytics.js's batching delivery strategy posts to /v1/b: ``size`` events of one
+    visitor, without their own sentAt (the batch has one)."""
     events = [track_event(anonymous_id, f"ajs-next-{int(t * 1000)}-{uuid.UUID(int=i).hex}", t + i * 0.05, seq=i)
-              for i in range(BATCH_SIZE)]
+              for i in range(size)]
+    for event in events:
+        del event["sentAt"]
     return json.dumps({"batch": events, "sentAt": iso_ms(t + 1.1), "writeKey": "bench-write-key"}, separators=(",", ":"))
 
 

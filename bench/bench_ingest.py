@@ -29,6 +29,10 @@ generator ``wrk -t1`` and the stand-ins for the outside world on core 1):
 - ``memory``: bytes per 100,000 live sessions, MemorySessionStore (tracemalloc) and Redis
   (``INFO memory`` used_memory), written through the stores' ``touch()``;
 - ``forwarding``: CPU time of the delivery path per event (spool → worker → local responder);
+- ``browser``: browser-shaped traffic in events per edgeproxy CPU-second, from accepting the
+  call to delivering its events (the edgeproxy process's CPU time from before a round until
+  delivery caught up after it): analytics.js's default, one ``/v1/t`` request per event,
+  against ``[cdn] browser_batching``, one ``/v1/b`` request per 10 events of a visitor;
 - ``trail``: what the cockpit's event trail costs the hot path: the handler alone with the
   trail as serve runs it (``[debug] trail_size`` 1,000) against the same with ``trail_size = 0``
   (the handler alone is where a fixed cost shows most, with no spool around it), and the bytes
@@ -47,7 +51,7 @@ steals the next server's CPU.
 Run (``make bench`` runs it with the defaults, about 7 minutes):
 
     .venv/bin/python bench/bench_ingest.py [--quick] [--rounds 3] [--seconds 5] [--warmup 2]
-        [--connections 32] [--only ingest|new|batch|redis|crash|website|trail|memory|forwarding] [--json FILE]
+        [--connections 32] [--only ingest|new|batch|redis|crash|website|trail|browser|memory|forwarding] [--json FILE]
 
 It prints a Markdown table (benchmark | result | ratio / target | met?) for README.md.
 """
@@ -72,9 +76,10 @@ import _servers as srv  # noqa: E402
 import _wrk as wrk  # noqa: E402
 from _servers import BenchError, Processes, Server  # noqa: E402
 
-SCENARIOS = ("ingest", "new", "batch", "redis", "crash", "website", "trail", "memory", "forwarding")
+SCENARIOS = ("ingest", "new", "batch", "redis", "crash", "website", "trail", "browser", "memory", "forwarding")
 SINGLE_EVENT = ("ingest", "new", "redis", "crash")  # the /v1/t rows, each also compared with the handler alone
-HTTP_SCENARIOS = {"ingest", "new", "batch", "redis", "crash", "website", "trail"}
+HTTP_SCENARIOS = {"ingest", "new", "batch", "redis", "crash", "website", "trail", "browser"}
+BROWSER_BATCH = 10  # analytics.js's default batch size (`[cdn] browser_batch_size`)
 PAGE_BYTES = 100 * 1024
 SESSIONS = 100_000
 FORWARD_EVENTS = 20_000
@@ -116,6 +121,8 @@ class Target:
     edge: Server | None = None  # an edgeproxy: wait for its delivery to catch up after each round
     mod_connections: int = wrk.MODERATE_CONNECTIONS  # calibrated so the achieved rate is ~1,000 req/s
     cpu_busy: list[float] = field(default_factory=list)  # edgeproxy's CPU use per run, share of one core
+    cpu_to_drained: list[float] = field(default_factory=list)  # edgeproxy's CPU-s per run, delivery included
+    events: list[int] = field(default_factory=list)  # events acknowledged per run
     sat: list[wrk.WrkResult] = field(default_factory=list)
     mod: list[wrk.WrkResult] = field(default_factory=list)
 
@@ -153,6 +160,8 @@ def measure(target: Target, *, seconds: float, connections: int, moderate: bool,
     if target.edge is not None:
         target.edge.check_alive()
         drain(target.edge, problems)
+        target.cpu_to_drained.append(srv.cpu_seconds(target.edge.proc.pid) - cpu0)
+        target.events.append(result.requests * target.events_per_request)
     return result
 
 
@@ -243,9 +252,16 @@ def build_targets(procs: Processes, only: set[str], tmp: Path, responder: Server
         quiet = srv.start_handler_only(procs, "handler-no-trail", origin_url=origin.url(), trail_size=0)
         targets.append(Target("notrail", "edgeproxy handler, no spool, no event trail", quiet.url("/_e/v1/t"),
                               *scripted("notrail", body=single, cookie=returning_cookie(quiet, single))))
-    if only & {"ingest", "new", "batch", "website"}:
+    if only & {"ingest", "new", "batch", "website", "browser"}:
         edge = srv.start_edgeproxy(procs, "edgeproxy", amplitude_url=amp_url, origin_url=origin.url())
         cookie = returning_cookie(edge, single)
+        if "browser" in only:
+            targets.append(Target("browser1", "browser-shaped, one /v1/t per event", edge.url("/_e/v1/t"),
+                                  scripted("browser1", body=single, cookie=cookie)[0], None, edge=edge))
+            batched = wrk.batch_body(now, size=BROWSER_BATCH)
+            targets.append(Target("browser10", f"browser-shaped, /v1/b of {BROWSER_BATCH}", edge.url("/_e/v1/b"),
+                                  scripted("browser10", body=batched, cookie=cookie)[0], None,
+                                  events_per_request=BROWSER_BATCH, edge=edge))
         if "ingest" in only:
             targets.append(Target("ingest", "edgeproxy /v1/t returning visitor", edge.url("/_e/v1/t"),
                                   *scripted("ingest", body=single, cookie=cookie), edge=edge))
@@ -346,6 +362,9 @@ def summarize(targets: Sequence[Target]) -> dict[str, Any]:
         }
         if t.cpu_busy:
             out[t.key]["edgeproxy_cpu_busy_all_runs"] = [round(c, 3) for c in t.cpu_busy]
+        if t.cpu_to_drained and len(t.cpu_to_drained) > len(t.sat):  # the warm-up's run is not counted
+            cpu, events = sum(t.cpu_to_drained[-len(t.sat):]), sum(t.events[-len(t.sat):])
+            out[t.key]["events_per_cpu_s"] = events / cpu if cpu > 0 else float("nan")
         if t.mod:
             out[t.key].update(moderate_rps=med([r.rps for r in t.mod]), mod_p50_ms=med([r.p50_us / 1000 for r in t.mod]),
                               mod_p99_ms=med([r.p99_us / 1000 for r in t.mod]))
@@ -446,6 +465,12 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{s['events_per_s']:,.0f} vs {o['events_per_s']:,.0f} req/s at saturation",
                      f"{s['x_origin']:.3f}× the origin's rate{over_bare}; target p50 ≤ +{TARGET_PASS_P50_MS} ms",
                      _met(s["added_p50_ms"] <= TARGET_PASS_P50_MS)))
+    if "browser1" in h and "browser10" in h:
+        one, ten = h["browser1"], h["browser10"]
+        rows.append(("browser-shaped traffic, events per edgeproxy CPU-second (ingest to delivered)",
+                     f"{one['events_per_cpu_s']:,.0f} with one `/v1/t` per event; {ten['events_per_cpu_s']:,.0f} with "
+                     f"`[cdn] browser_batching` ({BROWSER_BATCH} events per `/v1/b`)",
+                     f"{ten['events_per_cpu_s'] / one['events_per_cpu_s']:.2f}× with batching", "—"))
     if "notrail" in h:
         q = h["notrail"]
         cost = (1 / h["handler"]["requests_per_s"] - 1 / q["requests_per_s"]) * 1e6
