@@ -20,7 +20,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-deps: $(VENV)/.installed
+# The compiled hot path (edgeproxy/compiled.py): mypyc builds the listed pure modules in place,
+# again whenever one of them changes; without a C compiler their source runs.
+# The files of edgeproxy.compiled.MODULES.
+COMPILED_SOURCES = edgeproxy/segment.py edgeproxy/identity/sessions.py
+$(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES)
+	@command -v cc >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc)
+	$(BIN)/pip install -q -e '.[compile]'
+	$(BIN)/python -m edgeproxy.mypyc_build
+	touch $@
+
+deps: $(VENV)/.installed $(VENV)/.compiled
 
 # The demo site needs analytics.js. Without a config of your own, `make run` serves a local
 # copy from npm when npm is available (works offline and behind firewalls), else the proxy
@@ -47,7 +57,7 @@ system-deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-test-deps: $(VENV)/.installed-test system-deps
+test-deps: $(VENV)/.installed-test $(VENV)/.compiled system-deps
 	@if [ -f tests/js/package.json ]; then cd tests/js && npm ci --no-audit --no-fund --silent; fi
 	@# Segment's published Amplitude destination: the reference of the differential mapping test.
 	@if [ -f tests/reference/package.json ]; then cd tests/reference && npm ci --no-audit --no-fund --silent --ignore-scripts; fi
@@ -65,4 +75,5 @@ bench: deps system-deps
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache edgeproxy/compiled.json
+	find edgeproxy -name "*.so" -delete

@@ -22,6 +22,9 @@ pinned to the server core like the servers under test.
   In the steady state of a server that has run a while: before the N, ``retention`` events
   (kept for /debug, 10,000 by default) are delivered untimed, so every measured event also
   pays for pruning one old delivered row, as it does in a long-running process.
+- ``hot-path``: µs per event of the compiled modules' work alone (``segment.normalize`` of an
+  analytics.js track call, then ``sessions.touch`` of a returning visitor's session), best of
+  5 runs of 20,000; run once compiled and once with ``EDGEPROXY_PURE_PYTHON=1``.
 - ``trail-memory``: tracemalloc's traced bytes after N analytics.js track calls of 1,000
   visitors through the real tracking handler (``_handler_only.py``'s app, in-process over
   loopback) with ``[debug] trail_size`` as given: run with 1,000 and with 0, the difference is
@@ -176,6 +179,36 @@ def _messages(n: int) -> list[dict[str, Any]]:
     return [track_event(visitors[i % len(visitors)], f"ajs-next-{uuid.uuid4()}", t + i / 1000, seq=i) for i in range(n)]
 
 
+def hot_path(events: int) -> dict[str, Any]:
+    import timeit
+    from datetime import datetime, timezone
+
+    import orjson
+    from _wrk import track_event
+
+    from edgeproxy import compiled, segment
+    from edgeproxy.identity import sessions
+
+    bodies = [orjson.dumps(track_event(str(uuid.uuid4()), f"ajs-next-{i}", time.time())) for i in range(100)]
+    now = datetime.now(timezone.utc)
+    state, _ = sessions.touch(None, int(now.timestamp() * 1000), TIMEOUT_MS, library=LIBRARY, user_agent=USER_AGENT)
+
+    def parse_only() -> None:
+        for body in bodies:
+            orjson.loads(body)
+
+    def work() -> None:
+        t = int(now.timestamp() * 1000)
+        for body in bodies:
+            msg = segment.normalize(orjson.loads(body), path_type="track", received=now)
+            sessions.touch(state, t, TIMEOUT_MS, library=LIBRARY, user_agent=USER_AGENT, user_id=msg.get("userId"))
+
+    loops = max(1, events // len(bodies))
+    parse = min(timeit.repeat(parse_only, number=loops, repeat=5)) / (loops * len(bodies))
+    total = min(timeit.repeat(work, number=loops, repeat=5)) / (loops * len(bodies))
+    return {"status": compiled.status(), "us_per_event": (total - parse) * 1e6}
+
+
 def _trail_app(events: int, trail_size: int) -> tuple[Any, Any, list[bytes]]:
     """The real tracking handler (``_handler_only.py``'s app) with ``trail_size``, and bodies."""
     import orjson
@@ -300,6 +333,8 @@ def main() -> None:
     f = sub.add_parser("forwarding")
     f.add_argument("--endpoint-url", required=True)
     f.add_argument("--events", type=int, default=20_000)
+    hp = sub.add_parser("hot-path")
+    hp.add_argument("--events", type=int, default=20_000)
     t = sub.add_parser("trail-memory")
     t.add_argument("--events", type=int, default=3_000)
     t.add_argument("--trail-size", type=int, default=1_000)
@@ -311,6 +346,8 @@ def main() -> None:
         result = asyncio.run(memory_worst(args.sessions))
     elif args.what == "memory-redis":
         result = asyncio.run(memory_redis(args.url, args.sessions))
+    elif args.what == "hot-path":
+        result = hot_path(args.events)
     elif args.what == "trail-memory":
         result = asyncio.run(trail_memory(args.events, args.trail_size))
     else:

@@ -300,14 +300,18 @@ def start_edgeproxy(procs: Processes, name: str, *, amplitude_url: str, origin_u
     return procs.spawn(name, [sys.executable, "-m", "edgeproxy", "serve"], port, core=SUT_CORE, env=env)
 
 
-def start_handler_only(procs: Processes, name: str, *, origin_url: str, trail_size: int | None = None) -> Server:
+def start_handler_only(procs: Processes, name: str, *, origin_url: str, trail_size: int | None = None,
+                       pure: bool = False) -> Server:
     """edgeproxy's tracking handler with a queue that keeps nothing (``_handler_only.py``), configured
     like ``start_edgeproxy``: the parse-cookie-session-map reference (``trail_size``: the
-    cockpit's event trail, None for the default)."""
+    cockpit's event trail, None for the default; ``pure``: the hot path's source, not its mypyc build)."""
     port = free_port()
     env = edgeproxy_env(port, procs.workdir / f"{name}-data", "http://127.0.0.1:9/unused", origin_url, "memory")
     if trail_size is not None:
         env["EDGEPROXY_DEBUG__TRAIL_SIZE"] = str(trail_size)
+    env.pop("EDGEPROXY_PURE_PYTHON", None)
+    if pure:
+        env["EDGEPROXY_PURE_PYTHON"] = "1"
     return procs.spawn(name, [sys.executable, str(ROOT / "bench" / "_handler_only.py")], port, core=SUT_CORE, env=env)
 
 

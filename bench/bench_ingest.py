@@ -33,6 +33,8 @@ generator ``wrk -t1`` and the stand-ins for the outside world on core 1):
   call to delivering its events (the edgeproxy process's CPU time from before a round until
   delivery caught up after it): analytics.js's default, one ``/v1/t`` request per event,
   against ``[cdn] browser_batching``, one ``/v1/b`` request per 10 events of a visitor;
+- ``compiled``: the handler alone with the hot path's mypyc build (``edgeproxy/compiled.py``)
+  against the same with ``EDGEPROXY_PURE_PYTHON=1``: what the compiled build pays;
 - ``trail``: what the cockpit's event trail costs the hot path: the handler alone with the
   trail as serve runs it (``[debug] trail_size`` 1,000) against the same with ``trail_size = 0``
   (the handler alone is where a fixed cost shows most, with no spool around it), and the bytes
@@ -51,7 +53,7 @@ steals the next server's CPU.
 Run (``make bench`` runs it with the defaults, about 7 minutes):
 
     .venv/bin/python bench/bench_ingest.py [--quick] [--rounds 3] [--seconds 5] [--warmup 2]
-        [--connections 32] [--only ingest|new|batch|redis|crash|website|trail|browser|memory|forwarding] [--json FILE]
+        [--connections 32] [--only ingest|new|batch|redis|crash|website|trail|browser|compiled|memory|forwarding] [--json FILE]
 
 It prints a Markdown table (benchmark | result | ratio / target | met?) for README.md.
 """
@@ -60,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -76,9 +79,10 @@ import _servers as srv  # noqa: E402
 import _wrk as wrk  # noqa: E402
 from _servers import BenchError, Processes, Server  # noqa: E402
 
-SCENARIOS = ("ingest", "new", "batch", "redis", "crash", "website", "trail", "browser", "memory", "forwarding")
+SCENARIOS = ("ingest", "new", "batch", "redis", "crash", "website", "trail", "browser", "compiled", "memory",
+             "forwarding")
 SINGLE_EVENT = ("ingest", "new", "redis", "crash")  # the /v1/t rows, each also compared with the handler alone
-HTTP_SCENARIOS = {"ingest", "new", "batch", "redis", "crash", "website", "trail", "browser"}
+HTTP_SCENARIOS = {"ingest", "new", "batch", "redis", "crash", "website", "trail", "browser", "compiled"}
 BROWSER_BATCH = 10  # analytics.js's default batch size (`[cdn] browser_batch_size`)
 PAGE_BYTES = 100 * 1024
 SESSIONS = 100_000
@@ -244,10 +248,14 @@ def build_targets(procs: Processes, only: set[str], tmp: Path, responder: Server
         targets.append(Target("bare", "bare aiohttp (reference)", bare.url("/_e/v1/t"), *scripted("ref", body=single)))
     assert responder is not None
     amp_url = responder.url()
-    if only & {"ingest", "trail"}:
+    if only & {"ingest", "trail", "compiled"}:
         handler = srv.start_handler_only(procs, "handler-only", origin_url=origin.url())
         targets.append(Target("handler", "edgeproxy handler, no spool (reference)", handler.url("/_e/v1/t"),
                               *scripted("handler", body=single, cookie=returning_cookie(handler, single))))
+    if "compiled" in only:
+        pure = srv.start_handler_only(procs, "handler-pure", origin_url=origin.url(), pure=True)
+        targets.append(Target("pure", "edgeproxy handler, no spool, pure Python", pure.url("/_e/v1/t"),
+                              *scripted("pure", body=single, cookie=returning_cookie(pure, single))))
     if "trail" in only:
         quiet = srv.start_handler_only(procs, "handler-no-trail", origin_url=origin.url(), trail_size=0)
         targets.append(Target("notrail", "edgeproxy handler, no spool, no event trail", quiet.url("/_e/v1/t"),
@@ -297,10 +305,10 @@ def build_targets(procs: Processes, only: set[str], tmp: Path, responder: Server
 
 # ---------------------------------------------------------------------------- in-process measurements
 
-def inproc(what: str, *extra: str) -> dict[str, Any]:
+def inproc(what: str, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one measurement of ``_inproc.py`` in a fresh process on the server core."""
     argv = srv.pinned([sys.executable, str(Path(__file__).with_name("_inproc.py")), what, *extra], srv.SUT_CORE)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     if proc.returncode != 0:
         raise BenchError(f"bench: {what} failed:\n{proc.stdout}\n{proc.stderr}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -319,6 +327,13 @@ def measure_memory(procs: Processes, sessions: int) -> dict[str, Any]:
     return {"memory_store_mib": store["bytes"] * scale / 2**20, "redis_mib": red["bytes"] * scale / 2**20,
             "sessions_written": sessions, "redis_updates_per_s": red["updates_per_s"],
             "worst_bytes_per_session": worst["bytes"] / worst_n}
+
+
+def measure_hot_path() -> dict[str, Any]:
+    log("compiled: normalize + session touch per event, compiled and pure Python")
+    base = {k: v for k, v in os.environ.items() if k != "EDGEPROXY_PURE_PYTHON"}
+    built, pure = inproc("hot-path", env=base), inproc("hot-path", env={**base, "EDGEPROXY_PURE_PYTHON": "1"})
+    return {"compiled_us": built["us_per_event"], "pure_us": pure["us_per_event"], "status": built["status"]}
 
 
 def measure_trail_memory(events: int) -> dict[str, Any]:
@@ -376,6 +391,8 @@ def summarize(targets: Sequence[Target]) -> dict[str, Any]:
         if "nginx" in by and t.mod and t.key not in ("nginx", "origin", "bareproxy", "website"):
             out[t.key]["added_p50_ms"] = per_round(t.mod, by["nginx"].mod, lambda a, b: (a.p50_us - b.p50_us) / 1000)
             out[t.key]["added_p99_ms"] = per_round(t.mod, by["nginx"].mod, lambda a, b: (a.p99_us - b.p99_us) / 1000)
+    if "pure" in by and "handler" in by:
+        out["pure"]["x_compiled"] = per_round(by["handler"].sat, by["pure"].sat, lambda a, b: a.rps / b.rps)
     if "notrail" in by and "handler" in by:
         h, q = by["handler"], by["notrail"]
         out["notrail"]["x_trail_on"] = per_round(h.sat, q.sat, lambda a, b: a.rps / b.rps)
@@ -471,6 +488,17 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"{one['events_per_cpu_s']:,.0f} with one `/v1/t` per event; {ten['events_per_cpu_s']:,.0f} with "
                      f"`[cdn] browser_batching` ({BROWSER_BATCH} events per `/v1/b`)",
                      f"{ten['events_per_cpu_s'] / one['events_per_cpu_s']:.2f}× with batching", "—"))
+    if "pure" in h:
+        p, c = h["pure"], h["handler"]
+        rows.append(("the compiled hot path (mypyc: segment, identity.sessions): handler alone, compiled vs pure Python",
+                     f"{c['requests_per_s']:,.0f} vs {p['requests_per_s']:,.0f} req/s "
+                     f"({(1 / p['requests_per_s'] - 1 / c['requests_per_s']) * 1e6:+.1f} µs a request saved)",
+                     f"{p['x_compiled']:.3f}× the pure rate", "—"))
+    if "hot_path" in res:
+        hp = res["hot_path"]
+        rows.append(("the compiled modules' own work per event: `segment.normalize` + `sessions.touch`",
+                     f"{hp['compiled_us']:.2f} µs compiled vs {hp['pure_us']:.2f} µs pure Python ({hp['status']})",
+                     f"{hp['pure_us'] / hp['compiled_us']:.1f}× faster compiled", "—"))
     if "notrail" in h:
         q = h["notrail"]
         cost = (1 / h["handler"]["requests_per_s"] - 1 / q["requests_per_s"]) * 1e6
@@ -551,6 +579,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["edgeproxy_rss_mib"] = {name: {"start": rss_start[name], "end": srv.rss_mib(e.proc.pid)}
                                                 for name, e in edges.items()}
                 results["edgeproxy_metrics"] = {name: check_edge(e, problems) for name, e in edges.items()}
+            if "compiled" in only:
+                results["hot_path"] = measure_hot_path()
             if "trail" in only:
                 results["trail_memory"] = measure_trail_memory(TRAIL_EVENTS // 3 if args.quick else TRAIL_EVENTS)
             if "memory" in only:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from edgeproxy import segment
 from edgeproxy.cockpit.history import MinuteHistory
+from edgeproxy import compiled
 from edgeproxy.cockpit.trail import Trail
 from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue, describe, open_queue
@@ -131,12 +132,13 @@ def create_app(settings: Settings) -> web.Application:
         if sweeper is not None:
             await sweeper.start()
         log.info(
-            "edgeproxy ready: prefix %s, sessions %s, spool %s, delivery %s",
+            "edgeproxy ready: prefix %s, sessions %s, spool %s, delivery %s; hot path %s",
             prefix,
             "memory" if settings.sessions.store == "memory" else "redis",
             describe(settings),
             ", ".join(f"{t.name}{' -> local sink (no api_key)' if t.sink else ''}" for t in worker.targets.values())
             or "none (amplitude.enabled = false and no relay_url)",
+            compiled.status(),
         )
 
     async def stop(_: web.Application) -> None:

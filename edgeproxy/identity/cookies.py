@@ -25,7 +25,7 @@ import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence, TypeVar
+from typing import Any, Callable, Collection, Sequence, TypeVar, cast
 
 import orjson
 from itsdangerous import BadData, Signer, TimestampSigner, URLSafeTimedSerializer
@@ -240,7 +240,7 @@ class CookieCodec:
         # The serializers' own signers, used directly on the hot path: the serializer's zlib
         # attempt and stdlib JSON cost ~4x the signature for these tiny payloads. The format is
         # the serializer's uncompressed one, so values stay readable by it and vice versa.
-        self._device_signer = self._device.make_signer()
+        self._device_signer = cast(TimestampSigner, self._device.make_signer())  # a timed serializer's
         self._session_signer = self._session.make_signer()
         self._max_age = max_age_s
         self._clock = clock
@@ -272,7 +272,7 @@ class CookieCodec:
         if hit is not None:
             return hit if self._clock() - hit[2] <= self._max_age else None
         try:
-            raw, signed_at = self._device_signer.unsign(value, max_age=self._max_age, return_timestamp=True)  # type: ignore[call-arg]
+            raw, signed_at = self._device_signer.unsign(value, max_age=self._max_age, return_timestamp=True)  # type: ignore[call-overload]  # a float max_age works
             device = self._device_payload(self._decode(self._device, raw))
         except (BadData, ValueError, TypeError, OverflowError) as exc:  # garbled base64/zlib/json too
             forget_refusal(exc)

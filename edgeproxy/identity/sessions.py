@@ -71,19 +71,21 @@ class SessionState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SessionState:
         """Inverse of ``to_dict``; raises ValueError naming the field that is wrong."""
-        ints = {}
+        ints: dict[str, int] = {}
         for name in ("session_id", "last_event_ms", "event_count", "first_seen"):
             value = data.get(name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"session state field {name!r} must be an integer, got {value!r}")
             ints[name] = value
-        strs = {}
+        strs: dict[str, str | None] = {}
         for name in ("user_id", "library", "user_agent", "consent"):
             value = data.get(name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"session state field {name!r} must be a string or null, got {value!r}")
             strs[name] = value
-        return cls(**ints, **strs)
+        return cls(session_id=ints["session_id"], last_event_ms=ints["last_event_ms"], event_count=ints["event_count"],
+                   user_id=strs["user_id"], first_seen=ints["first_seen"], library=strs["library"],
+                   user_agent=strs["user_agent"], consent=strs["consent"])
 
 
 def duration_text(ms: int) -> str:
@@ -232,7 +234,7 @@ def touch(
     ``user_id``, ``library``, ``user_agent`` and ``consent`` overwrite the stored values when given.
     """
     if state is None:
-        session_id = adopt_session_id if adoptable_at(adopt_session_id, t_ms) else t_ms
+        session_id = adopt_session_id if adopt_session_id is not None and adoptable_at(adopt_session_id, t_ms) else t_ms
         return (
             SessionState(
                 session_id=session_id,

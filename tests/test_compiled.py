@@ -1,0 +1,65 @@
+"""The compiled hot path (edgeproxy/compiled.py): the mypyc build runs when it matches its
+source, the source runs when forced (EDGEPROXY_PURE_PYTHON=1) or when the build is stale, and
+`edgeproxy serve` says which. CI runs the whole suite both ways (.ci/run)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from test_ingest import make_settings
+
+from edgeproxy import compiled
+from edgeproxy.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = ("import edgeproxy.segment as s, edgeproxy.identity.sessions as t, edgeproxy.compiled as c; "
+         "print(s.__file__); print(t.__file__); print(c.status())")
+built = pytest.mark.skipif(not compiled.usable(compiled.read_manifest()),
+                           reason="no current mypyc build here (make builds it; .ci/run requires it)")
+
+
+def probe(path: Path, **env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
+    run = subprocess.run([sys.executable, "-c", PROBE], cwd=path, env={**clean, "PYTHONPATH": str(path), **env},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines()
+
+
+def test_the_pure_switch_runs_the_source() -> None:
+    segment, sessions, status = probe(ROOT, EDGEPROXY_PURE_PYTHON="1")
+    assert segment.endswith("edgeproxy/segment.py") and sessions.endswith("identity/sessions.py")
+    assert status == "pure Python (EDGEPROXY_PURE_PYTHON=1)"
+
+
+@built
+def test_a_current_build_runs_compiled() -> None:
+    segment, sessions, status = probe(ROOT)
+    assert segment.endswith(compiled.EXTENSION_SUFFIX) and sessions.endswith(compiled.EXTENSION_SUFFIX)
+    assert status == "compiled with mypyc: edgeproxy.identity.sessions, edgeproxy.segment"
+
+
+@built
+def test_an_edited_source_is_never_shadowed_by_its_stale_build(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "edgeproxy", tmp_path / "edgeproxy", ignore=shutil.ignore_patterns("__pycache__"))
+    edited = tmp_path / "edgeproxy" / "segment.py"
+    edited.write_text(edited.read_text() + "\nEDITED = True\n")
+    segment, _, status = probe(tmp_path)
+    assert segment == str(edited)
+    assert status == "pure Python (no current mypyc build: `make` builds it)"
+
+
+async def test_serve_logs_which_build_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    runner = web.AppRunner(create_app(make_settings(tmp_path)))
+    with caplog.at_level(logging.INFO, logger="edgeproxy"):
+        await runner.setup()  # the app's startup: "edgeproxy ready: …"
+        await runner.cleanup()
+    ready = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edgeproxy ready:")]
+    assert ready and ready[0].endswith("; hot path " + compiled.status()), ready
