@@ -292,11 +292,14 @@ def edgeproxy_env(port: int, data_dir: Path, amplitude_url: str, origin_url: str
 
 
 def start_edgeproxy(procs: Processes, name: str, *, amplitude_url: str, origin_url: str,
-                    session_store: str = "memory", durability: str = "power_loss") -> Server:
-    """``edgeproxy serve`` with its SQLite spool and delivery on, in a fresh data_dir."""
+                    session_store: str = "memory", durability: str = "power_loss", trail_size: int | None = None) -> Server:
+    """``edgeproxy serve`` with its SQLite spool and delivery on, in a fresh data_dir
+    (``trail_size``: the cockpit's event trail, None for the default)."""
     port = free_port()
     data_dir = procs.workdir / f"{name}-data"
     env = edgeproxy_env(port, data_dir, amplitude_url, origin_url, session_store, durability)
+    if trail_size is not None:
+        env["EDGEPROXY_DEBUG__TRAIL_SIZE"] = str(trail_size)
     return procs.spawn(name, [sys.executable, "-m", "edgeproxy", "serve"], port, core=SUT_CORE, env=env)
 
 
