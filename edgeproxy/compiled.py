@@ -1,14 +1,15 @@
 """The compiled hot path: pure modules built with mypyc from their own typed source.
 
 Why: a tracking call spends its Python time in a few pure modules (normalising the message,
-the session rules); mypyc compiles exactly that source to C extensions,
-so the plain ``.py`` stays the one truth and the fallback. ``make`` builds them in place
-(``python -m edgeproxy.mypyc_build``, needs a C compiler); a module is compiled only where
-``bench/bench_ingest.py --only compiled`` shows it pays.
+the session rules); mypyc compiles exactly that source to C extensions, so the plain ``.py``
+stays the one truth and the fallback. ``make`` builds them in place (``python -m
+edgeproxy.mypyc_build``, needs a C compiler); ``bench/bench_ingest.py --only compiled``
+measures what each build pays.
 
-Which one runs is decided here, at the import of ``edgeproxy``, per module: the extension
-when it was built from the source as it is now (its SHA-256 is recorded at build time, so an
-edited ``.py`` is never shadowed by a stale build), else the source. ``EDGEPROXY_PURE_PYTHON=1``
+Which runs is decided here, at the import of ``edgeproxy``, for all of them at once (they
+share one compiled runtime): the build when it was made from the sources as they are now
+(each SHA-256 is recorded at build time, so an edited ``.py`` is never shadowed by a stale
+build), else the sources. ``EDGEPROXY_PURE_PYTHON=1``
 forces the source everywhere (CI runs the suite both ways); ``edgeproxy serve`` logs which.
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 PACKAGE_DIR = Path(__file__).resolve().parent
 # identity.cookies is not here: mypyc 1.13 fails on its itsdangerous subclass (ClockSigner).
 MODULES = ("edgeproxy.segment", "edgeproxy.identity.sessions")
-MANIFEST = PACKAGE_DIR / "compiled.json"  # module -> SHA-256 of the source it was built from
+MANIFEST = PACKAGE_DIR / "compiled.json"  # the runtime's name and each source's SHA-256 at build time
 PURE_ENV = "EDGEPROXY_PURE_PYTHON"
 EXTENSION_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
