@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from aiohttp import web  # noqa: E402
 
 from edgeproxy.app import CLIENT_MAX_SIZE  # noqa: E402
-from edgeproxy.cockpit.trail import Trail  # noqa: E402
+from edgeproxy.cockpit.trail import open_trail  # noqa: E402
 from edgeproxy.cli import prepare_gc  # noqa: E402
 from edgeproxy.config import Settings, load_settings  # noqa: E402
 from edgeproxy.delivery.spool import DeadLetter, SpoolItem  # noqa: E402
@@ -50,8 +50,7 @@ def build_app(settings: Settings, queue: CountingQueue) -> web.Application:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the signing key file lives there
     identity = IdentityService.from_settings(settings)
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
-    trail = Trail(settings.debug.trail_size) if settings.debug.trail_size else None
-    context = IngestContext(settings, identity, mapper, queue, Metrics(), trail=trail)  # type: ignore[arg-type]
+    context = IngestContext(settings, identity, mapper, queue, Metrics(), trail=open_trail(settings.debug.trail_size))  # type: ignore[arg-type]
     handlers = IngestHandlers(context)
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app.add_routes(handlers.routes(settings.server.prefix))

@@ -14,7 +14,7 @@ from aiohttp import web
 from edgeproxy import segment
 from edgeproxy.cockpit.history import MinuteHistory
 from edgeproxy import compiled
-from edgeproxy.cockpit.trail import Trail
+from edgeproxy.cockpit.trail import open_trail
 from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue, describe, open_queue
 from edgeproxy.delivery.targets import build_targets
@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     # The server never refuses events for settings the reference checks but that do not affect sending
     # (secret_key is only for Amplitude's GDPR API); `check-config` reports real problems.
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
-    trail = Trail(settings.debug.trail_size) if settings.debug.trail_size else None
+    trail = open_trail(settings.debug.trail_size)
     worker = DeliveryWorker(spool, settings, metrics, targets=build_targets(settings, sources), trail=trail)
     sweeper = SessionSweeper(store, mapper, spool, settings, wake=worker.wake) if settings.sessions.session_events else None
 

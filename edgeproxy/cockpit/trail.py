@@ -266,3 +266,8 @@ class Trail:
             if not needle or entry.matches(needle):
                 out.append(entry)
         return out
+
+
+def open_trail(size: int) -> Trail | None:
+    """The trail ``[debug] trail_size`` asks for: None when it is 0 (the trail is off)."""
+    return Trail(size) if size else None
