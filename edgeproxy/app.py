@@ -11,9 +11,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from edgeproxy import segment
+from edgeproxy import compiled, segment
 from edgeproxy.cockpit.history import MinuteHistory
-from edgeproxy import compiled
 from edgeproxy.cockpit.trail import open_trail
 from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue, describe, open_queue

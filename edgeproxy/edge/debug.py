@@ -58,6 +58,7 @@ class DebugViews:
         self.forget_person = forget  # forget.forget_person bound to this process's store, spool and log
         self.sources = ["default", *(src.name for src in settings.sources)]
         self.started_ms = int(time.time() * 1000)  # what is in memory here (sessions, sink) dates from then
+        self.process = {"pid": os.getpid(), "host": socket.gethostname()}  # which one answers, behind nginx
         self.trail = trail  # the cockpit's event trail (None: off)
         self.devices = trail.devices if trail is not None else ClientSessions(0)
         self.live = live  # samples the minute history and returns the overview's live data
@@ -180,8 +181,7 @@ class DebugViews:
             "live": live,
             "trail": [e.summary() for e in self.trail.find(query, limit=ROWS, source=source)] if self.trail is not None else None,
             "devices": [d.as_dict() for d in self.devices.recent(query, limit=ROWS * 2, source=source)],
-            "process": {"pid": os.getpid(), "host": socket.gethostname(),
-                        "started_ms": self.started_ms, "session_store": self.settings.sessions.store,
+            "process": {**self.process, "started_ms": self.started_ms, "session_store": self.settings.sessions.store,
                         "sink_size": getattr(self.sink, "maxlen", None)},
         }
         if wants_json(request):
