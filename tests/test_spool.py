@@ -946,3 +946,27 @@ async def test_in_flight_and_the_rows_agree_within_one_transaction(sqlite_spool:
     )
     assert [e["message_id"] for e in before] == ["m1"]
     assert flying == [] and [e["message_id"] for e in retrying] == ["m1"]
+
+
+async def test_forget_zeroes_the_persons_rows_on_disk(tmp_path: Path) -> None:
+    """The spool runs with secure_delete FAST (pruning delivered rows then writes no page twice),
+    which leaves freed pages as they were; what ``forget`` deletes is zeroed all the same. A
+    payload spanning overflow pages is the case FAST would leave readable in the file."""
+    marker = b"FORGET-ME-" * 2000  # 20 KB: stored in overflow pages, freed whole on delete
+    spool = Spool(tmp_path)
+    await spool.open()
+    try:
+        keep = make_item(1, device="dev-keep")
+        gone = make_item(2, device="dev-gone")
+        gone.item["event_properties"] = {"note": marker.decode()}
+        await spool.append([keep, gone])
+        assert (await spool.forget(["dev-gone"], None)) == {"pending": 1}
+        await spool._submit(lambda c: c.execute("SELECT 1").fetchone())  # a transaction after the delete
+    finally:
+        await spool.close()
+    conn = sqlite3.connect(spool.path)
+    assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    conn.close()
+    data = spool.path.read_bytes() + (spool.path.with_name(spool.path.name + "-wal").read_bytes()
+                                      if spool.path.with_name(spool.path.name + "-wal").exists() else b"")
+    assert b"FORGET-ME-" not in data

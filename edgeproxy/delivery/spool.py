@@ -87,6 +87,13 @@ CHECKPOINT_WAIT_S = 1.0  # a RESTART checkpoint waits this long for the loop's t
 # The hard page limit sits this far above max_bytes: appends stop at max_bytes (a clear 503),
 # while the worker's updates and one in-progress append still find room.
 HARD_LIMIT_HEADROOM = 16 * 1024 * 1024
+# Debian's SQLite is built with SECURE_DELETE on: every deleted row and freed page is overwritten
+# with zeros, so pruning delivered rows wrote each of their pages into the WAL once more. FAST
+# zeroes deleted content only where that costs no extra write (within pages already written).
+# Measured: pruning delivered rows 11.0 -> 9.0 µs a row; forwarding CPU 19.5 -> 18.4 µs an event
+# (bench_ingest --only forwarding, 4 alternating runs each). What must not linger is
+# what `edgeproxy forget` deletes: that statement runs with secure_delete ON (spool_sql.forget).
+SECURE_DELETE = "FAST"
 # The worker's bookkeeping in small transactions, so tracking calls are not held up behind it:
 # one transaction marking 500 rows delivered and pruning 1,000 held the event loop up to 11 ms
 # (measured at ~1,000 calls/s); in pieces of 250 the longest was 2.7 ms, for the same CPU
@@ -475,6 +482,7 @@ class Spool:
             conn.execute("PRAGMA synchronous=NORMAL")  # the flush after commit is the syncer's
             conn.execute("PRAGMA wal_autocheckpoint=0")  # so is the checkpoint
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # a restarted WAL shrinks back
+            conn.execute(f"PRAGMA secure_delete={SECURE_DELETE}")  # forget() scrubs; see SECURE_DELETE
             conn.execute("PRAGMA busy_timeout=5000")  # for the migration only; reset below
             migrate(conn, self.path)
             conn.execute("PRAGMA busy_timeout=0")

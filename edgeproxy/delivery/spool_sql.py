@@ -558,6 +558,9 @@ def replay(c: sqlite3.Connection, selection: ReplayFilter | None = None) -> int:
     return len(ids)
 
 
+_SECURE_DELETE_MODES = {2: "FAST"}  # PRAGMA secure_delete reads FAST back as 2, but setting "2" means ON
+
+
 def forget(c: sqlite3.Connection, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
     """Delete every row (pending, in flight, delivered, dead) of these devices or this user id;
     returns how many of each state. Deletion requests (target ``deletions``) are kept: they are
@@ -573,7 +576,14 @@ def forget(c: sqlite3.Connection, device_ids: Sequence[str], user_id: str | None
         return {}
     where = f"({' OR '.join(clauses)}) AND target != 'deletions'"
     counts = {state: n for state, n in c.execute(f"SELECT state, COUNT(*) FROM items WHERE {where} GROUP BY state", params)}
-    c.execute(f"DELETE FROM items WHERE {where}", params)
+    # The person's rows are zeroed on disk, not only unlinked: the connection may otherwise
+    # run with secure_delete FAST (spool.SECURE_DELETE), which leaves freed pages as they were.
+    before = c.execute("PRAGMA secure_delete").fetchone()[0]
+    c.execute("PRAGMA secure_delete=ON")
+    try:
+        c.execute(f"DELETE FROM items WHERE {where}", params)
+    finally:
+        c.execute(f"PRAGMA secure_delete={_SECURE_DELETE_MODES.get(before, before)}")
     return counts
 
 
