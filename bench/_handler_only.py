@@ -28,7 +28,7 @@ from edgeproxy.app import CLIENT_MAX_SIZE  # noqa: E402
 from edgeproxy.cockpit.trail import open_trail  # noqa: E402
 from edgeproxy.cli import prepare_gc  # noqa: E402
 from edgeproxy.config import Settings, load_settings  # noqa: E402
-from edgeproxy.delivery.spool import DeadLetter, SpoolItem  # noqa: E402
+from edgeproxy.delivery.records import DeadLetter, SpoolItem  # noqa: E402
 from edgeproxy.edge.ingest import IngestContext, IngestHandlers  # noqa: E402
 from edgeproxy.identity.service import IdentityService  # noqa: E402
 from edgeproxy.mapping import Mapper  # noqa: E402

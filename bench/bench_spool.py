@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 
-from edgeproxy.delivery.spool import SCHEMA, Spool, SpoolItem, group_key, item_size, now_ms  # noqa: E402
+from edgeproxy.delivery.records import SpoolItem  # noqa: E402
+from edgeproxy.delivery.spool import SCHEMA, Spool, group_key, item_size, now_ms  # noqa: E402
 
 
 def make_item(i: int) -> SpoolItem:

@@ -41,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
         pass
-    from edgeproxy.delivery.spool import SpoolUnavailable
+    from edgeproxy.delivery.records import SpoolUnavailable
 
     host, port = settings.server.host, settings.server.port
     try:
@@ -125,7 +125,7 @@ def _queue_hint(settings: Settings) -> str:
 def cmd_spool(args: argparse.Namespace) -> int:
     import orjson
 
-    from edgeproxy.delivery.spool import SpoolUnavailable
+    from edgeproxy.delivery.records import SpoolUnavailable
     from edgeproxy.delivery.spool_cli import spool_report
 
     settings = _load(args.config)
@@ -145,7 +145,8 @@ def cmd_spool(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from edgeproxy.amplitude_api import PATHS
-    from edgeproxy.delivery.spool import ReplayFilter, SpoolUnavailable
+    from edgeproxy.delivery.records import SpoolUnavailable
+    from edgeproxy.delivery.spool import ReplayFilter
     from edgeproxy.delivery.spool_cli import replay
 
     settings = _load(args.config)
@@ -182,7 +183,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     import asyncio
 
     from edgeproxy.delivery.queue import open_queue
-    from edgeproxy.delivery.spool import SpoolUnavailable
+    from edgeproxy.delivery.records import SpoolUnavailable
     from edgeproxy.forget import forget_person
     from edgeproxy.identity.store import StoreUnavailable, open_store
     from edgeproxy.sources import SourceTable

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeproxy import amplitude_privacy_api
-from edgeproxy.delivery.spool import SpoolItem
+from edgeproxy.delivery.records import SpoolItem
 from edgeproxy.delivery.targets import DELETIONS, DeletionTarget, targets_for
 from edgeproxy.sources import SourceTable
 

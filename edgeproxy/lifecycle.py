@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edgeproxy.delivery.spool import SpoolUnavailable
+from edgeproxy.delivery.records import SpoolUnavailable
 from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeproxy import segment_api
-from edgeproxy.delivery.spool import DeadLetter, SpoolItem
+from edgeproxy.delivery.records import DeadLetter, SpoolItem
 from edgeproxy.mapping import Mapper
 from edgeproxy.sources import DEFAULT_SOURCE, Source, SourceTable
 

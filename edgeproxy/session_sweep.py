@@ -15,7 +15,7 @@ from typing import Callable
 
 from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue
-from edgeproxy.delivery.spool import DeadLetter, SpoolItem, SpoolUnavailable
+from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.identity.session_events import session_message
 from edgeproxy.identity.store import SessionStore, StoreUnavailable
 from edgeproxy.mapping import Mapper

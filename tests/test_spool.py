@@ -29,6 +29,7 @@ from edgeproxy.delivery.spool import (
     now_ms,
 )
 from edgeproxy.delivery import spool as spool_module
+from edgeproxy.delivery import spool_budget, spool_sync
 from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery.spool_cli import replay, spool_report
 from edgeproxy.delivery.redis_queue import RedisQueue
@@ -208,9 +209,8 @@ async def test_a_write_lock_held_elsewhere_delays_appends_without_blocking_the_l
 
 @pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
 async def test_the_wal_is_checkpointed_into_the_database_in_the_background(tmp_path: Path, monkeypatch, synchronous) -> None:
-    from edgeproxy.delivery import spool as spool_module
 
-    monkeypatch.setattr(spool_module, "CHECKPOINT_EVERY_S", 0.05)
+    monkeypatch.setattr(spool_sync, "CHECKPOINT_EVERY_S", 0.05)
     s = Spool(tmp_path, synchronous=synchronous)
     await s.open()
     try:
@@ -236,7 +236,6 @@ async def test_a_running_checkpoint_does_not_hold_up_acknowledgements(tmp_path: 
     load) must not make the appends committed meanwhile wait for it."""
     import threading
 
-    from edgeproxy.delivery import spool as spool_module
 
     entered, release = threading.Event(), threading.Event()
 
@@ -244,8 +243,8 @@ async def test_a_running_checkpoint_does_not_hold_up_acknowledgements(tmp_path: 
         entered.set()
         release.wait(10)  # bounded: the test releases it in any case
 
-    monkeypatch.setattr(spool_module, "CHECKPOINT_EVERY_S", 0.02)
-    monkeypatch.setattr(spool_module._Syncer, "_checkpoint", slow_checkpoint)
+    monkeypatch.setattr(spool_sync, "CHECKPOINT_EVERY_S", 0.02)
+    monkeypatch.setattr(spool_sync.Syncer, "_checkpoint", slow_checkpoint)
     s = Spool(tmp_path, synchronous="FULL")
     await s.open()
     try:
@@ -426,7 +425,7 @@ async def test_pruning_goes_in_small_steps_and_counts_once(tmp_path: Path, monke
     """Past retention plus the slack, the oldest delivered rows go PRUNE_CHUNK at a time (each
     step its own transaction, so appends run in between); the rows are counted once, then
     followed in memory."""
-    monkeypatch.setattr(spool_module, "PRUNE_CHUNK", 10)
+    monkeypatch.setattr(spool_budget, "PRUNE_CHUNK", 10)
     deletes: list[int] = []
     real_delete = sql.delete_oldest_delivered
 
@@ -898,7 +897,7 @@ async def test_an_unexpected_error_in_a_transaction_fails_its_calls_instead_of_h
     def broken(conn, jobs):
         raise RuntimeError("a bug in the transaction code")
 
-    monkeypatch.setattr(sqlite_spool, "_execute", broken)
+    monkeypatch.setattr(sqlite_spool._commit, "_execute", broken)
     with pytest.raises(SpoolUnavailable, match="a bug in the transaction code"):
         await asyncio.wait_for(sqlite_spool.append([make_item(1)]), 5)
     monkeypatch.undo()
@@ -907,10 +906,9 @@ async def test_an_unexpected_error_in_a_transaction_fails_its_calls_instead_of_h
 
 async def test_the_wal_starts_over_under_steady_writes(tmp_path: Path, monkeypatch) -> None:
     """Checkpoints run while the loop keeps writing; a long WAL is restarted, so it stays bounded."""
-    from edgeproxy.delivery import spool as spool_module
 
-    monkeypatch.setattr(spool_module, "CHECKPOINT_EVERY_S", 0.02)
-    monkeypatch.setattr(spool_module, "WAL_RESTART_PAGES", 64)  # PASSIVE alone: 250 MB of WAL here
+    monkeypatch.setattr(spool_sync, "CHECKPOINT_EVERY_S", 0.02)
+    monkeypatch.setattr(spool_sync, "WAL_RESTART_PAGES", 64)  # PASSIVE alone: 250 MB of WAL here
     s = Spool(tmp_path, synchronous="NORMAL")
     await s.open()
     wal = Path(f"{s.path}-wal")

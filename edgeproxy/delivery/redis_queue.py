@@ -42,23 +42,19 @@ from redis.exceptions import RedisError, ResponseError
 from edgeproxy.delivery import redis_lua as lua
 from edgeproxy.delivery import redis_queue_forget
 from edgeproxy.delivery import redis_queue_views as views
-from edgeproxy.delivery.spool import (
-    ClaimedItem,
-    DeadLetter,
-    DueGroup,
-    ReplayFilter,
-    SpoolItem,
-    SpoolUnavailable,
-    group_key,
-    item_size,
-    now_ms,
-)
+from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.delivery.spool_sql import (
     DEFAULT_SOURCE,
     DEFAULT_TARGET,
     MAPPING_REASON,
     RESPONSE_LOG_KEEP,
+    ClaimedItem,
+    DueGroup,
+    ReplayFilter,
     dead_reason,
+    group_key,
+    item_size,
+    now_ms,
     settled_rows,
 )
 from edgeproxy.metrics import Metrics

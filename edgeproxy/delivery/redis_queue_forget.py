@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
-from edgeproxy.delivery.spool import SpoolUnavailable
+from edgeproxy.delivery.records import SpoolUnavailable
 
 if TYPE_CHECKING:
     from edgeproxy.delivery.redis_queue import RedisQueue

@@ -17,8 +17,8 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from edgeproxy.delivery.redis_lua import GROUP
-from edgeproxy.delivery.spool import ReplayFilter, SpoolUnavailable
-from edgeproxy.delivery.spool_sql import DEFAULT_SOURCE, DEFAULT_TARGET, OTHER_REASON
+from edgeproxy.delivery.records import SpoolUnavailable
+from edgeproxy.delivery.spool_sql import DEFAULT_SOURCE, DEFAULT_TARGET, OTHER_REASON, ReplayFilter
 
 if TYPE_CHECKING:
     from edgeproxy.delivery.redis_queue import RedisQueue

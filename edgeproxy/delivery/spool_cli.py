@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeproxy.delivery import spool_sql as sql
-from edgeproxy.delivery.spool import DB_SUFFIXES, SPOOL_FILENAME, SpoolUnavailable
+from edgeproxy.delivery.records import SpoolUnavailable
+from edgeproxy.delivery.spool import DB_SUFFIXES, SPOOL_FILENAME
 from edgeproxy.delivery.spool_schema import SchemaTooNew, migrate
 from edgeproxy.delivery.spool_sql import ReplayFilter, now_ms
 

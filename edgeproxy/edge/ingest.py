@@ -25,7 +25,7 @@ from edgeproxy import segment
 from edgeproxy.cockpit.trail import Trail
 from edgeproxy.config import Settings
 from edgeproxy.delivery.queue import DeliveryQueue
-from edgeproxy.delivery.spool import DeadLetter, SpoolItem, SpoolUnavailable
+from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.edge.cookies_out import set_cookies
 from edgeproxy.edge.identity_cookies import tracking_cookies
 from edgeproxy.edge.cors import cors_headers, preflight
