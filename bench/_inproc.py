@@ -22,6 +22,8 @@ pinned to the server core like the servers under test.
   In the steady state of a server that has run a while: before the N, ``retention`` events
   (kept for /debug, 10,000 by default) are delivered untimed, so every measured event also
   pays for pruning one old delivered row, as it does in a long-running process.
+  ``--target segment`` measures the relay instead: the same messages as Segment relay items
+  (``pipeline.relay_record``), delivered as ``/v1/batch`` requests to the same local responder.
 - ``hot-path``: µs per event of the compiled modules' work alone (``segment.normalize`` of an
   analytics.js track call, then ``sessions.touch`` of a returning visitor's session), best of
   5 runs of 20,000; run once compiled and once with ``EDGEPROXY_PURE_PYTHON=1``.
@@ -260,18 +262,22 @@ def thread_cpu_s() -> dict[int, float]:
     return out
 
 
-async def forwarding(endpoint_url: str, events: int) -> dict[str, Any]:
+async def forwarding(endpoint_url: str, events: int, target: str = "amplitude") -> dict[str, Any]:
+    """``target`` "amplitude": mapped events to Amplitude's HTTP API; "segment": the relay of the
+    same messages to Segment's tracking API (``[segment] relay_url``), as ``/v1/batch`` requests."""
     from edgeproxy.config import Settings
     from edgeproxy.delivery import DeliveryWorker, Spool
     from edgeproxy.delivery.spool import now_ms
     from edgeproxy.mapping import Mapper
     from edgeproxy.metrics import Metrics
-    from edgeproxy.pipeline import spool_records
+    from edgeproxy.pipeline import relay_record, spool_records
 
     settings = Settings()
     settings.amplitude.api_key = "bench-dummy-api-key"
     settings.server.ip_rate_limit = 0  # all of it comes from one address, as in the HTTP benchmark
     settings.amplitude.endpoint_url = endpoint_url
+    if target == "segment":
+        settings.segment.relay_url = endpoint_url
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
     with tempfile.TemporaryDirectory(prefix="edgeproxy-bench-fwd-") as tmp:
         metrics = Metrics()
@@ -283,7 +289,12 @@ async def forwarding(endpoint_url: str, events: int) -> dict[str, Any]:
             history = settings.delivery.retention
             pending = []
             for msg in _messages(history + events):
-                items, dead = spool_records(mapper, msg, device_id=msg["anonymousId"], session_id=received, received_ms=received)
+                if target == "segment":
+                    items, dead = [relay_record(msg, write_key="bench-write-key", device_id=msg["anonymousId"],
+                                                session_id=received, received_ms=received)], []
+                else:
+                    items, dead = spool_records(mapper, msg, device_id=msg["anonymousId"], session_id=received,
+                                                received_ms=received)
                 assert items and not dead, dead
                 pending.extend(items)
             for start in range(0, len(pending), 100):  # ~ what group commit merges under load
@@ -295,8 +306,9 @@ async def forwarding(endpoint_url: str, events: int) -> dict[str, Any]:
                 await spool.ack([c.row_id for c in claimed])
             pending = pending[history:]
             gc.collect()
-            delivered = lambda: metrics.registry.get_sample_value(  # noqa: E731
-                "edgeproxy_delivered_items_total", {"target": "amplitude", "source": "default", "endpoint": "httpapi"}) or 0.0
+            delivered = lambda: sum(  # noqa: E731
+                sample.value for metric in metrics.registry.collect() if metric.name == "edgeproxy_delivered_items"
+                for sample in metric.samples if sample.name.endswith("_total") and sample.labels.get("target") == target)
             threads0 = thread_cpu_s()
             cpu0, wall0 = time.process_time(), time.perf_counter()
             await worker.start()
@@ -333,6 +345,7 @@ def main() -> None:
     f = sub.add_parser("forwarding")
     f.add_argument("--endpoint-url", required=True)
     f.add_argument("--events", type=int, default=20_000)
+    f.add_argument("--target", choices=("amplitude", "segment"), default="amplitude")
     hp = sub.add_parser("hot-path")
     hp.add_argument("--events", type=int, default=20_000)
     t = sub.add_parser("trail-memory")
@@ -354,7 +367,7 @@ def main() -> None:
         from edgeproxy.cli import prepare_gc
 
         prepare_gc()  # the collector tuned as `edgeproxy serve` runs it
-        result = asyncio.run(forwarding(args.endpoint_url, args.events))
+        result = asyncio.run(forwarding(args.endpoint_url, args.events, args.target))
     print(json.dumps(result))
 
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 
+from edgeproxy.delivery import spool_sql  # noqa: E402
 from edgeproxy.delivery.records import SpoolItem  # noqa: E402
 from edgeproxy.delivery.spool import SCHEMA, Spool, group_key, item_size, now_ms  # noqa: E402
 
@@ -57,12 +58,9 @@ def reference_one_commit_per_append(path: Path, n: int, synchronous: str) -> flo
     for it in items:
         encoded = orjson.dumps(it.item)
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT INTO items (message_id, endpoint, group_key, item, options, device_id, user_id, session_id,"
-            " received_ms, size, state) VALUES (?,?,?,?,?,?,?,?,?,?,'pending')",
-            (it.message_id, it.endpoint, group_key(it.endpoint, None), encoded, None, it.device_id, None,
-             it.session_id, it.received_ms, item_size(it.endpoint, encoded)),
-        )
+        spool_sql.insert_items(conn, [(  # the spool's own statements, as encode_append lays a row out
+            it.message_id, it.endpoint, group_key(it.endpoint, None), encoded, None, it.device_id, None,
+            it.session_id, it.received_ms, item_size(it.endpoint, encoded), it.target, it.source)], [])
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     conn.close()

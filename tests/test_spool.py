@@ -354,8 +354,9 @@ async def test_a_claim_hands_out_the_stored_bytes_and_the_options_parsed(tmp_pat
     try:
         await s.append([make_item(i, options={"min_id_length": 1}) for i in range(3)])
         raw = sqlite3.connect(s.path, isolation_level=None)
-        raw.execute("UPDATE items SET item = CAST(item AS TEXT) WHERE message_id = 'm1'")
-        assert raw.execute("SELECT typeof(item) FROM items WHERE message_id = 'm1'").fetchone() == ("text",)
+        m1 = "(SELECT id FROM items WHERE message_id = 'm1')"
+        raw.execute(f"UPDATE item_bodies SET item = CAST(item AS TEXT) WHERE id = {m1}")
+        assert raw.execute(f"SELECT typeof(item) FROM item_bodies WHERE id = {m1}").fetchone() == ("text",)
         raw.close()
         [group] = await s.due_groups()
         claimed = await s.claim(group.group_key, limit=10, max_bytes=10**6)

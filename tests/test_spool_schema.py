@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from edgeproxy.delivery import spool_sql
-from edgeproxy.delivery.spool import ReplayFilter, Spool, SpoolUnavailable, group_key
+from edgeproxy.delivery.spool import ReplayFilter, Spool, SpoolItem, SpoolUnavailable, group_key
 from edgeproxy.delivery.spool_cli import replay, spool_report
 from edgeproxy.delivery.spool_schema import CURRENT_VERSION, MIGRATIONS, SCHEMA
 
@@ -127,6 +127,9 @@ async def test_a_release_1_spool_is_migrated_and_keeps_its_events(tmp_path: Path
     assert by_reason == {"invalid_fields": 1, "mapping": 1}
     assert letters["old-2"]["reason_code"] == "invalid_fields" and letters["old-3"]["reason_code"] == "mapping"
     assert letters["old-2"]["reason"].startswith("Invalid field values")
+    # v8 moved the items to item_bodies: the refused one kept its item (replayable), the
+    # mapping refusal had none.
+    assert letters["old-2"]["replayable"] and letters["old-2"]["item"] and not letters["old-3"]["replayable"]
     # Before targets and sources (v7) every item was the one Amplitude project's.
     assert {(d["target"], d["source"]) for d in letters.values()} == {("amplitude", "default")}
 
@@ -208,3 +211,24 @@ async def test_the_next_attempt_and_retrying_queries_read_waiting_rows_only(tmp_
     conn.close()
     assert "WHERE state = 'pending' AND next_attempt_ms > 0" in sql
     assert all("items_waiting" in plan for plan in plans), plans
+
+
+async def test_an_item_is_stored_once_and_goes_with_its_row(tmp_path: Path) -> None:
+    """Schema v8: a row's state changes never rewrite its item; deleting the row (pruning,
+    forget, room) deletes the item too."""
+    s = Spool(tmp_path, retention=0)
+    await s.open()
+    try:
+        await s.append([SpoolItem(f"m{i}", "httpapi", {"insert_id": f"m{i}"}, None, f"d{i % 2}", None, 1, 1)
+                        for i in range(4)])
+        [group] = await s.due_groups()
+        claimed = await s.claim(group.group_key, limit=2, max_bytes=10**6)
+        await s.ack([c.row_id for c in claimed])  # retention 0: delivered rows are pruned
+        await s.forget(["d1"], None)
+        left = await s._submit(lambda c: c.execute(
+            "SELECT items.message_id, item_bodies.item FROM items JOIN item_bodies ON item_bodies.id = items.id").fetchall())
+        bodies = await s._submit(lambda c: c.execute("SELECT COUNT(*) FROM item_bodies").fetchone()[0])
+    finally:
+        await s.close()
+    assert [(m, orjson.loads(item)) for m, item in left] == [("m2", {"insert_id": "m2"})]
+    assert bodies == 1

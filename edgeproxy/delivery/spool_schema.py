@@ -125,6 +125,22 @@ V7_STATEMENTS = (
     "ALTER TABLE responses ADD COLUMN source TEXT NOT NULL DEFAULT 'default'",
 )
 
+# Version 8: the item's JSON moves to a table of its own, written once and deleted with its row
+# (a trigger). Before, every change of a row's state (in flight, delivered, retried) rewrote the
+# whole record with its item in it: marking 500 Amplitude-sized rows delivered wrote their 500 KB
+# again, and a relayed message, twice that size, twice as much (measured on 30,000 rows: a
+# delivered mark 4.7 -> 1.7 µs a row for 1.1 KB items, 9.3 -> 2.2 µs for 2 KB ones). Readers
+# that want the item join it back (``items_with_body``).
+V8_STATEMENTS = (
+    "CREATE TABLE IF NOT EXISTS item_bodies (id INTEGER PRIMARY KEY, item BLOB NOT NULL)",
+    "INSERT INTO item_bodies (id, item) SELECT id, item FROM items WHERE item IS NOT NULL",
+    "ALTER TABLE items DROP COLUMN item",
+    "CREATE TRIGGER IF NOT EXISTS items_body_deleted AFTER DELETE ON items"
+    " BEGIN DELETE FROM item_bodies WHERE id = OLD.id; END",
+    "CREATE VIEW IF NOT EXISTS items_with_body AS"
+    " SELECT items.*, item_bodies.item AS item FROM items LEFT JOIN item_bodies ON item_bodies.id = items.id",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "items and responses", V1_STATEMENTS),
     Migration(2, "dead letters keep a reason code", V2_STATEMENTS),
@@ -133,6 +149,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "rows waiting for a later attempt have their own index", V5_STATEMENTS),
     Migration(6, "delivered rows have their own index, for pruning in small steps", V6_STATEMENTS),
     Migration(7, "rows and responses name their delivery target and source", V7_STATEMENTS),
+    Migration(8, "items are stored apart from their rows' state", V8_STATEMENTS),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 

@@ -162,7 +162,7 @@ def _chunks(ids: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
         yield ids[i : i + size]
 
 
-ITEM_COLUMNS = ("message_id, endpoint, group_key, item, options, device_id, user_id, session_id, received_ms, size,"
+ITEM_COLUMNS = ("message_id, endpoint, group_key, options, device_id, user_id, session_id, received_ms, size,"
                 " target, source, state")
 DEAD_COLUMNS = "message_id, payload, device_id, session_id, received_ms, last_error, dead_ms, source, state, dead_code"
 ROWS_PER_INSERT = 64  # 64 rows x 13 values stays under SQLite's historical 999-variable limit
@@ -177,8 +177,15 @@ def insert_items(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], dead_ro
     """
     for i in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[i : i + ROWS_PER_INSERT]
-        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,'pending')"] * len(chunk))
-        c.execute(f"INSERT INTO items ({ITEM_COLUMNS}) VALUES {values}", [v for row in chunk for v in row])
+        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,'pending')"] * len(chunk))
+        # The item is the 4th value of a row; it goes to item_bodies (schema v8) under the ids
+        # this statement gave: consecutive, ending at lastrowid (one writer, one statement).
+        last = c.execute(f"INSERT INTO items ({ITEM_COLUMNS}) VALUES {values}",
+                         [v for row in chunk for v in (*row[:3], *row[4:])]).lastrowid
+        assert last is not None
+        first = last - len(chunk) + 1
+        c.execute(f"INSERT INTO item_bodies (id, item) VALUES {','.join(['(?,?)'] * len(chunk))}",
+                  [v for n, row in enumerate(chunk) for v in (first + n, row[3])])
     for i in range(0, len(dead_rows), ROWS_PER_INSERT):
         chunk = dead_rows[i : i + ROWS_PER_INSERT]
         values = ",".join([f"(?,?,?,?,?,?,?,?,'dead','{MAPPING_REASON}')"] * len(chunk))
@@ -285,8 +292,9 @@ def next_attempt_ms(c: sqlite3.Connection, t: int) -> int | None:
 # BLOBs, but a row some other tool wrote as TEXT would come back as a str, and a request body
 # is spliced from bytes.
 _CLAIM = (
-    "SELECT id, message_id, endpoint, CAST(item AS BLOB), options, device_id, user_id, attempts, size, received_ms"
-    " FROM items WHERE state='pending' AND group_key=? AND next_attempt_ms <= ? ORDER BY id LIMIT ?"
+    "SELECT items.id, message_id, endpoint, CAST(b.item AS BLOB), options, device_id, user_id, attempts, size, received_ms"
+    " FROM items JOIN item_bodies AS b ON b.id = items.id"
+    " WHERE state='pending' AND group_key=? AND next_attempt_ms <= ? ORDER BY items.id LIMIT ?"
 )
 
 
@@ -374,10 +382,11 @@ def events_for_session(
 ) -> list[dict[str, Any]]:
     """Most recent first; rows in ``in_flight`` (the serving process's, kept in memory) say so."""
     if session_id is None:
-        rows = c.execute("SELECT * FROM items WHERE device_id=? ORDER BY id DESC LIMIT ?", (device_id, limit))
+        rows = c.execute("SELECT * FROM items_with_body WHERE device_id=? ORDER BY id DESC LIMIT ?", (device_id, limit))
     else:
         rows = c.execute(
-            "SELECT * FROM items WHERE device_id=? AND session_id=? ORDER BY id DESC LIMIT ?", (device_id, session_id, limit)
+            "SELECT * FROM items_with_body WHERE device_id=? AND session_id=? ORDER BY id DESC LIMIT ?",
+            (device_id, session_id, limit),
         )
     out = []
     for r in rows:
@@ -393,9 +402,11 @@ def undelivered(c: sqlite3.Connection, which: str, limit: int, in_flight: Sequen
     (pending after a failed attempt) rows, oldest first."""
     if which == "in_flight":
         ids = sorted(in_flight)[:limit]
-        rows = c.execute(f"SELECT * FROM items WHERE id IN ({_placeholders(len(ids))}) ORDER BY id", ids)
+        rows = c.execute(f"SELECT * FROM items_with_body WHERE id IN ({_placeholders(len(ids))}) ORDER BY id", ids)
     elif which == "retrying":
-        rows = c.execute(f"SELECT * FROM {_FROM_WAITING} AND attempts > 0 ORDER BY id LIMIT ?", (limit,))
+        rows = c.execute(
+            "SELECT items.*, b.item FROM items INDEXED BY items_waiting LEFT JOIN item_bodies AS b ON b.id = items.id"
+            " WHERE state='pending' AND next_attempt_ms > 0 AND attempts > 0 ORDER BY items.id LIMIT ?", (limit,))
     else:
         raise ValueError(f"which must be 'in_flight' or 'retrying', got {which!r}")
     out = []
@@ -475,7 +486,7 @@ def depth_by_target(c: sqlite3.Connection) -> list[dict[str, Any]]:
 
 def dead_letters(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     out = []
-    for r in c.execute("SELECT * FROM items WHERE state='dead' ORDER BY dead_ms DESC, id DESC LIMIT ?", (limit,)):
+    for r in c.execute("SELECT * FROM items_with_body WHERE state='dead' ORDER BY dead_ms DESC, id DESC LIMIT ?", (limit,)):
         out.append({
             "message_id": r["message_id"],
             "endpoint": r["endpoint"],
@@ -525,7 +536,8 @@ class ReplayFilter:
     source: str | None = None
 
     def where(self) -> tuple[str, list[Any]]:
-        clauses, params = ["state='dead'", "item IS NOT NULL"], []  # mapping refusals have nothing to send
+        # Mapping refusals have nothing to send: no item (schema v8: no row in item_bodies).
+        clauses, params = ["state='dead'", "EXISTS (SELECT 1 FROM item_bodies AS b WHERE b.id = items.id)"], []
         if self.reasons:
             clauses.append(f"COALESCE(dead_code, '{OTHER_REASON}') IN ({_placeholders(len(self.reasons))})")
             params.extend(self.reasons)
