@@ -266,8 +266,12 @@ def build_targets(procs: Processes, only: set[str], tmp: Path, responder: Server
         edge = srv.start_edgeproxy(procs, "edgeproxy", amplitude_url=amp_url, origin_url=origin.url())
         cookie = returning_cookie(edge, single)
         if "trail" in only:
-            targets.append(Target("trail", "edgeproxy /v1/t, trail_size 1,000 (the default)", edge.url("/_e/v1/t"),
-                                  *scripted("trail", body=single, cookie=cookie), edge=edge))
+            # Two processes of their own that serve nothing else, so the two sides are equals (the
+            # shared one also takes the new-visitors rounds and ends up holding far more sessions).
+            full = srv.start_edgeproxy(procs, "edgeproxy-trail", amplitude_url=amp_url, origin_url=origin.url(),
+                                       trail_size=1000)
+            targets.append(Target("trail", "edgeproxy /v1/t, trail_size 1,000 (the default)", full.url("/_e/v1/t"),
+                                  *scripted("trail", body=single, cookie=returning_cookie(full, single)), edge=full))
             quiet = srv.start_edgeproxy(procs, "edgeproxy-no-trail", amplitude_url=amp_url, origin_url=origin.url(),
                                         trail_size=0)
             targets.append(Target("notrail", "edgeproxy /v1/t, trail_size 0", quiet.url("/_e/v1/t"),
