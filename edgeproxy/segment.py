@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -270,7 +270,8 @@ def has_identity(msg: dict[str, Any], device_id: str | None) -> bool:
     return client_device is not None and client_device != ""
 
 
-def library_name(msg: dict[str, Any]) -> str | None:
+def library_name(msg: Mapping[str, Any]) -> str | None:
+    """``context.library.name`` when it is a string: which Segment library sent the message."""
     context = msg.get("context")
     library = context.get("library") if isinstance(context, dict) else None
     name = library.get("name") if isinstance(library, dict) else None

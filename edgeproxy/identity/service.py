@@ -49,12 +49,12 @@ from edgeproxy.identity.sessions import (
     client_session_claim,
     client_session_value,
     is_web,
-    library_name,
     may_stamp,
     reconcile,
     stamp_session_id,
 )
 from edgeproxy.identity.store import SessionStore, TouchRequest, open_store
+from edgeproxy.segment import library_name
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SHARED_STRINGS = 10_000  # distinct user agents kept as one object each (see _shared)

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from edgeproxy.segment import library_name
+
 # The integration key under which Segment's plugins (web and mobile) carry the session id.
 AMPLITUDE_KEY = "Actions Amplitude"
 
@@ -93,15 +95,6 @@ def duration_text(ms: int) -> str:
     seconds = max(0, int(ms)) // 1000
     hours, rest = divmod(seconds, 3600)
     return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
-
-
-def library_name(message: Mapping[str, Any]) -> str | None:
-    context = message.get("context")
-    if isinstance(context, dict):
-        library = context.get("library")
-        if isinstance(library, dict) and isinstance(library.get("name"), str):
-            return library["name"]
-    return None
 
 
 def is_web(message: Mapping[str, Any], has_edge_cookies: bool) -> bool:
