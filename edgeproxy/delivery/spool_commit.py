@@ -44,7 +44,6 @@ class GroupCommit:
         """``durable``: appends are acknowledged once flushed to disk, else at commit. Starts the
         Syncer's threads (checkpoints run either way); ``close`` ends them."""
         self.transactions = 0  # committed transactions: fewer than appends under concurrency
-        self.operations = 0  # operations committed (appends, claims, acks, reads…)
         self._conn = conn
         self._loop = loop
         self._durable_ack = durable
@@ -169,7 +168,6 @@ class GroupCommit:
                     results[i] = self._run_one(conn, fn)
             conn.execute("COMMIT")
             self.transactions += 1
-            self.operations += len(jobs)
         except Exception as exc:
             _rollback(conn)
             results = [(None, exc)] * len(jobs)
@@ -189,7 +187,6 @@ class GroupCommit:
             _rollback(conn)
             return None, _unavailable(exc)
         self.transactions += 1
-        self.operations += 1
         return result, None
 
     @staticmethod
