@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
-from edgeproxy.delivery.spool_sql import DEFAULT_SOURCE, DEFAULT_TARGET
+__all__ = ["DEFAULT_SOURCE", "DEFAULT_TARGET", "DeadLetter", "SpoolItem", "SpoolUnavailable"]
 
-__all__ = ["DeadLetter", "SpoolItem", "SpoolUnavailable"]
+DEFAULT_TARGET = "amplitude"  # rows written before targets existed are the default source's Amplitude items
+DEFAULT_SOURCE = "default"
 
 
 class SpoolUnavailable(Exception):

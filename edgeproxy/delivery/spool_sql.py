@@ -27,12 +27,11 @@ from urllib.parse import quote_plus
 import orjson
 
 from edgeproxy.amplitude_api import FORM_ENDPOINTS
+from edgeproxy.delivery.records import DEFAULT_SOURCE, DEFAULT_TARGET
 
 RESPONSE_LOG_KEEP = 1000  # upstream responses kept for /debug
 MAPPING_REASON = "mapping"  # the dead-letter code of a Segment message the mapping refused
 OTHER_REASON = "other"  # a dead letter settled with a bare text reason
-DEFAULT_TARGET = "amplitude"  # rows written before targets existed are the default source's Amplitude items
-DEFAULT_SOURCE = "default"
 
 
 def dead_reason(reason: str | tuple[str, str]) -> tuple[str, str]:
