@@ -265,7 +265,6 @@ def thread_cpu_s() -> dict[int, float]:
 async def forwarding(endpoint_url: str, events: int, target: str = "amplitude") -> dict[str, Any]:
     """``target`` "amplitude": mapped events to Amplitude's HTTP API; "segment": the relay of the
     same messages to Segment's tracking API (``[segment] relay_url``), as ``/v1/batch`` requests."""
-    from edgeproxy import segment_api
     from edgeproxy.config import Settings
     from edgeproxy.delivery import DeliveryWorker, Spool
     from edgeproxy.delivery.spool import now_ms
@@ -308,7 +307,7 @@ async def forwarding(endpoint_url: str, events: int, target: str = "amplitude") 
             pending = pending[history:]
             gc.collect()
             # One sample read per poll (a walk of the whole registry would add its own CPU to the figure).
-            labels = {"target": target, "source": "default", "endpoint": segment_api.ENDPOINT if target == "segment" else "httpapi"}
+            labels = {"target": target, "source": "default", "endpoint": pending[0].endpoint}
             delivered = lambda: metrics.registry.get_sample_value(  # noqa: E731
                 "edgeproxy_delivered_items_total", labels) or 0.0
             threads0 = thread_cpu_s()
