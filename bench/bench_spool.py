@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 
-from edgeproxy.delivery import spool_sql  # noqa: E402
+from edgeproxy.delivery.spool_stream import Stream  # noqa: E402
 from edgeproxy.delivery.records import SpoolItem  # noqa: E402
 from edgeproxy.delivery.spool import SCHEMA, Spool, group_key, item_size, now_ms  # noqa: E402
 
@@ -54,13 +54,14 @@ def reference_one_commit_per_append(path: Path, n: int, synchronous: str) -> flo
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.executescript(SCHEMA)
     items = [make_item(i) for i in range(n)]
+    stream = Stream(retention=10_000)
     start = time.perf_counter()
     for it in items:
         encoded = orjson.dumps(it.item)
         conn.execute("BEGIN IMMEDIATE")
-        spool_sql.insert_items(conn, [(  # the spool's own statements, as encode_append lays a row out
+        stream.insert(conn, [(  # the spool's own statements, as encode_append lays a row out
             it.message_id, it.endpoint, group_key(it.endpoint, None), encoded, None, it.device_id, None,
-            it.session_id, it.received_ms, item_size(it.endpoint, encoded), it.target, it.source)], [])
+            it.session_id, it.received_ms, item_size(it.endpoint, encoded), it.target, it.source)])
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     conn.close()

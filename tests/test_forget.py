@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 from fake_amplitude import TEST_API_KEY, FakeAmplitude
+from spool_disk import stored
 from redis_server import redis_server
 from test_ingest import make_settings, track
 from test_sources import until
@@ -142,7 +143,7 @@ def test_the_cli_forgets_in_the_sqlite_spool_and_queues_the_deletion(tmp_path) -
     assert "Amplitude deletion queued for 1 user id(s) in: default" in run.stdout
     assert 'sessions.store is "memory"' in run.stdout
     conn = sqlite3.connect(data / "spool.sqlite3")
-    rows = conn.execute("SELECT message_id, target, item FROM items_with_body ORDER BY id").fetchall()
+    rows = stored(conn, "message_id, target, item")
     assert [r[0] for r in rows][0] == "q1" and rows[1][1] == "deletions" and orjson.loads(rows[1][2]) == {"user_id": "user-1"}
     usage = subprocess.run([sys.executable, "-m", "edgeproxy", "forget", "--config", str(config)],
                            capture_output=True, text=True, timeout=60)

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from test_ingest import make_settings
+from spool_disk import stored
 
 from edgeproxy.app import create_app
 
@@ -89,8 +90,7 @@ def valid(i: int, mid: str) -> dict[str, Any]:
 def spooled(path: Path, ids: set[str]) -> set[str]:
     conn = sqlite3.connect(path)
     try:
-        found = {r[0] for r in conn.execute(f"SELECT message_id FROM items WHERE message_id IN "
-                                            f"({','.join('?' * len(ids))})", list(ids))}
+        found = {r[0] for r in stored(conn, where=f"message_id IN ({','.join('?' * len(ids))})", params=tuple(ids))}
     finally:
         conn.close()
     return found

@@ -29,11 +29,12 @@ from edgeproxy.delivery.spool import (
     now_ms,
 )
 from edgeproxy.delivery import spool as spool_module
-from edgeproxy.delivery import spool_budget, spool_sync
+from edgeproxy.delivery import spool_budget, spool_stream, spool_sync
 from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery.spool_cli import replay, spool_report
 from edgeproxy.delivery.redis_queue import RedisQueue
 from edgeproxy.metrics import Metrics
+from spool_disk import stored, table_of
 
 
 def make_item(i: int, *, endpoint: str = "httpapi", device: str = "device-1", session: int | None = 1000,
@@ -139,7 +140,7 @@ async def test_an_append_is_acknowledged_only_after_the_wal_is_flushed(tmp_path:
         await asyncio.sleep(0.2)
         assert not task.done() and flush.calls >= 1
         other = sqlite3.connect(s.path)
-        assert other.execute("SELECT COUNT(*) FROM items WHERE message_id='m1'").fetchone()[0] == 1  # committed
+        assert stored(other, where="message_id='m1'") == [("m1",)]  # committed
         other.close()
         flush.release.set()
         await asyncio.wait_for(task, 5)
@@ -219,7 +220,7 @@ async def test_the_wal_is_checkpointed_into_the_database_in_the_background(tmp_p
         for _ in range(100):  # bounded: up to 5 s
             main_file_only = sqlite3.connect(f"file:{s.path}?immutable=1", uri=True)  # ignores the WAL
             try:
-                seen = main_file_only.execute("SELECT COUNT(*) FROM items WHERE state='pending'").fetchone()[0]
+                seen = len(stored(main_file_only))
             except sqlite3.DatabaseError:  # no tables checkpointed yet, or caught mid-checkpoint
                 seen = 0  # (immutable=1 takes no lock: a page may be half copied while we read)
             main_file_only.close()
@@ -316,8 +317,10 @@ async def test_claim_marks_inflight_and_reopen_reclaims(tmp_path: Path) -> None:
     assert [c.message_id for c in claimed] == ["m0", "m1", "m2"]
     stats = await s.stats()
     assert (stats["depth"], stats["in_flight"]) == (2, 3)
-    on_disk = sqlite3.connect(s.path).execute("SELECT DISTINCT state FROM items").fetchall()
-    assert on_disk == [("pending",)]  # in flight is kept in memory: a claim writes nothing
+    raw = sqlite3.connect(s.path)
+    assert len(stored(raw)) == 5 and raw.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
+    assert raw.execute("SELECT COUNT(*) FROM stream_acks").fetchone()[0] == 0  # in flight is in memory: a claim writes nothing
+    raw.close()
     await s.close()  # as if the process died with the batch in flight
     again = Spool(tmp_path)
     await again.open()
@@ -354,9 +357,9 @@ async def test_a_claim_hands_out_the_stored_bytes_and_the_options_parsed(tmp_pat
     try:
         await s.append([make_item(i, options={"min_id_length": 1}) for i in range(3)])
         raw = sqlite3.connect(s.path, isolation_level=None)
-        m1 = "(SELECT id FROM items WHERE message_id = 'm1')"
-        raw.execute(f"UPDATE item_bodies SET item = CAST(item AS TEXT) WHERE id = {m1}")
-        assert raw.execute(f"SELECT typeof(item) FROM item_bodies WHERE id = {m1}").fetchone() == ("text",)
+        table = table_of(raw, "m1")
+        raw.execute(f"UPDATE {table} SET item = CAST(item AS TEXT) WHERE message_id = 'm1'")
+        assert raw.execute(f"SELECT typeof(item) FROM {table} WHERE message_id = 'm1'").fetchone() == ("text",)
         raw.close()
         [group] = await s.due_groups()
         claimed = await s.claim(group.group_key, limit=10, max_bytes=10**6)
@@ -410,22 +413,59 @@ async def test_release_returns_rows_without_counting_an_attempt(spool: Spool) ->
 
 
 async def test_delivered_rows_are_pruned_to_retention(make_queue) -> None:
-    """Past retention plus a slack (so most acks only count), the oldest delivered rows go."""
+    """The newest ``retention`` delivered rows stay for /debug; the oldest go (the SQLite spool
+    a segment at a time, so it keeps up to one segment more: MIN_SEGMENT_ROWS at this size)."""
     s = make_queue(retention=5)
     await s.open()
-    await s.append([make_item(i) for i in range(130)])  # over 5 + the SQLite spool's slack of 100
+    await s.append([make_item(i) for i in range(130)])  # three segments of 64, 64 and 2 rows
     [group] = await s.due_groups()
     claimed = await s.claim(group.group_key, limit=200, max_bytes=10**6)
     await s.ack([c.row_id for c in claimed])
-    events = await s.events_for_session("device-1")
+    events = await s.events_for_session("device-1", limit=200)
     await s.close()
-    assert [e["message_id"] for e in events] == [f"m{i}" for i in range(129, 124, -1)]
+    ids = [e["message_id"] for e in events]
+    assert ids[:5] == [f"m{i}" for i in range(129, 124, -1)] and {e["state"] for e in events} == {"delivered"}
+    assert "m0" not in ids and len(ids) <= 5 + spool_stream.MIN_SEGMENT_ROWS
 
 
-async def test_pruning_goes_in_small_steps_and_counts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past retention plus the slack, the oldest delivered rows go PRUNE_CHUNK at a time (each
-    step its own transaction, so appends run in between); the rows are counted once, then
-    followed in memory."""
+async def test_settled_segments_go_whole_one_per_transaction(tmp_path: Path) -> None:
+    """The stream keeps delivered rows a segment at a time: a segment goes, in a transaction of
+    its own, once every row in it is settled and the newer segments hold ``retention``
+    delivered rows; a segment with one row still pending stays, however old."""
+    s = Spool(tmp_path, retention=256)  # segments of 64 rows
+    await s.open()
+    try:
+        await s.append([make_item(i) for i in range(640)])  # ten segments
+        [group] = await s.due_groups()
+        first = await s.claim(group.group_key, limit=1, max_bytes=10**6)  # m0, answered last
+        before = s.transactions
+        for _ in range(20):
+            claimed = await s.claim(group.group_key, limit=32, max_bytes=10**6)
+            await s.ack([c.row_id for c in claimed])
+        assert s._stream.dropped == 0  # every segment waits for the oldest's m0
+        assert (await s.stats())["delivered"] == 639
+        await s.ack([first[0].row_id])
+        dropped = s._stream.dropped
+        stats = await s.stats()
+        events = await s.events_for_session("device-1", limit=1000)
+    finally:
+        await s.close()
+    # Six go: the four segments left hold 256 delivered rows, and a fifth would leave 192.
+    assert dropped == 6 and s.transactions - before >= 20 + 1 + 6  # one transaction per segment emptied
+    assert stats["delivered"] == 256 and stats["depth"] == 0
+    assert events[-1]["message_id"] == "m384" and len(events) == 256
+    reopened = Spool(tmp_path, retention=256)  # the cursor is on disk: nothing is due again
+    await reopened.open()
+    try:
+        assert await reopened.due_groups() == [] and (await reopened.stats())["delivered"] == 256
+    finally:
+        await reopened.close()
+
+
+async def test_side_table_rows_are_pruned_in_small_steps_and_counted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows delivered after a failed attempt are the side table's: past retention plus the
+    slack, the oldest go PRUNE_CHUNK at a time (each step its own transaction, so appends run
+    in between); the rows are counted once, then followed in memory."""
     monkeypatch.setattr(spool_budget, "PRUNE_CHUNK", 10)
     deletes: list[int] = []
     real_delete = sql.delete_oldest_delivered
@@ -440,8 +480,11 @@ async def test_pruning_goes_in_small_steps_and_counts_once(tmp_path: Path, monke
     try:
         await s.append([make_item(i) for i in range(400)])
         [group] = await s.due_groups()
+        claimed = await s.claim(group.group_key, limit=400, max_bytes=10**6)
+        await s.retry([c.row_id for c in claimed], 1, "503")  # into the side table, due again at once
         for _ in range(40):  # 40 acks of 10 rows
             claimed = await s.claim(group.group_key, limit=10, max_bytes=10**6)
+            assert claimed and all(c.attempts == 1 for c in claimed)
             await s.ack([c.row_id for c in claimed])
         delivered = (await s.stats())["delivered"]
         newest = [e["message_id"] for e in await s.events_for_session("device-1", limit=3)]
@@ -458,30 +501,31 @@ async def test_a_failed_prune_fails_no_settle_and_the_next_one_carries_on(
 ) -> None:
     """The acks have landed when pruning runs: a failed step is logged, and the worker is not
     told its settle failed (it would send the rows again)."""
-    real_delete = sql.delete_oldest_delivered
+    real_step = spool_stream.Stream.prune_step
     failures = [sqlite3.OperationalError("disk I/O error")]
 
-    def delete(c: sqlite3.Connection, n: int) -> int:
+    def step(self: spool_stream.Stream, c: sqlite3.Connection, **kw) -> bool:
         if failures:
             raise failures.pop()
-        return real_delete(c, n)
+        return real_step(self, c, **kw)
 
-    monkeypatch.setattr(sql, "delete_oldest_delivered", delete)
+    monkeypatch.setattr(spool_stream.Stream, "prune_step", step)
     s = Spool(tmp_path, retention=0)  # every delivered row is pruned
     await s.open()
     try:
-        await s.append([make_item(i) for i in range(6)])
+        await s.append([make_item(i) for i in range(3)])
         [group] = await s.due_groups()
         first = await s.claim(group.group_key, limit=3, max_bytes=10**6)
         await s.ack([c.row_id for c in first])  # the prune fails: no exception here
         after_failure = await s.stats()
+        await s.append([make_item(i) for i in range(3, 6)])
         second = await s.claim(group.group_key, limit=3, max_bytes=10**6)
         await s.ack([c.row_id for c in second])
         after_next = await s.stats()
     finally:
         await s.close()
-    assert "pruning delivered rows failed" in caplog.text
-    assert (after_failure["delivered"], after_failure["depth"]) == (3, 3)
+    assert "emptying a delivered segment failed" in caplog.text
+    assert (after_failure["delivered"], after_failure["depth"]) == (3, 0)
     assert [c.message_id for c in second] == ["m3", "m4", "m5"]  # the first three were not sent again
     assert (after_next["delivered"], after_next["depth"]) == (0, 0)
 
@@ -489,14 +533,18 @@ async def test_a_failed_prune_fails_no_settle_and_the_next_one_carries_on(
 async def test_a_large_ack_lands_in_pieces_and_its_rows_stay_in_flight_until_then(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Acks past ACK_CHUNK follow in transactions of their own; until its own lands, a row is
-    in flight, so a claim made meanwhile never hands it out a second time."""
+    """The side table's acks (a row update each) past ACK_CHUNK follow in transactions of
+    their own; until its own lands, a row is in flight, so a claim made meanwhile never hands
+    it out a second time. (The stream's acks move a cursor: one transaction, see
+    test_spool_stream.)"""
     monkeypatch.setattr(spool_module, "ACK_CHUNK", 10)
     s = Spool(tmp_path)
     await s.open()
     try:
         await s.append([make_item(i) for i in range(40)])
         [group] = await s.due_groups()
+        first = await s.claim(group.group_key, limit=40, max_bytes=10**6)
+        await s.retry([c.row_id for c in first], 1, "503")  # into the side table, due again at once
         claimed = await s.claim(group.group_key, limit=35, max_bytes=10**6)
         before = s.transactions
         settling = asyncio.ensure_future(s.ack([c.row_id for c in claimed]))
@@ -841,7 +889,7 @@ def _backlog_conn(path: Path, pending: int) -> sqlite3.Connection:
              b'{"min_id_length":1}' if i % 10 == 0 else None, "d", None, 1, 1_000 + i, len(event), "amplitude", "default")
             for i in range(pending)]
     conn.execute("BEGIN")
-    spool_sql.insert_items(conn, rows, [])
+    spool_sql.insert_items(conn, 1, rows)
     conn.execute("UPDATE items SET attempts=1, next_attempt_ms=? WHERE id <= 5", (10**12,))
     conn.execute("COMMIT")
     return conn

@@ -214,15 +214,18 @@ async def test_the_next_attempt_and_retrying_queries_read_waiting_rows_only(tmp_
 
 
 async def test_an_item_is_stored_once_and_goes_with_its_row(tmp_path: Path) -> None:
-    """Schema v8: a row's state changes never rewrite its item; deleting the row (pruning,
-    forget, room) deletes the item too."""
+    """Schema v8, in the side table (where rows go after a failed attempt): a row's state
+    changes never rewrite its item; deleting the row (pruning, forget, room) deletes the item too."""
     s = Spool(tmp_path, retention=0)
     await s.open()
     try:
         await s.append([SpoolItem(f"m{i}", "httpapi", {"insert_id": f"m{i}"}, None, f"d{i % 2}", None, 1, 1)
                         for i in range(4)])
         [group] = await s.due_groups()
+        claimed = await s.claim(group.group_key, limit=4, max_bytes=10**6)
+        await s.retry([c.row_id for c in claimed], 1, "503")  # moved to the side table, due at once
         claimed = await s.claim(group.group_key, limit=2, max_bytes=10**6)
+        assert [c.attempts for c in claimed] == [1, 1]
         await s.ack([c.row_id for c in claimed])  # retention 0: delivered rows are pruned
         await s.forget(["d1"], None)
         left = await s._submit(lambda c: c.execute(

@@ -47,10 +47,12 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 import orjson
 
 from edgeproxy.delivery import spool_sql as sql
+from edgeproxy.delivery import spool_view as view
 from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.delivery.spool_budget import PRUNE_STEPS_PER_SETTLE, Retention, Room, encode_append
 from edgeproxy.delivery.spool_commit import GroupCommit
 from edgeproxy.delivery.spool_schema import SCHEMA, SchemaTooNew, migrate
+from edgeproxy.delivery.spool_stream import Stream
 from edgeproxy.delivery.spool_sql import (
     ClaimedItem,
     DueGroup,
@@ -119,7 +121,8 @@ class Spool:
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         self.synchronous = synchronous.upper()
         self.max_bytes = max_bytes
-        self._room = Room(max_bytes)
+        self._stream = Stream(retention)
+        self._room = Room(max_bytes, self._stream.free_room)
         self._conn: sqlite3.Connection | None = None
         self._commit: GroupCommit | None = None
         self._in_flight: dict[int, str] = {}  # row id -> group key: claimed, verdict not yet settled
@@ -137,7 +140,10 @@ class Spool:
         loop = asyncio.get_running_loop()
         try:
             self._conn = await asyncio.to_thread(self._connect)
-            self._commit = GroupCommit(self._conn, loop, self.path, durable=self.synchronous != "NORMAL")
+            self._stream = Stream(self._retention.retention)  # loaded from the file at its first operation
+            self._room.free = self._stream.free_room
+            self._commit = GroupCommit(self._conn, loop, self.path, durable=self.synchronous != "NORMAL",
+                                       on_commit=self._stream.committed, on_rollback=self._stream.rolled_back)
         except SchemaTooNew as exc:
             raise SpoolUnavailable(str(exc)) from None
         except (sqlite3.Error, OSError) as exc:
@@ -197,7 +203,7 @@ class Spool:
         if not items and not dead:
             return
         try:
-            op = encode_append(items, dead, self._room)
+            op = encode_append(items, dead, self._room, self._stream)
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise ValueError(f"spool item is not JSON-serialisable: {exc}") from None
         await self._submit(op)
@@ -213,11 +219,22 @@ class Spool:
     async def due_groups(self, now: int | None = None) -> list[DueGroup]:
         """Groups with pending rows due at ``now``: their count and oldest ``received_ms``."""
         t = now_ms() if now is None else now
-        groups = await self._submit(lambda c: sql.due_groups(c, t))
+        groups = await self._submit(lambda c: self._due_groups(c, t))
         if not self._in_flight:
             return groups
         flying = collections.Counter(self._in_flight.values())  # due on disk, but already sent
         return [replace(g, count=g.count - flying[g.group_key]) for g in groups if g.count > flying[g.group_key]]
+
+    def _due_groups(self, c: sqlite3.Connection, t: int) -> list[DueGroup]:
+        """The side table's due groups and the stream's (always due), one entry per group."""
+        out = {g.group_key: g for g in sql.due_groups(c, t)}
+        for key, (n, (endpoint, options, oldest, target, source)) in self._stream.due_groups(c, sql.DUE_COUNT_CAP).items():
+            if key in out:
+                g = out[key]
+                out[key] = replace(g, count=min(sql.DUE_COUNT_CAP, g.count + n), oldest_ms=min(g.oldest_ms, oldest))
+            else:
+                out[key] = DueGroup(key, endpoint, orjson.loads(options) if options else None, n, oldest, target, source)
+        return [out[k] for k in sorted(out)]
 
     async def next_attempt_ms(self, now: int | None = None) -> int | None:
         """When the earliest pending row that is not yet due becomes due (None: none waits)."""
@@ -237,10 +254,16 @@ class Spool:
             # In flight changes inside the transaction, so every later operation of it (a
             # /debug read, another claim) sees the same state as the rows.
             flying = sum(1 for group in self._in_flight.values() if group == key)
-            rows = sql.due_rows(c, key, t, limit + flying)
-            taken.extend(sql.pick(rows, limit=limit, max_bytes=max_bytes, skip=self._in_flight))
+            side = sql.due_rows(c, key, t, limit + flying)
+            stream = self._stream.due_rows(c, key, limit)
+            rows = sorted(side + stream) if side else stream  # both in id order; the side's are few
+            skip = _Either(self._in_flight, self._stream.skip(key))
+            taken.extend(sql.pick(rows, limit=limit, max_bytes=max_bytes, skip=skip))
             for item in taken:
                 self._in_flight[item.row_id] = key
+            if stream:
+                from_stream = {row[0] for row in stream}
+                self._stream.claimed(key, [i.row_id for i in taken if i.row_id in from_stream])
             return taken
 
         try:
@@ -248,6 +271,7 @@ class Spool:
         except Exception:
             for item in taken:  # the transaction failed: nothing was handed out
                 self._in_flight.pop(item.row_id, None)
+                self._stream.flying.pop(item.row_id, None)
             raise
 
     async def settle(
@@ -276,13 +300,19 @@ class Spool:
         t = now_ms() if now is None else now
         reasons = {row: dead_reason(r) for row, r in (dead or {}).items()}
         acks = list(ack)
-        first, later = acks[:ACK_CHUNK], [acks[i:i + ACK_CHUNK] for i in range(ACK_CHUNK, len(acks), ACK_CHUNK)]
+        # The stream's acks move a cursor (one row however many): all in the first transaction.
+        # The side table's mark a row each: ACK_CHUNK per transaction.
+        streamed = [i for i in acks if i in self._stream.flying]
+        side = [i for i in acks if i not in self._stream.flying] if streamed else acks
+        first = streamed + side[:ACK_CHUNK]
+        later = [side[i:i + ACK_CHUNK] for i in range(ACK_CHUNK, len(side), ACK_CHUNK)]
 
         def land(rows: Sequence[Any]) -> None:
             # Settled, or the write failed: either way no longer in flight. After a failure the
             # rows are still pending on disk and are sent again (at-least-once).
             for row_id in rows:
                 self._in_flight.pop(row_id, None)
+                self._stream.flying.pop(row_id, None)
 
         def applying(
             ack: Sequence[int], dead: Mapping[int, tuple[str, str]], retry: Sequence[tuple[Sequence[int], int, str]],
@@ -290,8 +320,9 @@ class Spool:
         ) -> Callable[[sqlite3.Connection], None]:
             def apply(c: sqlite3.Connection) -> None:
                 try:
-                    sql.settle(c, t, ack=ack, dead=dead, retry=retry, release=release, response=response)
-                    self._retention.acked(len(ack))
+                    side_ack, side_release = self._settle_stream(c, t, ack, dead, retry, release)
+                    sql.settle(c, t, ack=side_ack, dead=dead, retry=retry, release=side_release, response=response)
+                    self._retention.acked(len(side_ack))
                 finally:
                     # Inside the transaction: later operations see rows and in flight agree.
                     land(sql.settled_rows(ack, dead, retry, release))
@@ -309,13 +340,43 @@ class Spool:
         if acks:
             await self._prune()
 
+    def _settle_stream(
+        self, c: sqlite3.Connection, t: int, ack: Sequence[int], dead: Mapping[int, tuple[str, str]],
+        retry: Sequence[tuple[Sequence[int], int, str]], release: Sequence[tuple[Sequence[int], int]],
+    ) -> tuple[list[int], list[tuple[list[int], int]]]:
+        """The stream's rows of a verdict settle there (the failed ones move to the side table,
+        where ``sql.settle`` marks them); returns the acks and releases left for the side table."""
+        mine = self._stream.flying
+        if not mine:
+            return list(ack), [(list(ids), ms) for ids, ms in release]
+        # A row given back "not before" a later time (a throttled device's) waits in the side
+        # table, which keeps a time per row; one given back for now stays in the stream.
+        failed = [i for i in dead if i in mine] + [i for ids, _, _ in retry for i in ids if i in mine]
+        failed += [i for ids, ms in release if ms > t for i in ids if i in mine]
+        stays = [i for ids, ms in release if ms <= t for i in ids if i in mine]
+        side_ack = [i for i in ack if i not in mine]
+        stream_ack = [i for i in ack if i in mine]
+        side_release = [(list(ids) if ms > t else [i for i in ids if i not in mine], ms) for ids, ms in release]
+        self._stream.settle(c, t, ack=stream_ack, failed=failed, release=stays)
+        return side_ack, side_release
+
     async def _prune(self) -> None:
-        """Steps of pruning, one transaction each, until the delivered rows are within retention.
+        """Steps of pruning, one transaction each: the stream's settled segments past retention,
+        then the side table's delivered rows past it.
 
         Housekeeping: the acks have landed by now, so a failed step is logged, not raised (the
         worker would take it for a failed settle and send the rows again); the next settle
-        counts the rows afresh and carries on.
+        carries on.
         """
+        for _ in range(PRUNE_STEPS_PER_SETTLE):
+            if not self._stream.may_prune():
+                break
+            try:
+                if not await self._submit(self._stream.prune_step):
+                    break
+            except Exception as exc:
+                log.warning("emptying a delivered segment failed, to be tried again after the next ack: %s", exc)
+                return
         for _ in range(PRUNE_STEPS_PER_SETTLE):
             if not self._retention.due():
                 return
@@ -340,10 +401,13 @@ class Spool:
 
     # ------------------------------------------------------------------ read side
 
+    def _acked_ahead(self) -> int:
+        return sum(len(a) for a in self._stream.ahead.values())
+
     async def stats(self) -> dict[str, Any]:
         """depth (pending), in_flight, retrying, delivered, dead, oldest_age_s; sets the depth gauge."""
         t = now_ms()
-        result = await self._submit(lambda c: sql.stats(c, t))
+        result = await self._submit(lambda c: view.stats(c, self._stream.fresh(c), t, self._acked_ahead()))
         flying = len(self._in_flight)  # pending on disk, in flight here
         result["in_flight"] += flying
         result["depth"] = max(0, result["depth"] - flying)
@@ -353,7 +417,8 @@ class Spool:
 
     async def events_for_session(self, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """A device's (or one of its sessions') items, most recent first, with delivery state."""
-        return await self._submit(lambda c: sql.events_for_session(c, device_id, session_id, limit, self._in_flight))
+        return await self._submit(lambda c: view.events_for_session(
+            c, self._stream.fresh(c), device_id, session_id, limit, self._in_flight, self._stream.ahead))
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self._submit(lambda c: sql.dead_letters(c, limit))
@@ -363,13 +428,14 @@ class Spool:
 
     async def undelivered(self, which: str, limit: int = 20) -> list[dict[str, Any]]:
         """Rows ``in_flight`` or ``retrying``, oldest first (for /debug)."""
-        return await self._submit(lambda c: sql.undelivered(c, which, limit, list(self._in_flight)))
+        return await self._submit(lambda c: view.undelivered(c, self._stream.fresh(c), which, limit,
+                                                             list(self._in_flight)))
 
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._submit(lambda c: sql.recent_responses(c, limit))
 
     async def depth_by_target(self) -> list[dict[str, Any]]:
-        return await self._submit(sql.depth_by_target)
+        return await self._submit(lambda c: view.depth_by_target(c, self._stream.fresh(c)))
 
     async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
         """Put dead letters that have an item (and match ``selection``) back to pending; returns how many."""
@@ -377,7 +443,23 @@ class Spool:
 
     async def forget(self, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
         """Delete a person's rows in every state (``edgeproxy forget``); counts by state."""
-        return await self._submit(lambda c: sql.forget(c, list(device_ids), user_id))
+        def forget(c: sqlite3.Connection) -> dict[str, int]:
+            counts = view.forget(c, self._stream.fresh(c), list(device_ids), user_id)
+            self._stream.stale = True  # rows left the stream's segments: count them again
+            return counts
+        return await self._submit(forget)
 
     async def user_devices(self, user_id: str) -> list[str]:
-        return await self._submit(lambda c: sql.user_devices(c, user_id))
+        return await self._submit(lambda c: view.user_devices(c, self._stream.fresh(c), user_id))
+
+
+class _Either:
+    """Membership in either of two containers (a claim skips rows in flight and rows acked ahead)."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, x: object) -> bool:
+        return x in self.a or x in self.b

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
 
 from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery.records import DeadLetter, SpoolItem
 from edgeproxy.delivery.spool_sql import group_key, item_size
+from edgeproxy.delivery.spool_stream import Stream
 
 PRUNE_CHUNK = 250  # old delivered rows deleted per transaction (see spool.ACK_CHUNK)
 PRUNE_STEPS_PER_SETTLE = 100  # a settle prunes at most this many steps; the next one goes on
@@ -35,8 +36,10 @@ class Room:
 
     ROW_ALLOWANCE = 512
 
-    def __init__(self, max_bytes: int | None) -> None:
+    def __init__(self, max_bytes: int | None, free: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """``free``: gives room back when full (the stream's settled segments), before refusing."""
         self.max_bytes = max_bytes
+        self.free = free
         self._left = 0  # bytes that may still be charged without measuring
         self.measured = 0  # measurements made (tests count them)
 
@@ -55,7 +58,7 @@ class Room:
         # Full: ensure_room frees delivered rows or raises SpoolFull. Room it freed could be
         # taken back by a rollback of this transaction, so the next append measures again.
         self._left = 0
-        sql.ensure_room(c, self.max_bytes)
+        sql.ensure_room(c, self.max_bytes, self.free)
 
 
 class Retention:
@@ -110,15 +113,25 @@ class Append:
 
     rows: list[tuple[Any, ...]]
     dead_rows: list[tuple[Any, ...]]
-    charge: int  # the room it is charged (see _Room)
+    charge: int  # the room it is charged (see Room)
     room: Room
+    stream: Stream
 
     def __call__(self, c: sqlite3.Connection) -> None:
         self.room.take(c, self.charge)
-        sql.insert_items(c, self.rows, self.dead_rows)
+        _insert(c, self.stream, self.rows, self.dead_rows)
 
 
-def encode_append(items: Sequence[SpoolItem], dead: Sequence[DeadLetter], room: Room) -> Append:
+def _insert(c: sqlite3.Connection, stream: Stream, rows: Sequence[tuple[Any, ...]],
+            dead_rows: Sequence[tuple[Any, ...]]) -> None:
+    """Items into the stream; refused messages (never sent) into the side table, in one id space."""
+    if rows:
+        stream.insert(c, rows)
+    if dead_rows:
+        sql.insert_items(c, stream.take_ids(c, len(dead_rows)), (), dead_rows)
+
+
+def encode_append(items: Sequence[SpoolItem], dead: Sequence[DeadLetter], room: Room, stream: Stream) -> Append:
     """Encode on the caller's side (the event loop) so a bad item fails its own call only."""
     rows = []
     size = 0
@@ -137,10 +150,10 @@ def encode_append(items: Sequence[SpoolItem], dead: Sequence[DeadLetter], room: 
         dead_rows.append((d.message_id, payload, d.device_id, d.session_id, d.received_ms, d.reason, d.received_ms,
                           d.source))
         size += len(payload)
-    return Append(rows, dead_rows, 2 * size + Room.ROW_ALLOWANCE * (len(rows) + len(dead_rows)), room)
+    return Append(rows, dead_rows, 2 * size + Room.ROW_ALLOWANCE * (len(rows) + len(dead_rows)), room, stream)
 
 
 def append_all(c: sqlite3.Connection, appends: Sequence[Append]) -> None:
     """Every append of one transaction at once: one room check, then the rows together."""
     appends[0].room.take(c, sum(a.charge for a in appends))
-    sql.insert_items(c, [r for a in appends for r in a.rows], [r for a in appends for r in a.dead_rows])
+    _insert(c, appends[0].stream, [r for a in appends for r in a.rows], [r for a in appends for r in a.dead_rows])

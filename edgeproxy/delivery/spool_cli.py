@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeproxy.delivery import spool_sql as sql
+from edgeproxy.delivery import spool_view as view
 from edgeproxy.delivery.records import SpoolUnavailable
 from edgeproxy.delivery.spool import DB_SUFFIXES, SPOOL_FILENAME
 from edgeproxy.delivery.spool_schema import SchemaTooNew, migrate
 from edgeproxy.delivery.spool_sql import ReplayFilter, now_ms
+from edgeproxy.delivery.spool_stream import StreamState
 
 
 def _cli_connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -42,8 +44,9 @@ def spool_report(path: Path, *, limit: int = 20) -> dict[str, Any]:
     """``edgeproxy spool``: depth, in flight, retrying, oldest age, dead letters by reason (safe while serving)."""
     conn = _cli_connect(path, readonly=True)
     try:
-        report = sql.stats(conn, now_ms())
-        report["by_target"] = sql.depth_by_target(conn)
+        stream = StreamState.load(conn)  # as on disk: what the serving process has in flight is pending here
+        report = view.stats(conn, stream, now_ms())
+        report["by_target"] = view.depth_by_target(conn, stream)
         report["dead_by_reason"] = sql.dead_by_reason(conn)
         report["dead_letters"] = sql.dead_letters(conn, limit)
         report["recent_responses"] = sql.recent_responses(conn, limit)

@@ -40,9 +40,14 @@ class _Busy(Exception):
 class GroupCommit:
     """The spool's one connection and the queue of operations waiting for the next transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, db_path: Path, *, durable: bool) -> None:
+    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, db_path: Path, *, durable: bool,
+                 on_commit: Callable[[], None] | None = None, on_rollback: Callable[[], None] | None = None) -> None:
         """``durable``: appends are acknowledged once flushed to disk, else at commit. Starts the
-        Syncer's threads (checkpoints run either way); ``close`` ends them."""
+        Syncer's threads (checkpoints run either way); ``close`` ends them. ``on_rollback`` is
+        told whenever work is rolled back (state kept in memory may no longer match the file),
+        ``on_commit`` after each commit."""
+        self._on_rollback = on_rollback or (lambda: None)
+        self._on_commit = on_commit or (lambda: None)
         self.transactions = 0  # committed transactions: fewer than appends under concurrency
         self._conn = conn
         self._loop = loop
@@ -168,8 +173,10 @@ class GroupCommit:
                     results[i] = self._run_one(conn, fn)
             conn.execute("COMMIT")
             self.transactions += 1
+            self._on_commit()
         except Exception as exc:
             _rollback(conn)
+            self._on_rollback()
             results = [(None, exc)] * len(jobs)
         out = []
         for outcome in results:
@@ -185,17 +192,19 @@ class GroupCommit:
             conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
+            self._on_rollback()
             return None, _unavailable(exc)
         self.transactions += 1
+        self._on_commit()
         return result, None
 
-    @staticmethod
-    def _run_one(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:
+    def _run_one(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:
         """``fn`` under a savepoint: its failure is rolled back and returned, not raised…"""
         conn.execute("SAVEPOINT op")
         try:
             result = fn(conn)
         except Exception as exc:
+            self._on_rollback()
             if not conn.in_transaction:
                 raise  # …unless SQLite rolled the whole transaction back (disk full, I/O error)
             conn.execute("ROLLBACK TO op")

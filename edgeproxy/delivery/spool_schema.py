@@ -141,6 +141,18 @@ V8_STATEMENTS = (
     " SELECT items.*, item_bodies.item AS item FROM items LEFT JOIN item_bodies ON item_bodies.id = items.id",
 )
 
+# Version 9: the append-only stream (spool_stream). New items go into segment tables
+# (``stream_<slot>``, created as needed and listed in ``stream_segments``; a slot whose
+# first_id is NULL is empty, for reuse), written once; ``stream_acks`` is each group's durable
+# cursor (every row of the group up to ``through_id`` is settled) with the time it moved, which
+# is those rows' delivered_ms. ``items`` stays, as the side table for rows that failed once,
+# dead letters and replays: what a v8 file holds there is delivered from it as before.
+V9_STATEMENTS = (
+    "CREATE TABLE IF NOT EXISTS stream_segments (slot INTEGER PRIMARY KEY, first_id INTEGER)",
+    "CREATE TABLE IF NOT EXISTS stream_acks (group_key TEXT NOT NULL, through_id INTEGER NOT NULL,"
+    " time_ms INTEGER NOT NULL, PRIMARY KEY (group_key, through_id)) WITHOUT ROWID",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "items and responses", V1_STATEMENTS),
     Migration(2, "dead letters keep a reason code", V2_STATEMENTS),
@@ -150,6 +162,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "delivered rows have their own index, for pruning in small steps", V6_STATEMENTS),
     Migration(7, "rows and responses name their delivery target and source", V7_STATEMENTS),
     Migration(8, "items are stored apart from their rows' state", V8_STATEMENTS),
+    Migration(9, "new items go to an append-only stream of segments, delivered by cursor", V9_STATEMENTS),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Container, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Container, Iterable, Mapping, NamedTuple, Sequence
 from urllib.parse import quote_plus
 
 import orjson
@@ -161,34 +161,38 @@ def _chunks(ids: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
         yield ids[i : i + size]
 
 
-ITEM_COLUMNS = ("message_id, endpoint, group_key, options, device_id, user_id, session_id, received_ms, size,"
+ITEM_COLUMNS = ("id, message_id, endpoint, group_key, options, device_id, user_id, session_id, received_ms, size,"
                 " target, source, state")
-DEAD_COLUMNS = "message_id, payload, device_id, session_id, received_ms, last_error, dead_ms, source, state, dead_code"
-ROWS_PER_INSERT = 64  # 64 rows x 13 values stays under SQLite's historical 999-variable limit
+DEAD_COLUMNS = ("id, message_id, payload, device_id, session_id, received_ms, last_error, dead_ms, source, state,"
+                " dead_code")
+ROWS_PER_INSERT = 64  # 64 rows x 14 values stays under SQLite's historical 999-variable limit
 
 
-def insert_items(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], dead_rows: Sequence[tuple[Any, ...]]) -> None:
-    """Rows as built by ``encode_append`` in spool.py, many per statement.
+def insert_items(c: sqlite3.Connection, first_id: int, rows: Sequence[tuple[Any, ...]],
+                 dead_rows: Sequence[tuple[Any, ...]] = ()) -> None:
+    """Side-table rows, as ``encode_append`` in spool_budget lays them out, with ids from
+    ``first_id`` on (the stream's id space: ``Stream.take_ids``), many per statement.
 
+    The serving spool puts only refused messages here (``dead_rows``); live items go to the
+    stream. Pending ``rows`` are for tools that build a side table directly (tests, bench).
     Why multi-row VALUES rather than ``executemany``: ``executemany`` steps the statement
-    once per row, each step a round trip through the sqlite3 module (which releases and
-    re-takes the GIL every time); one statement per 64 rows makes that a handful per commit.
+    once per row, each step a round trip through the sqlite3 module.
     """
+    next_id = first_id
     for i in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[i : i + ROWS_PER_INSERT]
-        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,'pending')"] * len(chunk))
-        # The item is the 4th value of a row; it goes to item_bodies (schema v8) under the ids
-        # this statement gave: consecutive, ending at lastrowid (one writer, one statement).
-        last = c.execute(f"INSERT INTO items ({ITEM_COLUMNS}) VALUES {values}",
-                         [v for row in chunk for v in (*row[:3], *row[4:])]).lastrowid
-        assert last is not None
-        first = last - len(chunk) + 1
+        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,'pending')"] * len(chunk))
+        c.execute(f"INSERT INTO items ({ITEM_COLUMNS}) VALUES {values}",
+                  [v for n, row in enumerate(chunk) for v in (next_id + n, *row[:3], *row[4:])])
         c.execute(f"INSERT INTO item_bodies (id, item) VALUES {','.join(['(?,?)'] * len(chunk))}",
-                  [v for n, row in enumerate(chunk) for v in (first + n, row[3])])
+                  [v for n, row in enumerate(chunk) for v in (next_id + n, row[3])])
+        next_id += len(chunk)
     for i in range(0, len(dead_rows), ROWS_PER_INSERT):
         chunk = dead_rows[i : i + ROWS_PER_INSERT]
-        values = ",".join([f"(?,?,?,?,?,?,?,?,'dead','{MAPPING_REASON}')"] * len(chunk))
-        c.execute(f"INSERT INTO items ({DEAD_COLUMNS}) VALUES {values}", [v for row in chunk for v in row])
+        values = ",".join([f"(?,?,?,?,?,?,?,?,?,'dead','{MAPPING_REASON}')"] * len(chunk))
+        c.execute(f"INSERT INTO items ({DEAD_COLUMNS}) VALUES {values}",
+                  [v for n, row in enumerate(chunk) for v in (next_id + n, *row)])
+        next_id += len(chunk)
 
 
 _USED_BYTES = (
@@ -209,7 +213,8 @@ def used_bytes(c: sqlite3.Connection) -> int:
 _DELIVERED = "items INDEXED BY items_delivered WHERE state='delivered'"
 
 
-def ensure_room(c: sqlite3.Connection, max_bytes: int | None) -> None:
+def ensure_room(c: sqlite3.Connection, max_bytes: int | None,
+                free: Callable[[sqlite3.Connection], None] | None = None) -> None:
     """Refuse an append once the spool holds ``max_bytes``: the disk budget is the operator's.
 
     Delivered rows (kept only for /debug) give their room back first. Checked before the
@@ -220,6 +225,8 @@ def ensure_room(c: sqlite3.Connection, max_bytes: int | None) -> None:
         return
     used = used_bytes(c)
     if used >= max_bytes:
+        if free is not None:
+            free(c)  # the stream's settled segments
         c.execute(f"DELETE FROM {_DELIVERED}")
         used = used_bytes(c)
     if used >= max_bytes:
@@ -569,7 +576,7 @@ def replay(c: sqlite3.Connection, selection: ReplayFilter | None = None) -> int:
     return len(ids)
 
 
-_SECURE_DELETE_MODES = {2: "FAST"}  # PRAGMA secure_delete reads FAST back as 2, but setting "2" means ON
+SECURE_DELETE_MODES = {2: "FAST"}  # PRAGMA secure_delete reads FAST back as 2, but setting "2" means ON
 
 
 def forget(c: sqlite3.Connection, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
@@ -594,7 +601,7 @@ def forget(c: sqlite3.Connection, device_ids: Sequence[str], user_id: str | None
     try:
         c.execute(f"DELETE FROM items WHERE {where}", params)
     finally:
-        c.execute(f"PRAGMA secure_delete={_SECURE_DELETE_MODES.get(before, before)}")
+        c.execute(f"PRAGMA secure_delete={SECURE_DELETE_MODES.get(before, before)}")
     return counts
 
 
