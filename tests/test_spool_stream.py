@@ -59,7 +59,7 @@ async def test_an_answer_out_of_order_waits_for_the_earlier_batch(tmp_path: Path
     await s.open()
     await s.append([make_item(i) for i in range(6)])
     key = await _group(s)
-    first = await s.claim(key, limit=3, max_bytes=10**6)
+    await s.claim(key, limit=3, max_bytes=10**6)  # m0-m2, left in flight
     second = await s.claim(key, limit=3, max_bytes=10**6)
     await s.ack([c.row_id for c in second])
     states = {e["message_id"]: e["state"] for e in await s.events_for_session("device-1")}
@@ -208,3 +208,34 @@ def test_the_disk_helper_sees_every_item_table(tmp_path: Path) -> None:
     raw = sqlite3.connect(tmp_path / "spool.sqlite3")
     assert item_tables(raw)[0] == "items_with_body" and len(item_tables(raw)) == 3
     assert [m for (m,) in stored(raw)] == [f"m{i}" for i in range(70)]
+
+
+async def test_another_process_writing_the_stream_is_noticed(tmp_path: Path) -> None:
+    """``edgeproxy forget`` opens the spool of a running server from its own process, deletes a
+    person's rows and queues a deletion request. The server keeps the stream's state in memory:
+    it must notice (stream_meta's epoch) and read it again, or its next ids would collide with
+    the ones the other process used, and its counts would be wrong."""
+    server = Spool(tmp_path)
+    await server.open()
+    try:
+        await server.append([make_item(i, device="d1" if i % 2 else "d2") for i in range(10)])
+        assert (await server.stats())["depth"] == 10
+        other = Spool(tmp_path)  # the CLI's own connection and state
+        await other.open()
+        try:
+            counts = await other.forget(["d1"], None)
+            await other.append([SpoolItem("del-1", "deletions", {"user_ids": ["u"]}, None, None, None, None, now_ms(),
+                                          target="deletions")])
+        finally:
+            await other.close()
+        assert counts == {"pending": 5}
+        await server.append([make_item(i, device="d2") for i in range(10, 20)])  # ids after the other's
+        groups = {g.endpoint: g for g in await server.due_groups()}
+        assert groups["httpapi"].count == 15 and groups["deletions"].count == 1
+        claimed = await server.claim(groups["httpapi"].group_key, limit=100, max_bytes=10**7)
+        await server.ack([c.row_id for c in claimed])
+        stats = await server.stats()
+    finally:
+        await server.close()
+    assert [c.message_id for c in claimed] == [f"m{i}" for i in range(0, 10, 2)] + [f"m{i}" for i in range(10, 20)]
+    assert (stats["depth"], stats["delivered"]) == (1, 15)

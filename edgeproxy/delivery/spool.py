@@ -143,7 +143,8 @@ class Spool:
             self._stream = Stream(self._retention.retention)  # loaded from the file at its first operation
             self._room.free = self._stream.free_room
             self._commit = GroupCommit(self._conn, loop, self.path, durable=self.synchronous != "NORMAL",
-                                       on_commit=self._stream.committed, on_rollback=self._stream.rolled_back)
+                                       on_begin=self._stream.begin, on_commit=self._stream.committed,
+                                       on_rollback=self._stream.rolled_back)
         except SchemaTooNew as exc:
             raise SpoolUnavailable(str(exc)) from None
         except (sqlite3.Error, OSError) as exc:
@@ -257,7 +258,8 @@ class Spool:
             side = sql.due_rows(c, key, t, limit + flying)
             stream = self._stream.due_rows(c, key, limit)
             rows = sorted(side + stream) if side else stream  # both in id order; the side's are few
-            skip = _Either(self._in_flight, self._stream.skip(key))
+            ahead = self._stream.skip(key)
+            skip = _Either(self._in_flight, ahead) if ahead else self._in_flight
             taken.extend(sql.pick(rows, limit=limit, max_bytes=max_bytes, skip=skip))
             for item in taken:
                 self._in_flight[item.row_id] = key
@@ -334,9 +336,8 @@ class Spool:
                 await self._submit(applying(chunk, {}, (), (), None))
         except BaseException:
             self._retention.forget()
-            raise
-        finally:
             land(sql.settled_rows(acks, reasons, retry, release))  # also what never ran (the spool closed)
+            raise
         if acks:
             await self._prune()
 

@@ -41,11 +41,13 @@ class GroupCommit:
     """The spool's one connection and the queue of operations waiting for the next transaction."""
 
     def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, db_path: Path, *, durable: bool,
+                 on_begin: Callable[[sqlite3.Connection], None] | None = None,
                  on_commit: Callable[[], None] | None = None, on_rollback: Callable[[], None] | None = None) -> None:
         """``durable``: appends are acknowledged once flushed to disk, else at commit. Starts the
         Syncer's threads (checkpoints run either way); ``close`` ends them. ``on_rollback`` is
         told whenever work is rolled back (state kept in memory may no longer match the file),
-        ``on_commit`` after each commit."""
+        ``on_begin`` at the start of each transaction, ``on_commit`` after each commit."""
+        self._on_begin = on_begin or (lambda c: None)
         self._on_rollback = on_rollback or (lambda: None)
         self._on_commit = on_commit or (lambda: None)
         self.transactions = 0  # committed transactions: fewer than appends under concurrency
@@ -160,6 +162,11 @@ class GroupCommit:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise _Busy(str(exc)) from None
             return [(None, SpoolUnavailable(f"spool write failed: {exc}"))] * len(jobs)
+        try:
+            self._on_begin(conn)
+        except Exception as exc:
+            _rollback(conn)
+            return [(None, _unavailable(exc))] * len(jobs)
         if len(jobs) == 1:
             return [self._execute_alone(conn, jobs[0][0])]
         results: list[tuple[Any, BaseException | None] | None] = [None] * len(jobs)

@@ -145,12 +145,15 @@ V8_STATEMENTS = (
 # (``stream_<slot>``, created as needed and listed in ``stream_segments``; a slot whose
 # first_id is NULL is empty, for reuse), written once; ``stream_acks`` is each group's durable
 # cursor (every row of the group up to ``through_id`` is settled) with the time it moved, which
-# is those rows' delivered_ms. ``items`` stays, as the side table for rows that failed once,
+# is those rows' delivered_ms; ``stream_meta.epoch`` is bumped by each process that takes the
+# stream over (its state lives in memory), so another one knows to read it again. ``items`` stays, as the side table for rows that failed once,
 # dead letters and replays: what a v8 file holds there is delivered from it as before.
 V9_STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS stream_segments (slot INTEGER PRIMARY KEY, first_id INTEGER)",
     "CREATE TABLE IF NOT EXISTS stream_acks (group_key TEXT NOT NULL, through_id INTEGER NOT NULL,"
     " time_ms INTEGER NOT NULL, PRIMARY KEY (group_key, through_id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS stream_meta (epoch INTEGER NOT NULL)",
+    "INSERT INTO stream_meta (epoch) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM stream_meta)",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (

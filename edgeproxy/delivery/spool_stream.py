@@ -146,6 +146,8 @@ class Stream:
         self.frontier: dict[str, int] = {}  # group -> highest row id claimed from the stream
         self.dropped = 0  # segments emptied (tests count them)
         self.changed = False  # changed in the transaction now open: a rollback makes the state stale
+        self._epoch = -1  # stream_meta.epoch as this process set it when it loaded the state
+        self._data_version: int | None = None
 
     def committed(self) -> None:
         self.changed = False
@@ -154,9 +156,27 @@ class Stream:
         if self.changed:
             self.stale = True
 
+    def begin(self, c: sqlite3.Connection) -> None:
+        """At the start of each write transaction: has another process changed the stream?
+
+        ``PRAGMA data_version`` moves when another connection commits (a CLI's ``forget``, but
+        also every checkpoint); the epoch moves only when another process's Stream loaded the
+        state, which it does before it changes anything. One pragma a transaction, one read
+        after another connection wrote."""
+        version = c.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            if not self.stale and c.execute("SELECT epoch FROM stream_meta").fetchone()[0] != self._epoch:
+                self.stale = True
+
     def fresh(self, c: sqlite3.Connection) -> StreamState:
-        """The state, reloaded from disk if a rollback may have undone part of it."""
+        """The state, reloaded from disk if a rollback may have undone part of it or another
+        process changed it. Runs inside a write transaction: the epoch it bumps says so to others."""
         if self.stale:
+            c.execute("UPDATE stream_meta SET epoch = epoch + 1")
+            self._epoch = c.execute("SELECT epoch FROM stream_meta").fetchone()[0]
+            self._data_version = c.execute("PRAGMA data_version").fetchone()[0]
+            self.changed = True  # the epoch write: rolled back, it must be made again
             self.state = StreamState.load(c)
             self.ahead.clear()  # acknowledged past a cursor that never landed: sent again
             self.released.clear()
@@ -308,11 +328,14 @@ class Stream:
         c.execute("INSERT OR REPLACE INTO stream_acks (group_key, through_id, time_ms) VALUES (?, ?, ?)", (key, through, t))
         s.cursor[key] = through
         ahead = self.ahead.get(key, {})
-        for row_id in [i for i in ahead if i <= through]:
+        passed = sorted(i for i in ahead if i <= through)
+        for row_id in passed:
             del ahead[row_id]
-            seg = s.segment_of(row_id)
-            if seg is not None:
-                seg.delivered += 1
+        # Count them into their segments: a bisect per segment, not a lookup per row.
+        for seg in s.segments:
+            lo = bisect.bisect_left(passed, seg.first_id)
+            hi = bisect.bisect_right(passed, seg.last_id)
+            seg.delivered += hi - lo
 
     # ------------------------------------------------------------------ retention
 

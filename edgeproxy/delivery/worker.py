@@ -54,7 +54,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeproxy.delivery")
 
 MAX_BODY_BYTES = AMPLITUDE_MAX_BODY_BYTES
-GZIP_LEVEL = 6
+# Measured on 500 relayed messages (613 KB of JSON): level 1 compresses 15.7x in 1.35 ms, level 6
+# 17.8x in 3.4 ms. 13 % more bytes on the wire for 2.5x less CPU: the relay's CPU per event was
+# 6.8 µs of gzip at level 6, 2.7 at level 1.
+GZIP_LEVEL = 1
 MAX_RESPONSE_BYTES = 256 * 1024  # an error page bigger than this is not worth reading whole
 SINK_SIZE = 1_000
 STATS_EVERY_S = 1.0
@@ -387,7 +390,7 @@ class DeliveryWorker:
         req = target.request(endpoint, options, sub, now_ms())
         data, headers = req.data, dict(req.headers)
         if req.compress:
-            data = await asyncio.to_thread(gzip.compress, data, GZIP_LEVEL)  # ~5 ms for 500 KB: off the loop
+            data = await asyncio.to_thread(gzip.compress, data, GZIP_LEVEL)  # ~1.4 ms for 600 KB: off the loop
             headers["Content-Encoding"] = "gzip"
         started = time.monotonic()
         assert self._session is not None
