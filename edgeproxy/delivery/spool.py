@@ -5,8 +5,11 @@ settle, the /debug reads) and the connection's set-up; the parts each have a mod
 ``spool_commit`` (GROUP COMMIT on the event loop: one turn's operations in one transaction;
 each ``await spool.append(...)`` returns only after its rows are committed and, with the
 default durability, flushed to disk), ``spool_sync`` (the flush and checkpoint threads),
-``spool_budget`` (the room budget, the encoded append, retention), ``spool_sql`` (the
-statements), ``spool_schema`` (the schema and its migrations), ``records`` (what is queued).
+``spool_budget`` (the room budget, the encoded append, retention), ``spool_stream`` (the
+append-only stream new items go to: segment tables written once, a durable cursor per
+group), ``spool_sql`` (the side table, for rows that failed once and dead letters),
+``spool_view`` (the reads over both), ``spool_schema`` (the schema and its migrations),
+``records`` (what is queued).
 
 Why the SQL runs on the event loop and not in a writer thread: the statements take
 microseconds of CPU, and a thread has to win the GIL back after every one of them. On a busy
@@ -29,9 +32,12 @@ a connection of their own, so neither the loop nor the flushes wait for them.
 Bounded: past ``max_bytes`` (``delivery.max_spool_size``) appends fail with
 SpoolUnavailable, so the edge answers 503 + Retry-After and the client keeps its events.
 
-The schema is migrated on open (a spool from a newer edgeproxy is refused). Rows ``inflight``
-when the process died are made ``pending`` again by ``open()``: at-least-once delivery, with
-``insert_id`` dedupe at Amplitude.
+The schema is migrated on open (a spool from a newer edgeproxy is refused). What was in flight
+when the process died is due again after ``open()`` (the stream's cursor never moved past it;
+old ``inflight`` rows of the side table are made pending): at-least-once delivery, with
+``insert_id`` dedupe at Amplitude and messageId dedupe at Segment. The stream's state is read
+from the file at the first operation (a count per segment: milliseconds for a backlog of a
+million rows) and again whenever another process has written the stream.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from edgeproxy.delivery import spool_view as view
 from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.delivery.spool_budget import PRUNE_STEPS_PER_SETTLE, Retention, Room, encode_append
 from edgeproxy.delivery.spool_commit import GroupCommit
+from edgeproxy.delivery.spool_parts import merge_due_groups, pick_claim, split_verdict
 from edgeproxy.delivery.spool_schema import SCHEMA, SchemaTooNew, migrate
 from edgeproxy.delivery.spool_stream import Stream
 from edgeproxy.delivery.spool_sql import (
@@ -228,14 +235,7 @@ class Spool:
 
     def _due_groups(self, c: sqlite3.Connection, t: int) -> list[DueGroup]:
         """The side table's due groups and the stream's (always due), one entry per group."""
-        out = {g.group_key: g for g in sql.due_groups(c, t)}
-        for key, (n, (endpoint, options, oldest, target, source)) in self._stream.due_groups(c, sql.DUE_COUNT_CAP).items():
-            if key in out:
-                g = out[key]
-                out[key] = replace(g, count=min(sql.DUE_COUNT_CAP, g.count + n), oldest_ms=min(g.oldest_ms, oldest))
-            else:
-                out[key] = DueGroup(key, endpoint, orjson.loads(options) if options else None, n, oldest, target, source)
-        return [out[k] for k in sorted(out)]
+        return merge_due_groups(sql.due_groups(c, t), self._stream.due_groups(c, sql.DUE_COUNT_CAP))
 
     async def next_attempt_ms(self, now: int | None = None) -> int | None:
         """When the earliest pending row that is not yet due becomes due (None: none waits)."""
@@ -257,15 +257,12 @@ class Spool:
             flying = sum(1 for group in self._in_flight.values() if group == key)
             side = sql.due_rows(c, key, t, limit + flying)
             stream = self._stream.due_rows(c, key, limit)
-            rows = sorted(side + stream) if side else stream  # both in id order; the side's are few
-            ahead = self._stream.skip(key)
-            skip = _Either(self._in_flight, ahead) if ahead else self._in_flight
-            taken.extend(sql.pick(rows, limit=limit, max_bytes=max_bytes, skip=skip))
+            picked, streamed = pick_claim(side, stream, limit=limit, max_bytes=max_bytes, in_flight=self._in_flight,
+                                          ahead=self._stream.skip(key))
+            taken.extend(picked)
             for item in taken:
                 self._in_flight[item.row_id] = key
-            if stream:
-                from_stream = {row[0] for row in stream}
-                self._stream.claimed(key, [i.row_id for i in taken if i.row_id in from_stream])
+            self._stream.claimed(key, streamed)
             return taken
 
         try:
@@ -347,19 +344,11 @@ class Spool:
     ) -> tuple[list[int], list[tuple[list[int], int]]]:
         """The stream's rows of a verdict settle there (the failed ones move to the side table,
         where ``sql.settle`` marks them); returns the acks and releases left for the side table."""
-        mine = self._stream.flying
-        if not mine:
+        if not self._stream.flying:
             return list(ack), [(list(ids), ms) for ids, ms in release]
-        # A row given back "not before" a later time (a throttled device's) waits in the side
-        # table, which keeps a time per row; one given back for now stays in the stream.
-        failed = [i for i in dead if i in mine] + [i for ids, _, _ in retry for i in ids if i in mine]
-        failed += [i for ids, ms in release if ms > t for i in ids if i in mine]
-        stays = [i for ids, ms in release if ms <= t for i in ids if i in mine]
-        side_ack = [i for i in ack if i not in mine]
-        stream_ack = [i for i in ack if i in mine]
-        side_release = [(list(ids) if ms > t else [i for i in ids if i not in mine], ms) for ids, ms in release]
-        self._stream.settle(c, t, ack=stream_ack, failed=failed, release=stays)
-        return side_ack, side_release
+        split = split_verdict(self._stream.flying, t, ack, dead, retry, release)
+        self._stream.settle(c, t, ack=split.stream_ack, failed=split.failed, release=split.stays)
+        return split.side_ack, split.side_release
 
     async def _prune(self) -> None:
         """Steps of pruning, one transaction each: the stream's settled segments past retention,
@@ -453,14 +442,3 @@ class Spool:
     async def user_devices(self, user_id: str) -> list[str]:
         return await self._submit(lambda c: view.user_devices(c, self._stream.fresh(c), user_id))
 
-
-class _Either:
-    """Membership in either of two containers (a claim skips rows in flight and rows acked ahead)."""
-
-    __slots__ = ("a", "b")
-
-    def __init__(self, a: Any, b: Any) -> None:
-        self.a, self.b = a, b
-
-    def __contains__(self, x: object) -> bool:
-        return x in self.a or x in self.b

@@ -1,19 +1,20 @@
-"""Every SQL statement of the spool, as plain functions of a sqlite3 connection.
+"""The spool's side table (``items``) and its statements, as plain functions of a connection.
+
+New items go to the append-only stream (``spool_stream``); this table holds the few rows whose
+state is per row: items that failed an attempt (retrying, or given back "not before" a time),
+dead letters (with no item when the mapping refused the Segment message, whose original is
+then kept in ``payload``), replayed dead letters, and what spools written before schema v9
+held. Also here: the upstream response log, the claim's ``pick`` and the names both parts share.
 
 Why apart from ``spool.py``: that module is about concurrency (group commit on the event
-loop, the flush thread, futures); this one is about the data (states, batching queries,
-pruning). Each
-function runs inside whatever transaction its caller holds, so the spool can merge many
-of them into one commit, and the CLI can call them on its own connection.
+loop, futures); this one is about the data. Each function runs inside whatever transaction
+its caller holds, so the spool can merge many of them into one commit, and the CLI can call
+them on its own connection.
 
-The schema and its versions are in ``spool_schema.py``. Item states: ``pending`` (waiting,
-possibly until ``next_attempt_ms``), ``delivered`` (kept for /debug, pruned to
-``retention`` rows) and ``dead`` (a dead letter; with no ``item`` when the mapping refused
-the Segment message, whose original is then kept in ``payload``). A row the worker has
-claimed and sent stays ``pending`` on disk: "in flight" is the serving process's own state,
-kept in memory by ``Spool``, because writing it cost every event one more row update, and a
-crash must make those rows due again anyway. Spools written by older versions may hold
-``inflight`` rows; ``reclaim_inflight`` makes them pending when the spool opens.
+Row states: ``pending`` (waiting, possibly until ``next_attempt_ms``), ``delivered`` (kept
+for /debug, pruned to ``retention`` rows) and ``dead``. "In flight" is the serving process's
+own state, kept in memory by ``Spool``: a crash must make those rows due again anyway. Spools
+written by older versions may hold ``inflight`` rows; ``reclaim_inflight`` makes them pending.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _loads(blob: bytes | str | None) -> Any:
     return None if blob is None else orjson.loads(blob)
 
 
-def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
+def row_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = {
         "message_id": row["message_id"],
         "endpoint": row["endpoint"],
@@ -382,44 +383,15 @@ def settle(
         c.execute("DELETE FROM responses WHERE id <= (SELECT MAX(id) FROM responses) - ?", (RESPONSE_LOG_KEEP,))
 
 
-def events_for_session(
-    c: sqlite3.Connection, device_id: str, session_id: int | None, limit: int, in_flight: Container[int] = ()
-) -> list[dict[str, Any]]:
-    """Most recent first; rows in ``in_flight`` (the serving process's, kept in memory) say so."""
-    if session_id is None:
-        rows = c.execute("SELECT * FROM items_with_body WHERE device_id=? ORDER BY id DESC LIMIT ?", (device_id, limit))
-    else:
-        rows = c.execute(
-            "SELECT * FROM items_with_body WHERE device_id=? AND session_id=? ORDER BY id DESC LIMIT ?",
-            (device_id, session_id, limit),
-        )
+def retrying(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """Rows pending after a failed attempt, oldest first (the side table holds them all)."""
+    rows = c.execute(
+        "SELECT items.*, b.item FROM items INDEXED BY items_waiting LEFT JOIN item_bodies AS b ON b.id = items.id"
+        " WHERE state='pending' AND next_attempt_ms > 0 AND attempts > 0 ORDER BY items.id LIMIT ?", (limit,))
     out = []
     for r in rows:
-        row = _row_dict(r)
-        if r["id"] in in_flight:
-            row["state"] = "inflight"
-        out.append(row)
-    return out
-
-
-def undelivered(c: sqlite3.Connection, which: str, limit: int, in_flight: Sequence[int] = ()) -> list[dict[str, Any]]:
-    """``in_flight`` (sent, answer awaited: the rows ``in_flight`` names) or ``retrying``
-    (pending after a failed attempt) rows, oldest first."""
-    if which == "in_flight":
-        ids = sorted(in_flight)[:limit]
-        rows = c.execute(f"SELECT * FROM items_with_body WHERE id IN ({_placeholders(len(ids))}) ORDER BY id", ids)
-    elif which == "retrying":
-        rows = c.execute(
-            "SELECT items.*, b.item FROM items INDEXED BY items_waiting LEFT JOIN item_bodies AS b ON b.id = items.id"
-            " WHERE state='pending' AND next_attempt_ms > 0 AND attempts > 0 ORDER BY items.id LIMIT ?", (limit,))
-    else:
-        raise ValueError(f"which must be 'in_flight' or 'retrying', got {which!r}")
-    out = []
-    for r in rows:
-        row = _row_dict(r)
+        row = row_dict(r)
         row["device_id"] = r["device_id"]
-        if which == "in_flight":
-            row["state"] = "inflight"
         out.append(row)
     return out
 

@@ -39,7 +39,7 @@ def _stream_row(c: sqlite3.Connection, s: StreamState, r: tuple[Any, ...], ahead
 def _side_rows(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
-        row = sql._row_dict(r)
+        row = sql.row_dict(r)
         row["id"], row["device_id"], row["session_id"] = r["id"], r["device_id"], r["session_id"]
         out.append(row)
     return out
@@ -97,7 +97,9 @@ def undelivered(c: sqlite3.Connection, s: StreamState, which: str, limit: int,
     """``in_flight`` (sent, answer awaited) or ``retrying`` (the side table's) rows, oldest first."""
     if which == "in_flight":
         return in_flight_rows(c, s, in_flight, limit)
-    return sql.undelivered(c, which, limit)
+    if which == "retrying":
+        return sql.retrying(c, limit)
+    raise ValueError(f"which must be 'in_flight' or 'retrying', got {which!r}")
 
 
 def _first_pending_ms(c: sqlite3.Connection, s: StreamState) -> list[int]:
