@@ -248,14 +248,16 @@ class Stream:
                 break
         return rows
 
-    def claimed(self, key: str, row_ids: Iterable[int]) -> None:
+    def claimed(self, key: str, row_ids: Sequence[int]) -> None:
+        """Rows of ``key`` handed out (in id order): in flight, and the frontier moves on."""
+        if not row_ids:
+            return
+        self.flying.update(dict.fromkeys(row_ids, key))
         released = self.released.get(key)
-        for row_id in row_ids:
-            self.flying[row_id] = key
-            if released:
-                released.discard(row_id)
-            if row_id > self.frontier.get(key, 0):
-                self.frontier[key] = row_id
+        if released:
+            released.difference_update(row_ids)
+        if row_ids[-1] > self.frontier.get(key, 0):
+            self.frontier[key] = row_ids[-1]
 
     def due_groups(self, c: sqlite3.Connection, cap: int) -> dict[str, tuple[int, tuple[Any, ...]]]:
         """Group -> (rows past its cursor up to ``cap``, less those acked ahead; the first such
@@ -287,10 +289,15 @@ class Stream:
         s = self.fresh(c)
         self.changed = True
         touched = set()
-        for row_id in ack:
-            key = self.flying.pop(row_id)
-            self.ahead.setdefault(key, {})[row_id] = t
-            touched.add(key)
+        ack = list(ack)
+        keys = [self.flying.pop(row_id) for row_id in ack]
+        if keys and keys.count(keys[0]) == len(keys):  # the usual case: one request, one group
+            self.ahead.setdefault(keys[0], {}).update(dict.fromkeys(ack, t))
+            touched.add(keys[0])
+        else:
+            for row_id, key in zip(ack, keys):
+                self.ahead.setdefault(key, {})[row_id] = t
+                touched.add(key)
         moving: dict[int, list[int]] = {}
         for row_id in failed:
             touched.add(self.flying.pop(row_id))
@@ -328,9 +335,13 @@ class Stream:
         c.execute("INSERT OR REPLACE INTO stream_acks (group_key, through_id, time_ms) VALUES (?, ?, ?)", (key, through, t))
         s.cursor[key] = through
         ahead = self.ahead.get(key, {})
-        passed = sorted(i for i in ahead if i <= through)
-        for row_id in passed:
-            del ahead[row_id]
+        if ahead and max(ahead) <= through:  # the usual case: every row acked ahead is passed
+            passed = sorted(ahead)
+            ahead.clear()
+        else:
+            passed = sorted(i for i in ahead if i <= through)
+            for row_id in passed:
+                del ahead[row_id]
         # Count them into their segments: a bisect per segment, not a lookup per row.
         for seg in s.segments:
             lo = bisect.bisect_left(passed, seg.first_id)
