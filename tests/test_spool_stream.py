@@ -239,3 +239,33 @@ async def test_another_process_writing_the_stream_is_noticed(tmp_path: Path) -> 
         await server.close()
     assert [c.message_id for c in claimed] == [f"m{i}" for i in range(0, 10, 2)] + [f"m{i}" for i in range(10, 20)]
     assert (stats["depth"], stats["delivered"]) == (1, 15)
+
+
+async def test_a_claim_is_read_in_slices_with_appends_in_between(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 500-row claim held the event loop ~1.5 ms in one transaction: it is read CLAIM_SLICE
+    rows at a time, tracking calls are committed between the slices, and the byte limit holds
+    across them."""
+    import asyncio
+
+    from edgeproxy.delivery import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "CLAIM_SLICE", 10)
+    s = Spool(tmp_path, synchronous="NORMAL")  # an append is acknowledged at its commit
+    await s.open()
+    try:
+        await s.append([make_item(i) for i in range(40)])
+        key = await _group(s)
+        one = (await s.claim(key, limit=1, max_bytes=10**6))[0].size
+        before = s.transactions
+        claiming = asyncio.ensure_future(s.claim(key, limit=35, max_bytes=10**6))
+        await asyncio.sleep(0)  # the first slice is queued
+        await s.append([make_item(100)])
+        appended_while_claiming = not claiming.done()
+        claimed = await claiming
+        transactions = s.transactions - before
+        capped = await s.claim(key, limit=100, max_bytes=3 * (one + 1) + one)  # three and a bit: three
+    finally:
+        await s.close()
+    assert appended_while_claiming and [c.message_id for c in claimed] == [f"m{i}" for i in range(1, 36)]
+    assert transactions >= 4  # four slices of at most 10 (the append shares one of them)
+    assert [c.message_id for c in capped] == ["m36", "m37", "m38"]

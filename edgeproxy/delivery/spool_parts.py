@@ -70,11 +70,12 @@ class _Either:
 
 
 def pick_claim(side: list[tuple[Any, ...]], stream: list[tuple[Any, ...]], *, limit: int, max_bytes: int,
-               in_flight: Container[int], ahead: set[int]) -> tuple[list[ClaimedItem], list[int]]:
+               in_flight: Container[int], ahead: set[int], started: bool = False) -> tuple[list[ClaimedItem], list[int]]:
     """A claim from both parts' due rows (each in id order; the side's are few): what is taken,
     and which of it came from the stream. Rows in flight and rows acked ahead are skipped."""
     rows = sorted(side + stream) if side else stream
-    taken = pick(rows, limit=limit, max_bytes=max_bytes, skip=_Either(in_flight, ahead) if ahead else in_flight)
+    taken = pick(rows, limit=limit, max_bytes=max_bytes, skip=_Either(in_flight, ahead) if ahead else in_flight,
+                 started=started)
     if not stream:
         return taken, []
     if not side:

@@ -319,8 +319,12 @@ def due_rows(c: sqlite3.Connection, key: str, t: int, limit: int) -> list[tuple[
     return cursor.execute(_CLAIM, (key, t, limit)).fetchall()
 
 
-def pick(rows: Sequence[tuple[Any, ...]], *, limit: int, max_bytes: int, skip: Container[int]) -> list[ClaimedItem]:
-    """Up to ``limit`` of ``rows`` (from due_rows) not in ``skip``, sizes summing to ``max_bytes`` at most."""
+def pick(rows: Sequence[tuple[Any, ...]], *, limit: int, max_bytes: int, skip: Container[int],
+         started: bool = False) -> list[ClaimedItem]:
+    """Up to ``limit`` of ``rows`` (from due_rows) not in ``skip``, sizes summing to ``max_bytes`` at most.
+
+    The first row is taken whatever its size (one item over the limit is the target's to
+    refuse), unless ``started``: a later slice of a claim that already holds rows."""
     taken: list[ClaimedItem] = []
     total = 0
     make = ClaimedItem._make
@@ -329,7 +333,7 @@ def pick(rows: Sequence[tuple[Any, ...]], *, limit: int, max_bytes: int, skip: C
         if row[0] in skip:
             continue
         size = row[8]
-        if len(taken) >= limit or (taken and total + size + 1 > max_bytes):
+        if len(taken) >= limit or ((taken or started) and total + size + 1 > max_bytes):
             break
         total += size + 1
         text = row[4]
