@@ -54,8 +54,9 @@ def _plain(c: sqlite3.Connection) -> sqlite3.Cursor:
 def events_for_session(c: sqlite3.Connection, s: StreamState, device_id: str, session_id: int | None, limit: int,
                        in_flight: Container[int] = (), ahead: Ahead = {}) -> list[dict[str, Any]]:
     """A device's (or one of its sessions') items, most recent first, with their delivery state."""
-    where, params = ("device_id=?", [device_id]) if session_id is None else (
-        "device_id=? AND session_id=?", [device_id, session_id])
+    where, params = "device_id=?", [device_id]  # type: str, list[Any]
+    if session_id is not None:
+        where, params = "device_id=? AND session_id=?", [device_id, session_id]
     rows = _side_rows(c.execute(f"SELECT * FROM items_with_body WHERE {where} ORDER BY id DESC LIMIT ?",
                                 (*params, limit)))
     for seg in reversed(s.segments):
