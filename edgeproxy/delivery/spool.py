@@ -262,8 +262,8 @@ class Spool:
         def claim(c: sqlite3.Connection, want: int, room: int, started: bool) -> list[ClaimedItem]:
             # In flight changes inside the transaction, so every later operation of it (a
             # /debug read, another claim) sees the same state as the rows.
-            flying = sum(1 for group in self._in_flight.values() if group == key)
-            side = sql.due_rows(c, key, t, want + flying)
+            # The side table's due rows include its rows in flight (pending on disk): read past them.
+            side = sql.due_rows(c, key, t, want + len(self._in_flight) - len(self._stream.flying))
             stream = self._stream.due_rows(c, key, want)
             picked, streamed = pick_claim(side, stream, limit=want, max_bytes=room, started=started,
                                           in_flight=self._in_flight, ahead=self._stream.skip(key))

@@ -229,24 +229,35 @@ class Stream:
     # ------------------------------------------------------------------ claim
 
     def skip(self, key: str) -> set[int]:
+        """Rows a claim must pass over: acknowledged ahead of the cursor (``due_rows`` does not
+        return them; a safeguard for the rows that come from the side table)."""
         return set(self.ahead.get(key, ()))
 
     def due_rows(self, c: sqlite3.Connection, key: str, limit: int) -> list[tuple[Any, ...]]:
-        """The group's first rows past its cursor, in id order, as ``spool_sql.pick`` takes them
-        (ClaimedItem's fields; ``attempts`` 0: a row that failed has left the stream)."""
+        """The group's next ``limit`` claimable rows in id order, as ``spool_sql.pick`` takes them
+        (ClaimedItem's fields; ``attempts`` 0: a row that failed has left the stream).
+
+        Read from the frontier on, plus the rows given back behind it: every other row between
+        the cursor and the frontier is in flight or acknowledged. (Reading from the cursor and
+        skipping those read each batch's rows again for every later slice of a claim.)"""
         s = self.fresh(c)
-        cursor = s.cursor.get(key, 0)
-        want = limit + len(self.ahead.get(key, ())) + sum(1 for g in self.flying.values() if g == key)
+        frontier = max(self.frontier.get(key, 0), s.cursor.get(key, 0))
         rows: list[tuple[Any, ...]] = []
         cur = c.cursor()
         cur.row_factory = None
-        for seg in s.after(key):
-            rows += cur.execute(
-                f"SELECT id, message_id, endpoint, CAST(item AS BLOB), options, device_id, user_id, 0, size, received_ms"
-                f" FROM {seg.table} WHERE group_key=? AND id > ? ORDER BY id LIMIT ?", (key, cursor, want - len(rows)),
-            ).fetchall()
-            if len(rows) >= want:
+        columns = "id, message_id, endpoint, CAST(item AS BLOB), options, device_id, user_id, 0, size, received_ms"
+        behind = sorted(self.released.get(key, ()))[:limit]
+        for seg in s.segments if behind else ():
+            mine = [i for i in behind if seg.first_id <= i <= seg.last_id]
+            if mine:
+                rows += cur.execute(f"SELECT {columns} FROM {seg.table} WHERE id IN ({','.join('?' * len(mine))})"
+                                    " ORDER BY id", mine).fetchall()
+        for seg in s.segments:
+            if len(rows) >= limit:
                 break
+            if seg.last_id > frontier:
+                rows += cur.execute(f"SELECT {columns} FROM {seg.table} WHERE group_key=? AND id > ? ORDER BY id LIMIT ?",
+                                    (key, frontier, limit - len(rows))).fetchall()
         return rows
 
     def claimed(self, key: str, row_ids: Sequence[int]) -> None:
