@@ -269,3 +269,34 @@ async def test_a_claim_is_read_in_slices_with_appends_in_between(tmp_path: Path,
     assert appended_while_claiming and [c.message_id for c in claimed] == [f"m{i}" for i in range(1, 36)]
     assert transactions >= 4  # four slices of at most 10 (the append shares one of them)
     assert [c.message_id for c in capped] == ["m36", "m37", "m38"]
+
+
+async def test_each_slice_of_a_claim_reads_only_rows_it_can_take(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows between the cursor and the frontier are in flight: a later slice reads from the
+    frontier on (and the rows given back behind it), not every earlier slice's rows again."""
+    from edgeproxy.delivery import spool as spool_module
+    from edgeproxy.delivery import spool_stream
+
+    monkeypatch.setattr(spool_module, "CLAIM_SLICE", 10)
+    read: list[int] = []
+    real = spool_stream.Stream.due_rows
+
+    def counting(self: spool_stream.Stream, c: sqlite3.Connection, key: str, limit: int) -> list:
+        rows = real(self, c, key, limit)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(spool_stream.Stream, "due_rows", counting)
+    s = Spool(tmp_path)
+    await s.open()
+    try:
+        await s.append([make_item(i) for i in range(60)])
+        key = await _group(s)
+        first = await s.claim(key, limit=50, max_bytes=10**6)
+        await s.release([first[3].row_id])  # given back: the next claim takes it first
+        read.clear()
+        second = await s.claim(key, limit=5, max_bytes=10**6)
+    finally:
+        await s.close()
+    assert [c.message_id for c in first] == [f"m{i}" for i in range(50)]
+    assert [c.message_id for c in second] == ["m3", "m50", "m51", "m52", "m53"] and sum(read) == 5
