@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import gc
 import json
 import os
+import sqlite3
 import sys
 import tempfile
 import threading

@@ -89,7 +89,7 @@ HARD_LIMIT_HEADROOM = 16 * 1024 * 1024
 # zeroes deleted content only where that costs no extra write (within pages already written).
 # Measured: pruning delivered rows 11.0 -> 9.0 µs a row; forwarding CPU 19.5 -> 18.4 µs an event
 # (bench_ingest --only forwarding, 4 alternating runs each). What must not linger is
-# what `edgeproxy forget` deletes: that statement runs with secure_delete ON (spool_sql.forget).
+# what `edgeproxy forget` deletes: that statement runs with secure_delete ON (spool_sql.zeroing).
 SECURE_DELETE = "FAST"
 # The worker's bookkeeping in small transactions, so tracking calls are not held up behind it:
 # one transaction marking 500 rows delivered and pruning 1,000 held the event loop up to 11 ms
@@ -133,8 +133,8 @@ class Spool:
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         self.synchronous = synchronous.upper()
         self.max_bytes = max_bytes
-        self._stream = Stream(retention)
-        self._room = Room(max_bytes, self._stream.free_room)
+        self._stream = Stream(retention)  # a new one at each open()
+        self._room = Room(max_bytes, lambda c: self._stream.free_room(c))
         self._conn: sqlite3.Connection | None = None
         self._commit: GroupCommit | None = None
         self._in_flight: dict[int, str] = {}  # row id -> group key: claimed, verdict not yet settled
@@ -153,7 +153,6 @@ class Spool:
         try:
             self._conn = await asyncio.to_thread(self._connect)
             self._stream = Stream(self._retention.retention)  # loaded from the file at its first operation
-            self._room.free = self._stream.free_room
             self._commit = GroupCommit(self._conn, loop, self.path, durable=self.synchronous != "NORMAL",
                                        on_begin=self._stream.begin, on_commit=self._stream.committed,
                                        on_rollback=self._stream.rolled_back)
@@ -405,13 +404,10 @@ class Spool:
 
     # ------------------------------------------------------------------ read side
 
-    def _acked_ahead(self) -> int:
-        return sum(len(a) for a in self._stream.ahead.values())
-
     async def stats(self) -> dict[str, Any]:
         """depth (pending), in_flight, retrying, delivered, dead, oldest_age_s; sets the depth gauge."""
         t = now_ms()
-        result = await self._submit(lambda c: view.stats(c, self._stream.fresh(c), t, self._acked_ahead()))
+        result = await self._submit(lambda c: view.stats(c, self._stream.fresh(c), t, self._stream.acked_ahead()))
         flying = len(self._in_flight)  # pending on disk, in flight here
         result["in_flight"] += flying
         result["depth"] = max(0, result["depth"] - flying)

@@ -19,10 +19,11 @@ written by older versions may hold ``inflight`` rows; ``reclaim_inflight`` makes
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Container, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Container, Iterable, Iterator, Mapping, NamedTuple, Sequence
 from urllib.parse import quote_plus
 
 import orjson
@@ -551,13 +552,13 @@ def replay(c: sqlite3.Connection, selection: ReplayFilter | None = None) -> int:
     return len(ids)
 
 
-SECURE_DELETE_MODES = {2: "FAST"}  # PRAGMA secure_delete reads FAST back as 2, but setting "2" means ON
+_SECURE_DELETE_MODES = {2: "FAST"}  # PRAGMA secure_delete reads FAST back as 2, but setting "2" means ON
 
 
-def forget(c: sqlite3.Connection, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
-    """Delete every row (pending, in flight, delivered, dead) of these devices or this user id;
-    returns how many of each state. Deletion requests (target ``deletions``) are kept: they are
-    how the person's data leaves Amplitude."""
+def person_where(device_ids: Sequence[str], user_id: str | None) -> tuple[str, list[Any]] | None:
+    """The WHERE clause of a person's rows (these devices or this user id), for every table that
+    holds items; None when neither is given. Deletion requests (target ``deletions``) are never
+    the person's rows: they are how the person's data leaves Amplitude."""
     clauses, params = [], []
     if device_ids:
         clauses.append(f"device_id IN ({_placeholders(len(device_ids))})")
@@ -565,18 +566,32 @@ def forget(c: sqlite3.Connection, device_ids: Sequence[str], user_id: str | None
     if user_id:
         clauses.append("user_id = ?")
         params.append(user_id)
-    if not clauses:
-        return {}
-    where = f"({' OR '.join(clauses)}) AND target != 'deletions'"
-    counts = {state: n for state, n in c.execute(f"SELECT state, COUNT(*) FROM items WHERE {where} GROUP BY state", params)}
-    # The person's rows are zeroed on disk, not only unlinked: the connection may otherwise
-    # run with secure_delete FAST (spool.SECURE_DELETE), which leaves freed pages as they were.
+    return (f"({' OR '.join(clauses)}) AND target != 'deletions'", params) if clauses else None
+
+
+@contextlib.contextmanager
+def zeroing(c: sqlite3.Connection) -> Iterator[None]:
+    """secure_delete ON for the statements inside: a forgotten person's rows are zeroed on disk,
+    not only unlinked (the connection may run with FAST, spool.SECURE_DELETE, which leaves freed
+    pages as they were)."""
     before = c.execute("PRAGMA secure_delete").fetchone()[0]
     c.execute("PRAGMA secure_delete=ON")
     try:
-        c.execute(f"DELETE FROM items WHERE {where}", params)
+        yield
     finally:
-        c.execute(f"PRAGMA secure_delete={SECURE_DELETE_MODES.get(before, before)}")
+        c.execute(f"PRAGMA secure_delete={_SECURE_DELETE_MODES.get(before, before)}")
+
+
+def forget(c: sqlite3.Connection, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
+    """Delete every side-table row (pending, in flight, delivered, dead) of these devices or this
+    user id, zeroed on disk; returns how many of each state."""
+    person = person_where(device_ids, user_id)
+    if person is None:
+        return {}
+    where, params = person
+    counts = {state: n for state, n in c.execute(f"SELECT state, COUNT(*) FROM items WHERE {where} GROUP BY state", params)}
+    with zeroing(c):
+        c.execute(f"DELETE FROM items WHERE {where}", params)
     return counts
 
 

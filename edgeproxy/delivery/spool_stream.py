@@ -79,6 +79,13 @@ def _groups(c: sqlite3.Connection, table: str) -> list[str]:
     return out
 
 
+def cursor_ms(c: sqlite3.Connection, key: str, row_id: int) -> int | None:
+    """When the group's cursor first passed ``row_id``: that row's delivered_ms."""
+    row = c.execute("SELECT time_ms FROM stream_acks WHERE group_key=? AND through_id >= ? ORDER BY through_id"
+                    " LIMIT 1", (key, row_id)).fetchone()
+    return row[0] if row else None
+
+
 @dataclass
 class StreamState:
     """What the disk says: the live segments in id order, each group's cursor, the next id."""
@@ -227,6 +234,10 @@ class Stream:
                 s.groups.add(row[2])
 
     # ------------------------------------------------------------------ claim
+
+    def acked_ahead(self) -> int:
+        """Rows acknowledged past their cursor, in memory: delivered, though the file says pending."""
+        return sum(len(a) for a in self.ahead.values())
 
     def skip(self, key: str) -> set[int]:
         """Rows a claim must pass over: acknowledged ahead of the cursor (``due_rows`` does not
@@ -377,7 +388,7 @@ class Stream:
         if not s.segments:
             return False
         oldest = s.segments[0]
-        newer = sum(seg.delivered for seg in s.segments[1:]) + sum(len(a) for a in self.ahead.values())
+        newer = sum(seg.delivered for seg in s.segments[1:]) + self.acked_ahead()
         if not oldest.settled or newer < keep or (oldest.rows == 0 and len(s.segments) == 1):
             return False
         if any(i >= oldest.first_id and i <= oldest.last_id for a in self.ahead.values() for i in a):
@@ -397,11 +408,3 @@ class Stream:
         """The spool is full: every settled segment goes, whatever retention asks."""
         while self.prune_step(c, keep=0):
             pass
-
-    def delivered_ms(self, c: sqlite3.Connection, key: str, row_id: int) -> int | None:
-        acked = self.ahead.get(key, {}).get(row_id)
-        if acked is not None:
-            return acked
-        row = c.execute("SELECT time_ms FROM stream_acks WHERE group_key=? AND through_id >= ? ORDER BY through_id"
-                        " LIMIT 1", (key, row_id)).fetchone()
-        return row[0] if row else None

@@ -16,7 +16,7 @@ from typing import Any, Container, Iterable, Mapping, Sequence
 import orjson
 
 from edgeproxy.delivery import spool_sql as sql
-from edgeproxy.delivery.spool_stream import StreamState
+from edgeproxy.delivery.spool_stream import StreamState, cursor_ms
 
 Ahead = Mapping[str, Mapping[int, int]]  # group -> {row id: acked ms}, past the cursor
 _COLUMNS = "id, message_id, endpoint, group_key, item, device_id, user_id, session_id, received_ms, target, source"
@@ -26,11 +26,7 @@ def _stream_row(c: sqlite3.Connection, s: StreamState, r: tuple[Any, ...], ahead
     row_id, message_id, endpoint, key, item, device_id, user_id, session_id, received_ms, target, source = r
     acked = ahead.get(key, {}).get(row_id)
     state = "delivered" if acked is not None else s.state_of(key, row_id)
-    delivered_ms = acked
-    if state == "delivered" and acked is None:
-        found = c.execute("SELECT time_ms FROM stream_acks WHERE group_key=? AND through_id >= ? ORDER BY through_id"
-                          " LIMIT 1", (key, row_id)).fetchone()
-        delivered_ms = found[0] if found else None
+    delivered_ms = acked if acked is not None or state != "delivered" else cursor_ms(c, key, row_id)
     return {"id": row_id, "message_id": message_id, "endpoint": endpoint, "item": orjson.loads(item), "state": state,
             "attempts": 0, "last_error": None, "received_ms": received_ms, "delivered_ms": delivered_ms,
             "target": target, "source": source, "device_id": device_id, "session_id": session_id}
@@ -146,35 +142,20 @@ def depth_by_target(c: sqlite3.Connection, s: StreamState) -> list[dict[str, Any
     return [counts[k] for k in sorted(counts)]
 
 
-def _person(device_ids: Sequence[str], user_id: str | None) -> tuple[str, list[Any]] | None:
-    clauses, params = [], []
-    if device_ids:
-        clauses.append(f"device_id IN ({','.join('?' * len(device_ids))})")
-        params += list(device_ids)
-    if user_id:
-        clauses.append("user_id = ?")
-        params.append(user_id)
-    return (f"({' OR '.join(clauses)}) AND target != 'deletions'", params) if clauses else None
-
-
 def forget(c: sqlite3.Connection, s: StreamState, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
     """Delete a person's rows in both parts, zeroed on disk (secure_delete ON for these
     statements); counts by state. The caller reloads the stream's state afterwards."""
     counts = sql.forget(c, device_ids, user_id)
-    person = _person(device_ids, user_id)
+    person = sql.person_where(device_ids, user_id)
     if person is None:
         return counts
     where, params = person
-    before = c.execute("PRAGMA secure_delete").fetchone()[0]
-    c.execute("PRAGMA secure_delete=ON")
-    try:
+    with sql.zeroing(c):
         for seg in s.segments:
             for row_id, key in c.execute(f"SELECT id, group_key FROM {seg.table} WHERE {where}", params).fetchall():
                 state = s.state_of(key, row_id)
                 counts[state] = counts.get(state, 0) + 1
             c.execute(f"DELETE FROM {seg.table} WHERE {where}", params)
-    finally:
-        c.execute(f"PRAGMA secure_delete={sql.SECURE_DELETE_MODES.get(before, before)}")
     return counts
 
 
