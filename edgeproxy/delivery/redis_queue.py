@@ -312,7 +312,8 @@ class RedisQueue:
                 continue
             total += rec["size"] + 1
             self._inflight[row] = rec
-            taken.append(ClaimedItem(row, rec["message_id"], rec["endpoint"], orjson.dumps(rec["item"]), rec["options"],
+            options = orjson.dumps(rec["options"]) if rec["options"] is not None else None
+            taken.append(ClaimedItem(row, rec["message_id"], rec["endpoint"], orjson.dumps(rec["item"]), options,
                                      rec["device_id"], rec["user_id"], rec["attempts"], rec["size"],
                                      rec.get("received_ms") or 0))
         if back:

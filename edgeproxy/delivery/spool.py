@@ -57,7 +57,7 @@ from edgeproxy.delivery import spool_view as view
 from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.delivery.spool_budget import PRUNE_STEPS_PER_SETTLE, Retention, Room, encode_append
 from edgeproxy.delivery.spool_commit import GroupCommit
-from edgeproxy.delivery.spool_parts import merge_due_groups, pick_claim, split_verdict
+from edgeproxy.delivery.spool_parts import Either, merge_due_groups, pick_claim, split_verdict
 from edgeproxy.delivery.spool_schema import SCHEMA, SchemaTooNew, migrate
 from edgeproxy.delivery.spool_stream import Stream
 from edgeproxy.delivery.spool_sql import (
@@ -137,7 +137,9 @@ class Spool:
         self._room = Room(max_bytes, lambda c: self._stream.free_room(c))
         self._conn: sqlite3.Connection | None = None
         self._commit: GroupCommit | None = None
-        self._in_flight: dict[int, str] = {}  # row id -> group key: claimed, verdict not yet settled
+        # The side table's row id -> group key: claimed, verdict not yet settled (the stream's
+        # rows in flight are its own ``flying``).
+        self._in_flight: dict[int, str] = {}
         self._transactions = 0  # of the GroupCommits closed before (a reopened spool counts on)
 
     @property
@@ -232,9 +234,10 @@ class Spool:
         """Groups with pending rows due at ``now``: their count and oldest ``received_ms``."""
         t = now_ms() if now is None else now
         groups = await self._submit(lambda c: self._due_groups(c, t))
-        if not self._in_flight:
+        if not self._in_flight and not self._stream.flying:
             return groups
         flying = collections.Counter(self._in_flight.values())  # due on disk, but already sent
+        flying.update(self._stream.flying.values())
         return [replace(g, count=g.count - flying[g.group_key]) for g in groups if g.count > flying[g.group_key]]
 
     def _due_groups(self, c: sqlite3.Connection, t: int) -> list[DueGroup]:
@@ -262,14 +265,15 @@ class Spool:
             # In flight changes inside the transaction, so every later operation of it (a
             # /debug read, another claim) sees the same state as the rows.
             # The side table's due rows include its rows in flight (pending on disk): read past them.
-            side = sql.due_rows(c, key, t, want + len(self._in_flight) - len(self._stream.flying))
+            side = sql.due_rows(c, key, t, want + len(self._in_flight))
             stream = self._stream.due_rows(c, key, want)
             picked, streamed = pick_claim(side, stream, limit=want, max_bytes=room, started=started,
                                           in_flight=self._in_flight, ahead=self._stream.skip(key))
             taken.extend(picked)
-            for item in picked:
-                self._in_flight[item.row_id] = key
             self._stream.claimed(key, streamed)
+            if len(streamed) < len(picked):
+                mine = set(streamed)
+                self._in_flight.update((i.row_id, key) for i in picked if i.row_id not in mine)
             return picked
 
         try:
@@ -322,9 +326,10 @@ class Spool:
         def land(rows: Sequence[Any]) -> None:
             # Settled, or the write failed: either way no longer in flight. After a failure the
             # rows are still pending on disk and are sent again (at-least-once).
-            for row_id in rows:
-                self._in_flight.pop(row_id, None)
-                self._stream.flying.pop(row_id, None)
+            for flying in (self._in_flight, self._stream.flying):
+                if flying:  # often one of them is empty: no pass over the rows for it
+                    for row_id in rows:
+                        flying.pop(row_id, None)
 
         def applying(
             ack: Sequence[int], dead: Mapping[int, tuple[str, str]], retry: Sequence[tuple[Sequence[int], int, str]],
@@ -408,7 +413,7 @@ class Spool:
         """depth (pending), in_flight, retrying, delivered, dead, oldest_age_s; sets the depth gauge."""
         t = now_ms()
         result = await self._submit(lambda c: view.stats(c, self._stream.fresh(c), t, self._stream.acked_ahead()))
-        flying = len(self._in_flight)  # pending on disk, in flight here
+        flying = len(self._in_flight) + len(self._stream.flying)  # pending on disk, in flight here
         result["in_flight"] += flying
         result["depth"] = max(0, result["depth"] - flying)
         if self.metrics is not None:
@@ -418,7 +423,8 @@ class Spool:
     async def events_for_session(self, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """A device's (or one of its sessions') items, most recent first, with delivery state."""
         return await self._submit(lambda c: view.events_for_session(
-            c, self._stream.fresh(c), device_id, session_id, limit, self._in_flight, self._stream.ahead))
+            c, self._stream.fresh(c), device_id, session_id, limit, Either(self._in_flight, self._stream.flying),
+            self._stream.ahead))
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self._submit(lambda c: sql.dead_letters(c, limit))
@@ -429,7 +435,7 @@ class Spool:
     async def undelivered(self, which: str, limit: int = 20) -> list[dict[str, Any]]:
         """Rows ``in_flight`` or ``retrying``, oldest first (for /debug)."""
         return await self._submit(lambda c: view.undelivered(c, self._stream.fresh(c), which, limit,
-                                                             list(self._in_flight)))
+                                                             [*self._in_flight, *self._stream.flying]))
 
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._submit(lambda c: sql.recent_responses(c, limit))

@@ -57,7 +57,7 @@ def split_verdict(mine: Container[int], t: int, ack: Sequence[int], dead: Mappin
     )
 
 
-class _Either:
+class Either:
     """Membership in either of two containers (a claim skips rows in flight and rows acked ahead)."""
 
     __slots__ = ("a", "b")
@@ -74,7 +74,7 @@ def pick_claim(side: list[tuple[Any, ...]], stream: list[tuple[Any, ...]], *, li
     """A claim from both parts' due rows (each in id order; the side's are few): what is taken,
     and which of it came from the stream. Rows in flight and rows acked ahead are skipped."""
     rows = sorted(side + stream) if side else stream
-    taken = pick(rows, limit=limit, max_bytes=max_bytes, skip=_Either(in_flight, ahead) if ahead else in_flight,
+    taken = pick(rows, limit=limit, max_bytes=max_bytes, skip=Either(in_flight, ahead) if ahead else in_flight,
                  started=started)
     if not stream:
         return taken, []

@@ -20,6 +20,7 @@ written by older versions may hold ``inflight`` rows; ``reclaim_inflight`` makes
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -84,14 +85,14 @@ class ClaimedItem(NamedTuple):
     Why a NamedTuple rather than a frozen dataclass: a claim makes one per row, up to 2,000
     per request, and a frozen dataclass's ``__init__`` sets each field through
     ``object.__setattr__`` (1.3 µs a row, a quarter of the whole claim). A tuple is built in
-    C from the row SQLite hands back (``_make``), and is just as immutable.
+    C from the row SQLite hands back (``_AS_CLAIMED``), and is just as immutable.
     """
 
     row_id: Any
     message_id: str
     endpoint: str
     raw: bytes
-    options: dict[str, Any] | None
+    options_json: str | bytes | None  # the group's options as stored (``options`` parses them)
     device_id: str | None
     user_id: str | None
     attempts: int
@@ -101,6 +102,14 @@ class ClaimedItem(NamedTuple):
     @property
     def item(self) -> dict[str, Any]:
         return orjson.loads(self.raw)  # type: ignore[no-any-return]
+
+    @property
+    def options(self) -> dict[str, Any] | None:
+        """The group's options (the worker has them parsed once, in its DueGroup)."""
+        return orjson.loads(self.options_json) if self.options_json else None
+
+
+_AS_CLAIMED = functools.partial(tuple.__new__, ClaimedItem)  # a row in field order -> ClaimedItem, in C
 
 
 def now_ms() -> int:
@@ -325,25 +334,21 @@ def pick(rows: Sequence[tuple[Any, ...]], *, limit: int, max_bytes: int, skip: C
     """Up to ``limit`` of ``rows`` (from due_rows) not in ``skip``, sizes summing to ``max_bytes`` at most.
 
     The first row is taken whatever its size (one item over the limit is the target's to
-    refuse), unless ``started``: a later slice of a claim that already holds rows."""
-    taken: list[ClaimedItem] = []
-    total = 0
-    make = ClaimedItem._make
-    options: dict[str, Any] = {}  # one group shares one options text: parse it once
-    for row in rows:
-        if row[0] in skip:
-            continue
-        size = row[8]
-        if len(taken) >= limit or ((taken or started) and total + size + 1 > max_bytes):
+    refuse), unless ``started``: a later slice of a claim that already holds rows.
+
+    Why in C where it can be: a claim is up to 2,000 rows, and this ran a Python loop body per
+    row that rebuilt each tuple to put the parsed options in (0.59 µs a row); now the cut is
+    the only loop, and each row becomes a ClaimedItem in C (0.19 µs a row in all).
+    """
+    if skip:  # an empty dict or set: nothing to pass over (the usual case)
+        rows = [row for row in rows if row[0] not in skip]
+    n = total = 0
+    for row in rows[:limit]:
+        total += row[8] + 1
+        if total > max_bytes and (n or started):
             break
-        total += size + 1
-        text = row[4]
-        if text is not None:  # one tuple built here: NamedTuple._replace is Python, ~1 µs a row
-            if text not in options:
-                options[text] = orjson.loads(text)
-            row = (*row[:4], options[text], *row[5:])
-        taken.append(make(row))
-    return taken
+        n += 1
+    return list(map(_AS_CLAIMED, rows[:n]))
 
 
 def settle(
