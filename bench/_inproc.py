@@ -274,6 +274,9 @@ def _checkpoint(path: Path) -> None:
 async def forwarding(endpoint_url: str, events: int, target: str = "amplitude") -> dict[str, Any]:
     """``target`` "amplitude": mapped events to Amplitude's HTTP API; "segment": the relay of the
     same messages to Segment's tracking API (``[segment] relay_url``), as ``/v1/batch`` requests."""
+    from datetime import datetime, timezone
+
+    from edgeproxy import segment
     from edgeproxy.config import Settings
     from edgeproxy.delivery import DeliveryWorker, Spool
     from edgeproxy.delivery.spool import now_ms
@@ -297,7 +300,11 @@ async def forwarding(endpoint_url: str, events: int, target: str = "amplitude") 
             received = now_ms()
             history = settings.delivery.retention
             pending = []
-            for msg in _messages(history + events):
+            now = datetime.now(timezone.utc)
+            for raw in _messages(history + events):
+                # As ingest hands them on: normalized (a relayed message then keeps the client's
+                # timestamp and sentAt, which the relay moves on at send time).
+                msg = segment.normalize(raw, path_type="track", received=now)
                 if target == "segment":
                     items, dead = [relay_record(msg, write_key="bench-write-key", device_id=msg["anonymousId"],
                                                 session_id=received, received_ms=received)], []

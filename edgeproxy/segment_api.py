@@ -53,11 +53,12 @@ def relay_message(msg: dict[str, Any]) -> dict[str, Any]:
     with a client ``sentAt``.
     """
     out = {k: v for k, v in msg.items() if k not in _SERVER_FIELDS}
+    sent_at = out.pop("sentAt", None)
     original = msg.get("originalTimestamp")
     if original is not None:
         out["timestamp"] = original
-    else:
-        out.pop("sentAt", None)
+        if sent_at is not None:
+            out["sentAt"] = sent_at  # the last key: request_body moves it on in the bytes (_shifted)
     return out
 
 
@@ -78,18 +79,57 @@ def _shift(sent_at: Any, waited: timedelta) -> Any:
 
 
 def request_body(items: Sequence[tuple[bytes, int]], now_ms: int) -> bytes:
-    """``{"batch": [...], "sentAt": now}`` from stored (message JSON, received_ms) pairs."""
-    messages = []
+    """``{"batch": [...], "sentAt": now}`` from stored (message JSON, received_ms) pairs.
+
+    Each message's ``sentAt`` moves on by its wait. ``relay_message`` stores it as the last
+    key, so the new value is spliced in: the body is joined once from views of the stored
+    bytes around it (a relayed batch had paid a JSON round trip per message, ~2 µs of
+    ~1-2 KB, and then a copy of each message per splice)."""
+    parts: list[bytes | memoryview] = [b'{"batch":[']
+    waits: dict[int, timedelta] = {}  # the rows of one append share a wait: one timedelta each
     for raw, received_ms in items:
-        if b'"sentAt"' in raw:
-            msg = orjson.loads(raw)
-            if msg.get("sentAt") not in (None, ""):
-                msg["sentAt"] = _shift(msg["sentAt"], timedelta(milliseconds=max(0, now_ms - received_ms)))
-            messages.append(orjson.dumps(msg))
+        waited = max(0, now_ms - received_ms)
+        wait = waits.get(waited)
+        if wait is None:
+            wait = waits[waited] = timedelta(milliseconds=waited)
+        start = _last_sent_at(raw)
+        if start:
+            parts += (memoryview(raw)[:start], _shift(raw[start:-2].decode(), wait).encode(), b'"},')
         else:
-            messages.append(raw)
+            parts += (_shifted(raw, wait), b",")
+    if len(parts) > 1:
+        parts[-1] = parts[-1][:-1]  # no comma after the last message
     sent = format_iso(datetime.fromtimestamp(now_ms / 1000, timezone.utc))
-    return b'{"batch":[' + b",".join(messages) + b'],"sentAt":' + orjson.dumps(sent) + b"}"
+    parts += (b'],"sentAt":', orjson.dumps(sent), b"}")
+    return b"".join(parts)
+
+
+_LAST_SENT_AT = b',"sentAt":"'
+
+
+def _last_sent_at(raw: bytes) -> int:
+    """Where the value of a top-level ``sentAt`` that is the message's last member starts, or 0.
+
+    The bytes end ``,"sentAt":"<value>"}`` with no quote or backslash in a non-empty value only
+    when that is the top-level object's last member: a nested object's would end ``}}``, and
+    JSON escapes every quote inside a string. (``bytes.rfind`` to look: a sixth of ``in``'s cost.)"""
+    start = raw.rfind(_LAST_SENT_AT) + len(_LAST_SENT_AT)
+    if start < len(_LAST_SENT_AT) or start >= len(raw) - 2 or not raw.endswith(b'"}'):
+        return 0
+    value = raw[start:-2]
+    return 0 if b'"' in value or b"\\" in value else start
+
+
+def _shifted(raw: bytes, wait: timedelta) -> bytes:
+    """The round trip, for what ``_last_sent_at`` does not find: a message stored by an older
+    version, a sentAt that is not a plain string, or none."""
+    if raw.rfind(b'"sentAt"') < 0:
+        return raw
+    msg = orjson.loads(raw)
+    if msg.get("sentAt") in (None, ""):
+        return raw
+    msg["sentAt"] = _shift(msg["sentAt"], wait)
+    return orjson.dumps(msg)
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float:

@@ -14,6 +14,7 @@ import email.utils
 import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -79,6 +80,45 @@ def test_request_body_moves_sent_at_forward_by_the_wait() -> None:
 def test_request_body_keeps_a_sent_at_that_is_not_a_date() -> None:
     raw = orjson.dumps({"messageId": "a", "sentAt": "yesterday"})
     assert orjson.loads(segment_api.request_body([(raw, 0)], 1_000))["batch"][0]["sentAt"] == "yesterday"
+
+
+def test_relay_message_stores_sent_at_last_and_request_body_moves_it_in_the_bytes(monkeypatch: Any) -> None:
+    """The common path splices the new sentAt into the stored bytes: no JSON parse per message."""
+    stored = orjson.dumps(segment_api.relay_message(normalized()))
+    assert list(orjson.loads(stored))[-1] == "sentAt"
+
+    def no_parse(_: Any) -> Any:
+        raise AssertionError("parsed a message whose sentAt is its last key")
+
+    monkeypatch.setattr(segment_api.orjson, "loads", no_parse)
+    received = 1_765_015_200_000
+    body = segment_api.request_body([(stored, received)], received + 61_000)
+    monkeypatch.undo()
+    [out] = orjson.loads(body)["batch"]
+    assert out == {**orjson.loads(stored), "sentAt": "2026-12-06T10:01:01.050Z"}
+
+
+@pytest.mark.parametrize("message", [
+    {"messageId": "a", "sentAt": "2026-12-06T10:00:00.000Z", "properties": {"x": 1}},  # not last: an older layout
+    {"messageId": "a", "properties": {"sentAt": "2026-12-06T10:00:00.000Z"}},  # only a nested one
+    {"messageId": "a", "properties": {"sentAt": "2026-12-06T10:00:00.000Z"}, "sentAt": "2026-12-06T10:00:00.000Z"},
+    {"messageId": "a", "properties": {"k": "v"}, "sentAt": 1765015200},  # not a string
+    {"messageId": "a", "sentAt": "2026-12-06T10:00:00.000+01:00"},
+    {"messageId": "a", "sentAt": "yester\"day"},  # escaped: the round trip
+    {"messageId": "a", "sentAt": "tomorrow"},
+    {"messageId": "a", "sentAt": ""},
+    {"messageId": "a", "sentAt": None},
+    {"sentAt": "2026-12-06T10:00:00.000Z"},  # the only key: no comma before it
+    {"messageId": "a", "p": ',"sentAt":"x"}', "sentAt": "2026-12-06T10:00:00.000Z"},  # the marker inside a string
+])
+def test_request_body_splices_exactly_what_the_json_round_trip_gives(message: dict[str, Any]) -> None:
+    raw = orjson.dumps(message)
+    waited = timedelta(milliseconds=90_061_001)
+    expected = dict(message)
+    if message.get("sentAt") not in (None, ""):
+        expected["sentAt"] = segment_api._shift(message["sentAt"], waited)
+    [out] = orjson.loads(segment_api.request_body([(raw, 0)], 90_061_001))["batch"]
+    assert out == expected
 
 
 def test_retry_after_forms() -> None:
