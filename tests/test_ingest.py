@@ -11,6 +11,7 @@ import orjson
 import pytest
 from fake_amplitude import TEST_API_KEY, FakeAmplitude
 
+from edgeproxy import segment
 from edgeproxy.app import SPOOL, create_app
 from edgeproxy.config import Settings
 
@@ -300,6 +301,14 @@ async def test_cors_preflight_and_response_headers(client):
     assert "authorization" in pre.headers["Access-Control-Allow-Headers"].lower()
     post = await client.post("/_e/v1/t", data=orjson.dumps(track()), headers={"Origin": "https://www.example.com"})
     assert post.headers["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.mark.parametrize("path", sorted(segment.BATCH_PATHS | set(segment.PATH_TYPES)))
+async def test_every_tracking_path_answers_a_preflight_and_no_other_path_is_tracking(client, path):
+    pre = await client.options(f"/_e/v1/{path}", headers={"Origin": "https://www.example.com",
+                                                         "Access-Control-Request-Method": "POST"})
+    assert pre.status == 204 and "POST" in pre.headers["Access-Control-Allow-Methods"]
+    assert (await client.post(f"/_e/v1/{path}x", data=orjson.dumps(track()))).status in (404, 405)  # not tracking
 
 
 async def test_cors_credentials_for_listed_origins(tmp_path, aiohttp_client):

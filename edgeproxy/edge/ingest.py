@@ -10,6 +10,7 @@ the client get its 200; if the spool cannot take the events it gets a 503 with
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -110,24 +111,28 @@ class IngestHandlers:
         self.accepting = False
 
     def routes(self, prefix: str) -> list[web.AbstractRouteDef]:
-        single = "|".join(sorted(segment.PATH_TYPES))
-        batch = "|".join(sorted(segment.BATCH_PATHS))
-        return [
-            web.post(f"{prefix}/v1/{{kind:{batch}}}", self.batch),
-            web.post(f"{prefix}/v1/{{kind:{single}}}", self.single),
-            web.options(f"{prefix}/v1/{{kind:{batch}|{single}}}", self.options),
-        ]
+        """One plain route per path (``/v1/t``, ``/v1/track``, …, ``/v1/b``): aiohttp finds a
+        plain path in a dict, where one route matching ``{kind:t|track|…}`` ran a regular
+        expression per call (~4 % of a single-event call's CPU)."""
+        handlers = {kind: self.batch for kind in segment.BATCH_PATHS}
+        handlers.update({kind: functools.partial(self.single, path_type) for kind, path_type in segment.PATH_TYPES.items()})
+        routes: list[web.AbstractRouteDef] = []
+        for kind, handler in sorted(handlers.items()):  # a path's two methods in a row: one resource
+            routes += (web.post(f"{prefix}/v1/{kind}", handler), web.options(f"{prefix}/v1/{kind}", self.options))
+        return routes
 
     async def options(self, request: web.Request) -> web.StreamResponse:
         return preflight(request, self.ctx.settings.server.cors_origins)
 
-    async def single(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, batch=False)
+    async def single(self, path_type: str, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, path_type)
 
     async def batch(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, batch=True)
+        return await self._handle(request, None)
 
-    async def _handle(self, request: web.Request, *, batch: bool) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, path_type: str | None) -> web.StreamResponse:
+        """``path_type``: the single message's type its path names (``/v1/t``: track), or None
+        for a batch."""
         wait = self.flood.retry_after(request.remote or "", time.monotonic())
         if not self.accepting:
             response = self._unavailable("shutting down", 0, message="shutting down; retry")
@@ -141,15 +146,18 @@ class IngestHandlers:
                 headers={"Retry-After": retry_after_header(wait)},
             )
         else:
-            response = await self._process(request, batch=batch)
+            response = await self._process(request, path_type)
         response.headers.update(cors_headers(request, self.ctx.settings.server.cors_origins))
         return response
 
     async def _read_body(self, request: web.Request, limit: int) -> dict[str, Any] | web.Response:
         """The decompressed body as a JSON object, or the error response (Segment's wording)."""
         try:
-            async with asyncio.timeout(self.ctx.settings.server.body_timeout):  # a trickled body holds a connection
+            if request.content.is_eof():  # the whole body came with the headers (the usual call): no wait
                 raw = await request.read()  # aiohttp inflates gzip; client_max_size bounds the inflated size
+            else:
+                async with asyncio.timeout(self.ctx.settings.server.body_timeout):  # a trickled body holds a connection
+                    raw = await request.read()
         except TimeoutError:
             self.ctx.metrics.events_rejected_by("body_timeout").inc()
             client_error(log, "body_timeout", request.remote, f"no complete body in {self.ctx.settings.server.body_timeout:g} s")
@@ -187,8 +195,9 @@ class IngestHandlers:
             return _error(400, "Invalid JSON: the body must be a JSON object", code="invalid_json")
         return body
 
-    async def _process(self, request: web.Request, *, batch: bool) -> web.StreamResponse:
+    async def _process(self, request: web.Request, path_type: str | None) -> web.StreamResponse:
         ctx = self.ctx
+        batch = path_type is None
         limit = segment.MAX_BATCH_BYTES if batch else segment.MAX_MESSAGE_BYTES
         body = await self._read_body(request, limit)
         if isinstance(body, web.Response):
@@ -218,11 +227,9 @@ class IngestHandlers:
                 context=body.get("context") if isinstance(body.get("context"), dict) else None,
                 integrations=body.get("integrations") if isinstance(body.get("integrations"), dict) else None,
             )
-            path_type = None
         else:
             raws = [body]
             envelope = _NO_ENVELOPE
-            path_type = segment.PATH_TYPES[request.match_info["kind"]]
 
         jar = ctx.identity.read_cookie_header(request.headers.get("Cookie"))
         now_ms = int(received.timestamp() * 1000)
