@@ -58,7 +58,7 @@ def relay_message(msg: dict[str, Any]) -> dict[str, Any]:
     if original is not None:
         out["timestamp"] = original
         if sent_at is not None:
-            out["sentAt"] = sent_at  # the last key: request_body moves it on in the bytes (_shifted)
+            out["sentAt"] = sent_at  # the last key: request_body moves it on in the stored bytes
     return out
 
 

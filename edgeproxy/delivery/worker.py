@@ -29,7 +29,6 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-
 import aiohttp
 
 try:  # ISA-L's gzip: the same format in a seventh of the CPU (see GZIP_LEVEL)
