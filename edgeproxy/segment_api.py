@@ -92,9 +92,9 @@ def request_body(items: Sequence[tuple[bytes, int]], now_ms: int) -> bytes:
         wait = waits.get(waited)
         if wait is None:
             wait = waits[waited] = timedelta(milliseconds=waited)
-        start = _last_sent_at(raw)
+        start, value = _last_sent_at(raw)
         if start:
-            parts += (memoryview(raw)[:start], _shift(raw[start:-2].decode(), wait).encode(), b'"},')
+            parts += (memoryview(raw)[:start], _shift(value.decode(), wait).encode(), b'"},')
         else:
             parts += (_shifted(raw, wait), b",")
     if len(parts) > 1:
@@ -107,17 +107,18 @@ def request_body(items: Sequence[tuple[bytes, int]], now_ms: int) -> bytes:
 _LAST_SENT_AT = b',"sentAt":"'
 
 
-def _last_sent_at(raw: bytes) -> int:
-    """Where the value of a top-level ``sentAt`` that is the message's last member starts, or 0.
+def _last_sent_at(raw: bytes) -> tuple[int, bytes]:
+    """Where the value of a top-level ``sentAt`` that is the message's last member starts, and
+    the value; ``(0, b"")`` when there is none.
 
     The bytes end ``,"sentAt":"<value>"}`` with no quote or backslash in a non-empty value only
     when that is the top-level object's last member: a nested object's would end ``}}``, and
     JSON escapes every quote inside a string. (``bytes.rfind`` to look: a sixth of ``in``'s cost.)"""
     start = raw.rfind(_LAST_SENT_AT) + len(_LAST_SENT_AT)
     if start < len(_LAST_SENT_AT) or start >= len(raw) - 2 or not raw.endswith(b'"}'):
-        return 0
+        return 0, b""
     value = raw[start:-2]
-    return 0 if b'"' in value or b"\\" in value else start
+    return (0, b"") if b'"' in value or b"\\" in value else (start, value)
 
 
 def _shifted(raw: bytes, wait: timedelta) -> bytes:

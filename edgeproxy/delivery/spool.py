@@ -267,13 +267,11 @@ class Spool:
             # The side table's due rows include its rows in flight (pending on disk): read past them.
             side = sql.due_rows(c, key, t, want + len(self._in_flight))
             stream = self._stream.due_rows(c, key, want)
-            picked, streamed = pick_claim(side, stream, limit=want, max_bytes=room, started=started,
-                                          in_flight=self._in_flight, ahead=self._stream.skip(key))
+            picked, streamed, sided = pick_claim(side, stream, limit=want, max_bytes=room, started=started,
+                                                 in_flight=self._in_flight, ahead=self._stream.skip(key))
             taken.extend(picked)
             self._stream.claimed(key, streamed)
-            if len(streamed) < len(picked):
-                mine = set(streamed)
-                self._in_flight.update((i.row_id, key) for i in picked if i.row_id not in mine)
+            self._in_flight.update(dict.fromkeys(sided, key))
             return picked
 
         try:

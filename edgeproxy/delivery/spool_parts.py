@@ -70,15 +70,18 @@ class Either:
 
 
 def pick_claim(side: list[tuple[Any, ...]], stream: list[tuple[Any, ...]], *, limit: int, max_bytes: int,
-               in_flight: Container[int], ahead: set[int], started: bool = False) -> tuple[list[ClaimedItem], list[int]]:
+               in_flight: Container[int], ahead: set[int], started: bool = False
+               ) -> tuple[list[ClaimedItem], list[int], list[int]]:
     """A claim from both parts' due rows (each in id order; the side's are few): what is taken,
-    and which of it came from the stream. Rows in flight and rows acked ahead are skipped."""
+    and the ids of it that came from the stream and from the side table. Rows in flight and
+    rows acked ahead are skipped."""
     rows = sorted(side + stream) if side else stream
     taken = pick(rows, limit=limit, max_bytes=max_bytes, skip=Either(in_flight, ahead) if ahead else in_flight,
                  started=started)
     if not stream:
-        return taken, []
+        return taken, [], [i.row_id for i in taken]
     if not side:
-        return taken, [i.row_id for i in taken]
+        return taken, [i.row_id for i in taken], []
     from_stream = {row[0] for row in stream}
-    return taken, [i.row_id for i in taken if i.row_id in from_stream]
+    return (taken, [i.row_id for i in taken if i.row_id in from_stream],
+            [i.row_id for i in taken if i.row_id not in from_stream])

@@ -34,7 +34,7 @@ import aiohttp
 try:  # ISA-L's gzip: the same format in a seventh of the CPU (see GZIP_LEVEL)
     from isal.igzip import compress as gzip_compress
 except ImportError:  # pragma: no cover - a platform without its wheel: the standard library's
-    from gzip import compress as gzip_compress
+    from gzip import compress as gzip_compress  # type: ignore[assignment]  # mtime typed float vs int
 
 from edgeproxy.config import Settings
 from edgeproxy.delivery.classify import Verdict, backoff_delay, body_excerpt
@@ -311,13 +311,15 @@ class DeliveryWorker:
             t = now_ms()
             self._paused = {k: v for k, v in self._paused.items() if v > t}
             deferred: dict[int, list[int]] = {}
-            batch: list[ClaimedItem] = claimed if not self._paused else []
-            for c in claimed if self._paused else ():
-                until = self._pause_until((g.target, g.source), c, t)
-                if until:
-                    deferred.setdefault(until, []).append(c.row_id)
-                else:
-                    batch.append(c)
+            batch = claimed
+            if self._paused:  # else no pass over the rows at all
+                batch = []
+                for c in claimed:
+                    until = self._pause_until((g.target, g.source), c, t)
+                    if until:
+                        deferred.setdefault(until, []).append(c.row_id)
+                    else:
+                        batch.append(c)
             if deferred:
                 await self.spool.settle(release=[(ids, until) for until, ids in deferred.items()])
                 for ids in deferred.values():
