@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from edgeproxy.compiled import (EXTENSION_SUFFIX, MANIFEST, MODULES, PACKAGE_DIR, digest, extension_path, read_manifest,
-                                runtime_path, source_path, status)
+from edgeproxy.compiled import (EXTENSION_SUFFIX, MANIFEST, MODULES, PACKAGE_DIR, digest, extension_path, runtime_path,
+                                source_path, status)
 
 
 def build(modules: Sequence[str] = MODULES) -> int:
@@ -51,11 +51,11 @@ def build(modules: Sequence[str] = MODULES) -> int:
 
 
 def clean() -> None:
-    manifest = read_manifest()
-    if isinstance(manifest.get("runtime"), str):
-        runtime_path(manifest["runtime"]).unlink(missing_ok=True)
-    for module in MODULES:
-        extension_path(module).unlink(missing_ok=True)
+    """Remove the build: every extension module in the package (the package ships none of its
+    own; all are this build's). Not only the listed modules': one dropped from the list would
+    otherwise stay next to its source, and Python's own finder prefers an extension to a ``.py``."""
+    for path in PACKAGE_DIR.rglob(f"*{EXTENSION_SUFFIX}"):
+        path.unlink(missing_ok=True)
     MANIFEST.unlink(missing_ok=True)
 
 
