@@ -43,7 +43,26 @@ def test_the_pure_switch_runs_the_source() -> None:
 def test_a_current_build_runs_compiled() -> None:
     segment, sessions, status = probe(ROOT)
     assert segment.endswith(compiled.EXTENSION_SUFFIX) and sessions.endswith(compiled.EXTENSION_SUFFIX)
-    assert status == "compiled with mypyc: edgeproxy.identity.sessions, edgeproxy.segment"
+    assert status == "compiled with mypyc: " + ", ".join(sorted(compiled.MODULES))
+    assert {"edgeproxy.segment", "edgeproxy.identity.sessions", "edgeproxy.mapping.actions"} <= set(compiled.MODULES)
+
+
+def test_clean_removes_every_build_also_of_a_module_no_longer_listed(tmp_path: Path) -> None:
+    """A module dropped from MODULES keeps no extension behind: Python's own finder would load
+    it before its ``.py``, a build of source that may have changed since."""
+    shutil.copytree(ROOT / "edgeproxy", tmp_path / "edgeproxy", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    stray = tmp_path / "edgeproxy" / "mapping" / f"fql{compiled.EXTENSION_SUFFIX}"
+    runtime = tmp_path / "edgeproxy" / f"0123456789abcdef0123__mypyc{compiled.EXTENSION_SUFFIX}"
+    listed = tmp_path / "edgeproxy" / f"segment{compiled.EXTENSION_SUFFIX}"
+    for path in (stray, runtime, listed):
+        path.write_bytes(b"not a real extension")
+    (tmp_path / "edgeproxy" / "compiled.json").write_text('{"runtime": "other__mypyc", "sources": {}}')
+    run = subprocess.run([sys.executable, "-m", "edgeproxy.mypyc_build", "clean"], cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert not stray.exists() and not runtime.exists() and not listed.exists()
+    assert not (tmp_path / "edgeproxy" / "compiled.json").exists()
+    assert (tmp_path / "edgeproxy" / "mapping" / "fql.py").is_file()
 
 
 @built

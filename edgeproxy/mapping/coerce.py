@@ -58,7 +58,7 @@ def number_to_string(value: int | float) -> str:
     return text
 
 
-def normalize_number(value: float) -> int | float:
+def normalize_number(value: int | float) -> int | float:
     """JSON has one number type: 2.0 and 2 are the same value, keep ints where exact."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)

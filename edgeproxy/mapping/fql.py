@@ -59,7 +59,7 @@ def _or_types(parts: tuple[Condition, ...]) -> Condition:
     """``a or b``: bounded only when every part is (by the union); exact when every part is."""
     if any(p.types is None for p in parts):
         return Condition(_any_of(tuple(p.predicate for p in parts)))
-    types = frozenset().union(*(p.types for p in parts))  # type: ignore[misc]
+    types = frozenset().union(*(p.types for p in parts if p.types is not None))  # (none is None: tested above)
     return Condition(_any_of(tuple(p.predicate for p in parts)), types, all(p.exact for p in parts))
 
 
@@ -164,11 +164,11 @@ class _Parser:
             return Condition(lambda m: not inner(m))
         if tok.kind == "punct" and tok.text == "(":
             self.take()
-            inner = self.parse_or()
+            grouped = self.parse_or()
             if not (self.peek().kind == "punct" and self.peek().text == ")"):
                 raise self.fail("')'")
             self.take()
-            return inner
+            return grouped
         if tok.kind == "word" and tok.text.lower() in _FUNCTIONS:
             return Condition(self.parse_function())
         return self.parse_comparison()

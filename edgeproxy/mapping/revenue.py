@@ -22,8 +22,8 @@ def _is_number(value: Any) -> bool:
 def revenue_properties(x: dict[str, Any]) -> dict[str, Any]:
     """``getRevenueProperties``: price x quantity wins over revenue; nothing when revenue is 0 or absent."""
     revenue = x.get("revenue")
-    quantity = x.get("quantity")
-    price = x.get("price")
+    quantity: Any = x.get("quantity")  # numbers when _is_number says so (Any: no float coercion when compiled)
+    price: Any = x.get("price")
     if _is_number(quantity) and _is_number(price):
         revenue = normalize_number(quantity * price)
     if not revenue or revenue != revenue:  # falsy, or NaN
@@ -39,7 +39,7 @@ def revenue_properties(x: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _js_round(value: float) -> int:
+def _js_round(value: int | float) -> int:
     """``Math.round``: halves go up, also for negatives (-2.5 -> -2)."""
     return int(math.floor(value + 0.5))
 

@@ -50,7 +50,7 @@ def _parse(user_agent: str) -> Parsed:
     if device is not None and not spider and (device.brand, device.model) not in DESKTOP_DEVICES:
         generic = device.brand in NO_VENDOR_BRANDS
         if not (generic and user_agent.startswith("Dalvik/")):  # an app's Android stack: no readable device
-            vendor = None if generic else VENDOR_NAMES.get(device.brand, device.brand)
+            vendor = None if generic or device.brand is None else VENDOR_NAMES.get(device.brand, device.brand)
             model = None if device.model in GENERIC_MODELS else device.model or None
             device_type = _device_type(user_agent, os_name, device.brand, model)
     for rule in RULES:
@@ -74,7 +74,7 @@ def _browser(user_agent: str, found: Any, spider: bool) -> tuple[str | None, str
     # A family with a "/" is uap-core's generic bot rule naming a URL's tail ("com/bot").
     known = (family is not None and family not in UNRECOGNISED_FAMILIES and "/" not in family
              and not spider and (user_agent.startswith(BROWSER_PREFIXES) or family in TEXT_BROWSERS))
-    if known:
+    if known and family is not None:  # (known implies it; said for the type checker)
         name = BROWSER_NAMES.get(family, family)
         return name, (found.major if name else None)
     for token in BROWSER_TOKENS:

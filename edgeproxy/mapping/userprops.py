@@ -7,7 +7,7 @@ operator object with a non-empty mapped one, while logEvent, logPurchase and ide
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 
 def utm_operators(utm: Any) -> dict[str, dict[str, Any]]:
@@ -46,7 +46,7 @@ def merge_user_properties(*parts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def wants_utm_merge(payload: dict[str, Any]) -> bool:
+def wants_utm_merge(payload: Mapping[str, Any]) -> bool:
     """The merge runs only when utm_properties has a key or the referrer is truthy."""
     return bool(_as_object(payload.get("utm_properties"))) or bool(payload.get("referrer"))
 
