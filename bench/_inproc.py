@@ -26,7 +26,8 @@ pinned to the server core like the servers under test.
   (``pipeline.relay_record``), delivered as ``/v1/batch`` requests to the same local responder.
 - ``hot-path``: µs per event of the compiled modules' work alone (``segment.normalize`` of an
   analytics.js track call, ``sessions.touch`` of a returning visitor's session, then the
-  default mapping of the message, whose actions and conversions are compiled), best of
+  default mapping of the message, whose actions and conversions are compiled; and apart, the
+  relay's request body per message, ``segment_api.request_body``), best of
   5 runs of 20,000; run once compiled and once with ``EDGEPROXY_PURE_PYTHON=1``.
 - ``trail-memory``: tracemalloc's traced bytes after N analytics.js track calls of 1,000
   visitors through the real tracking handler (``_handler_only.py``'s app, in-process over
@@ -190,9 +191,10 @@ def hot_path(events: int) -> dict[str, Any]:
     import orjson
     from _wrk import track_event
 
-    from edgeproxy import compiled, segment
+    from edgeproxy import compiled, segment, segment_api
     from edgeproxy.identity import sessions
     from edgeproxy.mapping import Mapper
+    from edgeproxy.pipeline import relay_record
 
     mapper = Mapper({}, strict_settings=False)  # the default presets, as a server maps (no settings check)
     bodies = [orjson.dumps(track_event(str(uuid.uuid4()), f"ajs-next-{i}", time.time())) for i in range(100)]
@@ -210,10 +212,20 @@ def hot_path(events: int) -> dict[str, Any]:
             sessions.touch(state, t, TIMEOUT_MS, library=LIBRARY, user_agent=USER_AGENT, user_id=msg.get("userId"))
             mapper.map(msg, device_id=msg["anonymousId"])
 
+    # The relay's request body: the messages as stored (normalized, sentAt last), waited 300 ms.
+    now_ms = int(now.timestamp() * 1000)
+    stored = [(orjson.dumps(relay_record(segment.normalize(orjson.loads(b), path_type="track", received=now), write_key="wk",
+                                         device_id=None, session_id=None, received_ms=now_ms - 300).item), now_ms - 300)
+              for b in bodies]
+
+    def relay_body() -> None:
+        segment_api.request_body(stored, now_ms)
+
     loops = max(1, events // len(bodies))
     parse = min(timeit.repeat(parse_only, number=loops, repeat=5)) / (loops * len(bodies))
     total = min(timeit.repeat(work, number=loops, repeat=5)) / (loops * len(bodies))
-    return {"status": compiled.status(), "us_per_event": (total - parse) * 1e6}
+    relay = min(timeit.repeat(relay_body, number=loops, repeat=5)) / (loops * len(bodies))
+    return {"status": compiled.status(), "us_per_event": (total - parse) * 1e6, "relay_body_us": relay * 1e6}
 
 
 def _trail_app(events: int, trail_size: int) -> tuple[Any, Any, list[bytes]]:
