@@ -205,8 +205,8 @@ async def test_the_next_attempt_and_retrying_queries_read_waiting_rows_only(tmp_
     conn = sqlite3.connect(tmp_path / "spool.sqlite3")
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE type='index' AND name='items_waiting'").fetchone()[0]
     plans = [" ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + q)) for q in (
-        f"SELECT MIN(next_attempt_ms) FROM {spool_sql._FROM_WAITING} AND next_attempt_ms > 5",
-        f"SELECT COUNT(*) FROM {spool_sql._FROM_WAITING} AND attempts > 0",
+        f"SELECT MIN(next_attempt_ms) FROM {spool_sql.FROM_WAITING} AND next_attempt_ms > 5",
+        f"SELECT COUNT(*) FROM {spool_sql.FROM_WAITING} AND attempts > 0",
     )]
     conn.close()
     assert "WHERE state = 'pending' AND next_attempt_ms > 0" in sql

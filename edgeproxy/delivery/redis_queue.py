@@ -43,6 +43,7 @@ from edgeproxy.delivery import redis_lua as lua
 from edgeproxy.delivery import redis_queue_forget
 from edgeproxy.delivery import redis_queue_views as views
 from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
+from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.delivery.spool_sql import (
     DEFAULT_SOURCE,
     DEFAULT_TARGET,
@@ -50,7 +51,6 @@ from edgeproxy.delivery.spool_sql import (
     RESPONSE_LOG_KEEP,
     ClaimedItem,
     DueGroup,
-    ReplayFilter,
     dead_reason,
     group_key,
     item_size,

@@ -52,9 +52,11 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import orjson
 
+from edgeproxy.delivery import spool_admin as admin
 from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery import spool_view as view
 from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
+from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.delivery.spool_budget import PRUNE_STEPS_PER_SETTLE, Retention, Room, encode_append
 from edgeproxy.delivery.spool_commit import GroupCommit
 from edgeproxy.delivery.spool_parts import Either, merge_due_groups, pick_claim, split_verdict
@@ -63,7 +65,6 @@ from edgeproxy.delivery.spool_stream import Stream
 from edgeproxy.delivery.spool_sql import (
     ClaimedItem,
     DueGroup,
-    ReplayFilter,
     dead_reason,
     group_key,
     item_size,
@@ -89,7 +90,7 @@ HARD_LIMIT_HEADROOM = 16 * 1024 * 1024
 # zeroes deleted content only where that costs no extra write (within pages already written).
 # Measured: pruning delivered rows 11.0 -> 9.0 µs a row; forwarding CPU 19.5 -> 18.4 µs an event
 # (bench_ingest --only forwarding, 4 alternating runs each). What must not linger is
-# what `edgeproxy forget` deletes: that statement runs with secure_delete ON (spool_sql.zeroing).
+# what `edgeproxy forget` deletes: that statement runs with secure_delete ON (spool_admin.zeroing).
 SECURE_DELETE = "FAST"
 # The worker's bookkeeping in small transactions, so tracking calls are not held up behind it:
 # one transaction marking 500 rows delivered and pruning 1,000 held the event loop up to 11 ms
@@ -425,10 +426,10 @@ class Spool:
             self._stream.ahead))
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._submit(lambda c: sql.dead_letters(c, limit))
+        return await self._submit(lambda c: admin.dead_letters(c, limit))
 
     async def dead_by_reason(self) -> dict[str, int]:
-        return await self._submit(sql.dead_by_reason)
+        return await self._submit(admin.dead_by_reason)
 
     async def undelivered(self, which: str, limit: int = 20) -> list[dict[str, Any]]:
         """Rows ``in_flight`` or ``retrying``, oldest first (for /debug)."""
@@ -436,14 +437,14 @@ class Spool:
                                                              [*self._in_flight, *self._stream.flying]))
 
     async def recent_responses(self, limit: int = 50) -> list[dict[str, Any]]:
-        return await self._submit(lambda c: sql.recent_responses(c, limit))
+        return await self._submit(lambda c: admin.recent_responses(c, limit))
 
     async def depth_by_target(self) -> list[dict[str, Any]]:
         return await self._submit(lambda c: view.depth_by_target(c, self._stream.fresh(c)))
 
     async def replay_dead_letters(self, selection: ReplayFilter | None = None) -> int:
         """Put dead letters that have an item (and match ``selection``) back to pending; returns how many."""
-        return await self._submit(lambda c: sql.replay(c, selection))
+        return await self._submit(lambda c: admin.replay(c, selection))
 
     async def forget(self, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
         """Delete a person's rows in every state (``edgeproxy forget``); counts by state."""

@@ -10,12 +10,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from edgeproxy.delivery import spool_sql as sql
+from edgeproxy.delivery import spool_admin as admin
 from edgeproxy.delivery import spool_view as view
 from edgeproxy.delivery.records import SpoolUnavailable
 from edgeproxy.delivery.spool import DB_SUFFIXES, SPOOL_FILENAME
+from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.delivery.spool_schema import SchemaTooNew, migrate
-from edgeproxy.delivery.spool_sql import ReplayFilter, now_ms
+from edgeproxy.delivery.spool_sql import now_ms
 from edgeproxy.delivery.spool_stream import StreamState
 
 
@@ -47,9 +48,9 @@ def spool_report(path: Path, *, limit: int = 20) -> dict[str, Any]:
         stream = StreamState.load(conn)  # as on disk: what the serving process has in flight is pending here
         report = view.stats(conn, stream, now_ms())
         report["by_target"] = view.depth_by_target(conn, stream)
-        report["dead_by_reason"] = sql.dead_by_reason(conn)
-        report["dead_letters"] = sql.dead_letters(conn, limit)
-        report["recent_responses"] = sql.recent_responses(conn, limit)
+        report["dead_by_reason"] = admin.dead_by_reason(conn)
+        report["dead_letters"] = admin.dead_letters(conn, limit)
+        report["recent_responses"] = admin.recent_responses(conn, limit)
         return report
     finally:
         conn.close()
@@ -60,7 +61,7 @@ def replay(path: Path, selection: ReplayFilter | None = None) -> int:
     conn = _cli_connect(path, readonly=False)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        n = sql.replay(conn, selection)
+        n = admin.replay(conn, selection)
         conn.execute("COMMIT")
         return n
     except sqlite3.Error as exc:

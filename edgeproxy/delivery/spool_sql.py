@@ -4,7 +4,8 @@ New items go to the append-only stream (``spool_stream``); this table holds the 
 state is per row: items that failed an attempt (retrying, or given back "not before" a time),
 dead letters (with no item when the mapping refused the Segment message, whose original is
 then kept in ``payload``), replayed dead letters, and what spools written before schema v9
-held. Also here: the upstream response log, the claim's ``pick`` and the names both parts share.
+held. Also here: the claim's ``pick`` and the names both parts share. What operators read
+and do to this table (stats, dead letters, replay, forget) is ``spool_admin``'s.
 
 Why apart from ``spool.py``: that module is about concurrency (group commit on the event
 loop, futures); this one is about the data. Each function runs inside whatever transaction
@@ -19,12 +20,11 @@ written by older versions may hold ``inflight`` rows; ``reclaim_inflight`` makes
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Container, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Container, Iterable, Mapping, NamedTuple, Sequence
 from urllib.parse import quote_plus
 
 import orjson
@@ -134,7 +134,7 @@ def item_size(endpoint: str, encoded_item: bytes) -> int:
     return len(encoded_item)
 
 
-def _loads(blob: bytes | str | None) -> Any:
+def loads_blob(blob: bytes | str | None) -> Any:
     return None if blob is None else orjson.loads(blob)
 
 
@@ -142,7 +142,7 @@ def row_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = {
         "message_id": row["message_id"],
         "endpoint": row["endpoint"],
-        "item": _loads(row["item"]),
+        "item": loads_blob(row["item"]),
         "state": row["state"],
         "attempts": row["attempts"],
         "last_error": row["last_error"],
@@ -154,7 +154,7 @@ def row_dict(row: sqlite3.Row) -> dict[str, Any]:
     if row["state"] == "pending" and row["next_attempt_ms"]:
         out["next_attempt_ms"] = row["next_attempt_ms"]
     if row["payload"] is not None:
-        out["payload"] = _loads(row["payload"])
+        out["payload"] = loads_blob(row["payload"])
     return out
 
 
@@ -163,11 +163,11 @@ def row_dict(row: sqlite3.Row) -> dict[str, Any]:
 # when the transaction holds more than one operation).
 
 
-def _placeholders(n: int) -> str:
+def placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _chunks(ids: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
+def chunks(ids: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
 
@@ -258,7 +258,7 @@ def reclaim_inflight(c: sqlite3.Connection) -> int:
 DUE_COUNT_CAP = 2_001
 
 
-def _pending_groups(c: sqlite3.Connection, state: str = "pending") -> Iterable[str]:
+def pending_groups(c: sqlite3.Connection, state: str = "pending") -> Iterable[str]:
     """The distinct group keys of rows in ``state``, one index seek each.
 
     Why not ``SELECT DISTINCT`` or ``GROUP BY``: those read every row of the state, and
@@ -279,7 +279,7 @@ def due_groups(c: sqlite3.Connection, t: int) -> list[DueGroup]:
     row in spool order, which is its longest-waiting row.
     """
     out = []
-    for key in list(_pending_groups(c)):
+    for key in list(pending_groups(c)):
         n, first = c.execute(
             "SELECT COUNT(*), MIN(id) FROM (SELECT id FROM items WHERE state='pending' AND group_key=?"
             " AND next_attempt_ms <= ? ORDER BY id LIMIT ?)",
@@ -289,7 +289,7 @@ def due_groups(c: sqlite3.Connection, t: int) -> list[DueGroup]:
             endpoint, options, oldest, target, source = c.execute(
                 "SELECT endpoint, options, received_ms, target, source FROM items WHERE id=?", (first,)
             ).fetchone()
-            out.append(DueGroup(key, endpoint, _loads(options), n, oldest, target, source))
+            out.append(DueGroup(key, endpoint, loads_blob(options), n, oldest, target, source))
     return out
 
 
@@ -297,11 +297,11 @@ def due_groups(c: sqlite3.Connection, t: int) -> list[DueGroup]:
 # (schema v5). Every pending row with attempts > 0 is among them: a retry always schedules its
 # next attempt in the future. INDEXED BY because without ANALYZE statistics SQLite prefers the
 # claim index (an equality on state) and walks every pending row.
-_FROM_WAITING = "items INDEXED BY items_waiting WHERE state='pending' AND next_attempt_ms > 0"
+FROM_WAITING = "items INDEXED BY items_waiting WHERE state='pending' AND next_attempt_ms > 0"
 
 
 def next_attempt_ms(c: sqlite3.Connection, t: int) -> int | None:
-    return c.execute(f"SELECT MIN(next_attempt_ms) FROM {_FROM_WAITING} AND next_attempt_ms > ?", (t,)).fetchone()[0]
+    return c.execute(f"SELECT MIN(next_attempt_ms) FROM {FROM_WAITING} AND next_attempt_ms > ?", (t,)).fetchone()[0]
 
 
 # A group's due rows in id order, each row's columns in ClaimedItem's field order, so a row
@@ -363,9 +363,9 @@ def settle(
 ) -> None:
     """Apply one request's verdict to its rows. Pruning the delivered rows is the caller's
     (``delete_oldest_delivered``): the spool prunes in steps of their own transactions."""
-    for chunk in _chunks(list(ack)):
+    for chunk in chunks(list(ack)):
         c.execute(
-            f"UPDATE items SET state='delivered', delivered_ms=?, last_error=NULL WHERE id IN ({_placeholders(len(chunk))})",
+            f"UPDATE items SET state='delivered', delivered_ms=?, last_error=NULL WHERE id IN ({placeholders(len(chunk))})",
             (t, *chunk),
         )
     c.executemany(
@@ -373,17 +373,17 @@ def settle(
         [(t, code, text, row_id) for row_id, (code, text) in dead.items()],
     )
     for ids, next_ms, error in retry:
-        for chunk in _chunks(list(ids)):
+        for chunk in chunks(list(ids)):
             c.execute(
                 f"UPDATE items SET state='pending', attempts=attempts+1, next_attempt_ms=?, last_error=?"
-                f" WHERE id IN ({_placeholders(len(chunk))})",
+                f" WHERE id IN ({placeholders(len(chunk))})",
                 (next_ms, error, *chunk),
             )
     for ids, next_ms in release:
-        for chunk in _chunks(list(ids)):
+        for chunk in chunks(list(ids)):
             c.execute(
                 f"UPDATE items SET state='pending', next_attempt_ms=MAX(next_attempt_ms, ?)"
-                f" WHERE id IN ({_placeholders(len(chunk))})",
+                f" WHERE id IN ({placeholders(len(chunk))})",
                 (next_ms, *chunk),
             )
     if response is not None:
@@ -430,177 +430,3 @@ def prune_slack(retention: int) -> int:
 def prune_limit(retention: int) -> int:
     """The most delivered rows kept before a prune: ``retention`` plus the slack (none for 0)."""
     return retention + (prune_slack(retention) if retention else 0)
-
-
-def stats(c: sqlite3.Connection, t: int) -> dict[str, Any]:
-    """Counts per state and the age of the longest-waiting undelivered row.
-
-    Called every second for the depth gauge, so every part reads an index only: counts from
-    the claim index, retrying rows from the waiting index, the oldest row from each group's
-    first row (a seek per group, not a walk of the backlog).
-    """
-    counts = {state: c.execute("SELECT COUNT(*) FROM items WHERE state=?", (state,)).fetchone()[0]
-              for state in ("pending", "inflight", "delivered", "dead")}
-    retrying = c.execute(f"SELECT COUNT(*) FROM {_FROM_WAITING} AND attempts > 0").fetchone()[0]
-    firsts = [
-        c.execute(
-            "SELECT received_ms FROM items WHERE id = (SELECT MIN(id) FROM items WHERE state=? AND group_key=?)", (state, key)
-        ).fetchone()[0]
-        for state in ("pending", "inflight")
-        for key in list(_pending_groups(c, state))
-    ]
-    oldest = min(firsts, default=None)
-    return {
-        "depth": counts["pending"],
-        "in_flight": counts["inflight"],
-        "retrying": retrying,
-        "delivered": counts["delivered"],
-        "dead": counts["dead"],
-        "oldest_age_s": max(0.0, (t - oldest) / 1000) if oldest is not None else 0.0,
-    }
-
-
-def depth_by_target(c: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Undelivered and dead rows per (target, source), for ``edgeproxy spool`` and /debug.
-
-    A walk of the undelivered rows, so not for the per-second gauge (``stats``)."""
-    rows = c.execute(
-        "SELECT target, source, SUM(state='pending') AS pending, SUM(state='dead') AS dead FROM items"
-        " WHERE state IN ('pending', 'dead') GROUP BY target, source ORDER BY target, source"
-    )
-    return [{"target": r[0], "source": r[1], "pending": r[2], "dead": r[3]} for r in rows]
-
-
-def dead_letters(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
-    out = []
-    for r in c.execute("SELECT * FROM items_with_body WHERE state='dead' ORDER BY dead_ms DESC, id DESC LIMIT ?", (limit,)):
-        out.append({
-            "message_id": r["message_id"],
-            "endpoint": r["endpoint"],
-            "item": _loads(r["item"]),
-            "payload": _loads(r["payload"]),
-            "reason": r["last_error"],
-            "reason_code": r["dead_code"] or OTHER_REASON,
-            "target": r["target"],
-            "source": r["source"],
-            "device_id": r["device_id"],
-            "session_id": r["session_id"],
-            "attempts": r["attempts"],
-            "received_ms": r["received_ms"],
-            "dead_ms": r["dead_ms"],
-            "replayable": r["item"] is not None,
-        })
-    return out
-
-
-def recent_responses(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
-    return [
-        {"time_ms": r["time_ms"], "endpoint": r["endpoint"], "status": r["status"], "items": r["items"], "body": r["body"],
-         "target": r["target"], "source": r["source"]}
-        for r in c.execute("SELECT * FROM responses ORDER BY id DESC LIMIT ?", (limit,))
-    ]
-
-
-def dead_by_reason(c: sqlite3.Connection) -> dict[str, int]:
-    """Dead letters counted by reason code, most frequent first."""
-    rows = c.execute(
-        "SELECT COALESCE(dead_code, ?) AS code, COUNT(*) AS n FROM items WHERE state='dead'"
-        " GROUP BY code ORDER BY n DESC, code",
-        (OTHER_REASON,),
-    )
-    return {r["code"]: r["n"] for r in rows}
-
-
-@dataclass(frozen=True)
-class ReplayFilter:
-    """Which dead letters ``replay`` puts back: every given criterion must match (none: all)."""
-
-    reasons: tuple[str, ...] = ()  # reason codes, e.g. ("invalid_api_key",)
-    endpoint: str | None = None
-    message_ids: tuple[str, ...] = ()
-    limit: int | None = None
-    target: str | None = None  # "amplitude" or "segment"
-    source: str | None = None
-
-    def where(self) -> tuple[str, list[Any]]:
-        # Mapping refusals have nothing to send: no item (schema v8: no row in item_bodies).
-        clauses, params = ["state='dead'", "EXISTS (SELECT 1 FROM item_bodies AS b WHERE b.id = items.id)"], []
-        if self.reasons:
-            clauses.append(f"COALESCE(dead_code, '{OTHER_REASON}') IN ({_placeholders(len(self.reasons))})")
-            params.extend(self.reasons)
-        if self.endpoint is not None:
-            clauses.append("endpoint = ?")
-            params.append(self.endpoint)
-        if self.message_ids:
-            clauses.append(f"message_id IN ({_placeholders(len(self.message_ids))})")
-            params.extend(self.message_ids)
-        for column in ("target", "source"):
-            value = getattr(self, column)
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        return " AND ".join(clauses), params
-
-
-def replay(c: sqlite3.Connection, selection: ReplayFilter | None = None) -> int:
-    """Dead letters matching ``selection`` back to pending with a fresh attempt count."""
-    selection = selection or ReplayFilter()
-    where, params = selection.where()
-    limit = -1 if selection.limit is None else selection.limit
-    ids = [r[0] for r in c.execute(f"SELECT id FROM items WHERE {where} ORDER BY id LIMIT ?", (*params, limit))]
-    for chunk in _chunks(ids):
-        c.execute(
-            f"UPDATE items SET state='pending', attempts=0, next_attempt_ms=0, dead_ms=NULL, dead_code=NULL,"
-            f" last_error='replayed: ' || COALESCE(last_error, '') WHERE id IN ({_placeholders(len(chunk))})",
-            chunk,
-        )
-    return len(ids)
-
-
-_SECURE_DELETE_MODES = {2: "FAST"}  # PRAGMA secure_delete reads FAST back as 2, but setting "2" means ON
-
-
-def person_where(device_ids: Sequence[str], user_id: str | None) -> tuple[str, list[Any]] | None:
-    """The WHERE clause of a person's rows (these devices or this user id), for every table that
-    holds items; None when neither is given. Deletion requests (target ``deletions``) are never
-    the person's rows: they are how the person's data leaves Amplitude."""
-    clauses, params = [], []
-    if device_ids:
-        clauses.append(f"device_id IN ({_placeholders(len(device_ids))})")
-        params += list(device_ids)
-    if user_id:
-        clauses.append("user_id = ?")
-        params.append(user_id)
-    return (f"({' OR '.join(clauses)}) AND target != 'deletions'", params) if clauses else None
-
-
-@contextlib.contextmanager
-def zeroing(c: sqlite3.Connection) -> Iterator[None]:
-    """secure_delete ON for the statements inside: a forgotten person's rows are zeroed on disk,
-    not only unlinked (the connection may run with FAST, spool.SECURE_DELETE, which leaves freed
-    pages as they were)."""
-    before = c.execute("PRAGMA secure_delete").fetchone()[0]
-    c.execute("PRAGMA secure_delete=ON")
-    try:
-        yield
-    finally:
-        c.execute(f"PRAGMA secure_delete={_SECURE_DELETE_MODES.get(before, before)}")
-
-
-def forget(c: sqlite3.Connection, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
-    """Delete every side-table row (pending, in flight, delivered, dead) of these devices or this
-    user id, zeroed on disk; returns how many of each state."""
-    person = person_where(device_ids, user_id)
-    if person is None:
-        return {}
-    where, params = person
-    counts = {state: n for state, n in c.execute(f"SELECT state, COUNT(*) FROM items WHERE {where} GROUP BY state", params)}
-    with zeroing(c):
-        c.execute(f"DELETE FROM items WHERE {where}", params)
-    return counts
-
-
-def user_devices(c: sqlite3.Connection, user_id: str, limit: int = 1000) -> list[str]:
-    """Device ids the spool has seen with this user id (the person's browsers and phones)."""
-    return [r[0] for r in c.execute("SELECT DISTINCT device_id FROM items WHERE user_id = ? AND device_id IS NOT NULL"
-                                    " LIMIT ?", (user_id, limit))]

@@ -15,6 +15,7 @@ from typing import Any, Container, Iterable, Mapping, Sequence
 
 import orjson
 
+from edgeproxy.delivery import spool_admin as admin
 from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery.spool_stream import StreamState, cursor_ms
 
@@ -116,7 +117,7 @@ def stats(c: sqlite3.Connection, s: StreamState, t: int, acked_ahead: int = 0) -
 
     Called every second for the depth gauge: the stream's counts are kept per segment, and the
     oldest row is a seek per group."""
-    out = sql.stats(c, t)
+    out = admin.stats(c, t)
     out["depth"] += s.pending() - acked_ahead
     out["delivered"] += s.delivered() + acked_ahead
     firsts = _first_pending_ms(c, s)
@@ -128,7 +129,7 @@ def stats(c: sqlite3.Connection, s: StreamState, t: int, acked_ahead: int = 0) -
 
 def depth_by_target(c: sqlite3.Connection, s: StreamState) -> list[dict[str, Any]]:
     """Undelivered and dead rows per (target, source), for ``edgeproxy spool`` and /debug."""
-    counts = {(r["target"], r["source"]): r for r in sql.depth_by_target(c)}
+    counts = {(r["target"], r["source"]): r for r in admin.depth_by_target(c)}
     for key in s.groups:
         n, names = 0, None
         for seg in s.after(key):
@@ -145,12 +146,12 @@ def depth_by_target(c: sqlite3.Connection, s: StreamState) -> list[dict[str, Any
 def forget(c: sqlite3.Connection, s: StreamState, device_ids: Sequence[str], user_id: str | None) -> dict[str, int]:
     """Delete a person's rows in both parts, zeroed on disk (secure_delete ON for these
     statements); counts by state. The caller reloads the stream's state afterwards."""
-    counts = sql.forget(c, device_ids, user_id)
-    person = sql.person_where(device_ids, user_id)
+    counts = admin.forget(c, device_ids, user_id)
+    person = admin.person_where(device_ids, user_id)
     if person is None:
         return counts
     where, params = person
-    with sql.zeroing(c):
+    with admin.zeroing(c):
         for seg in s.segments:
             for row_id, key in c.execute(f"SELECT id, group_key FROM {seg.table} WHERE {where}", params).fetchall():
                 state = s.state_of(key, row_id)
@@ -161,7 +162,7 @@ def forget(c: sqlite3.Connection, s: StreamState, device_ids: Sequence[str], use
 
 def user_devices(c: sqlite3.Connection, s: StreamState, user_id: str, limit: int = 1000) -> list[str]:
     """Device ids the spool has seen with this user id (the person's browsers and phones)."""
-    seen = dict.fromkeys(sql.user_devices(c, user_id, limit))
+    seen = dict.fromkeys(admin.user_devices(c, user_id, limit))
     for seg in s.segments:
         for (device,) in c.execute(f"SELECT DISTINCT device_id FROM {seg.table} WHERE user_id = ?"
                                    " AND device_id IS NOT NULL", (user_id,)):
