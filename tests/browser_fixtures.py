@@ -148,6 +148,25 @@ async def cookies_of(context: Any, url: str) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in await context.cookies(url)}
 
 
+async def cookies_when(context: Any, url: str, ready: Callable[[dict[str, dict[str, Any]]], bool],
+                       what: str) -> dict[str, dict[str, Any]]:
+    """The jar once ``ready`` says so. Read right after ``wait_events`` it may not be yet:
+    delivery starts at the spool's commit, the tracking response leaves after it, and the
+    browser stores the response's cookies on its own time (seen once in a busy full run)."""
+    deadline = asyncio.get_running_loop().time() + EVENTS_WAIT
+    while True:
+        jar = await cookies_of(context, url)
+        if ready(jar):
+            return jar
+        assert asyncio.get_running_loop().time() < deadline, f"never {what} for {url}: have {sorted(jar)}"
+        await asyncio.sleep(0.05)
+
+
+async def cookies_once_set(context: Any, url: str, *names: str) -> dict[str, dict[str, Any]]:
+    """The jar once ``names`` are all in it (``cookies_when``)."""
+    return await cookies_when(context, url, lambda jar: all(n in jar for n in names), f"set {', '.join(names)}")
+
+
 async def run_js(page: Any, script: str, timeout: float = 15.0) -> Any:
     """``page.evaluate`` with a bound: Playwright itself waits for a promise forever."""
     return await asyncio.wait_for(page.evaluate(script), timeout)

@@ -30,6 +30,8 @@ from browser_fixtures import (  # noqa: F401  (amp, chromium, context, make_prox
     chromium,
     context,
     cookies_of,
+    cookies_once_set,
+    cookies_when,
     device_ids,
     make_proxy,
     open_page,
@@ -124,7 +126,7 @@ async def test_site_behind_the_proxy_gets_server_device_and_session_across_reloa
     second_tab = await open_page(context, www(proxy, "/second"))
     await second_tab.click("#buy")
     items = await wait_events(amp, 5)
-    cookies = await cookies_of(context, www(proxy))
+    cookies = await cookies_once_set(context, www(proxy), "analytics_session_id")
 
     names = sorted(e["event_type"] for e in items)
     assert names.count("Buy Clicked") == 2 and len(names) == 5, names
@@ -163,7 +165,7 @@ async def test_second_subdomain_shares_device_and_session_and_what_chromium_saw(
     on_www = await open_page(context, www(proxy, "/"))
     await on_www.click("#buy")
     await wait_events(amp, 2)
-    www_session = int((await cookies_of(context, www(proxy)))["analytics_session_id"]["value"])
+    www_session = int((await cookies_once_set(context, www(proxy), "analytics_session_id"))["analytics_session_id"]["value"])
     calls_before_shop = len(seen.tracking)
 
     on_shop = await open_page(context, shop(proxy, "/shop"))
@@ -272,8 +274,9 @@ async def test_idle_gap_longer_than_the_timeout_starts_a_new_session(
     assert second["device_id"] == first["device_id"]
     assert second["session_id"] != first["session_id"]
     assert second["session_id"] - first["session_id"] >= 3000
-    cookies = await cookies_of(context, www(proxy))
-    assert int(cookies["analytics_session_id"]["value"]) == second["session_id"]
+    # The new session's cookie comes with the answer to the click (``cookies_when``).
+    await cookies_when(context, www(proxy), lambda jar: jar.get("analytics_session_id", {}).get("value") == str(second["session_id"]),
+                       f"the new session's cookie ({second['session_id']})")
 
 
 async def test_with_the_plugin_blocked_the_server_still_stamps_the_session(
@@ -290,7 +293,7 @@ async def test_with_the_plugin_blocked_the_server_still_stamps_the_session(
     await page.wait_for_function(READY, timeout=WAIT_MS)
     items = await wait_events(amp, 3)
     anonymous_id = await page.evaluate("analytics.user().anonymousId()")
-    cookies = await cookies_of(context, www(proxy))
+    cookies = await cookies_once_set(context, www(proxy), "analytics_session_id")
 
     assert [u for _, u, _ in seen.unanswered() if "/_e/p/" in u], "the plugin was never requested, so never blocked"
     calls = seen.tracked_once()

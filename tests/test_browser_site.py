@@ -19,7 +19,7 @@ from browser_fixtures import (  # noqa: F401  (amp, chromium, context, make_prox
     amp,
     chromium,
     context,
-    cookies_of,
+    cookies_once_set,
     device_ids,
     make_proxy,
     open_page,
@@ -95,7 +95,7 @@ async def test_default_secure_cookies_work_on_plain_http_localhost(
     await page.click("#buy")
     items = await wait_events(amp, 2)
     anonymous_id = await page.evaluate("analytics.user().anonymousId()")
-    jar = await cookies_of(context, local)
+    jar = await cookies_once_set(context, local, *SERVER_COOKIES)
     assert all(jar[name]["secure"] is True and jar[name]["domain"] == "localhost" for name in SERVER_COOKIES), jar
     assert device_ids(items) == {anonymous_id}
     assert session_ids(items) == {int(jar["analytics_session_id"]["value"])}
@@ -156,7 +156,7 @@ async def test_a_site_keeping_its_own_segment_snippet_only_changes_the_bundle_ur
     await page.click("#buy")
     items = await wait_events(amp, 2)
     anonymous_id = await page.evaluate("analytics.user().anonymousId()")
-    jar = await cookies_of(context, www(proxy))
+    jar = await cookies_once_set(context, www(proxy), "analytics_session_id")
     assert len(items) == 2 and "Buy Clicked" in {e["event_type"] for e in items}
     assert device_ids(items) == {anonymous_id}
     assert session_ids(items) == {int(jar["analytics_session_id"]["value"])}
