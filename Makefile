@@ -25,7 +25,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # The files of edgeproxy.compiled.MODULES.
 COMPILED_SOURCES = edgeproxy/segment.py edgeproxy/identity/sessions.py edgeproxy/mapping/actions.py \
 	edgeproxy/mapping/coerce.py edgeproxy/mapping/userprops.py edgeproxy/mapping/useragent.py edgeproxy/mapping/revenue.py \
-	edgeproxy/segment_api.py
+	edgeproxy/segment_api.py edgeproxy/identity/cookies.py
 $(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES)
 	@command -v cc >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc)
 	$(BIN)/pip install -q -e '.[compile]'

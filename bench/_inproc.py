@@ -27,7 +27,8 @@ pinned to the server core like the servers under test.
 - ``hot-path``: µs per event of the compiled modules' work alone (``segment.normalize`` of an
   analytics.js track call, ``sessions.touch`` of a returning visitor's session, then the
   default mapping of the message, whose actions and conversions are compiled; and apart, the
-  relay's request body per message, ``segment_api.request_body``), best of
+  relay's request body per message, ``segment_api.request_body``, and a returning visitor's
+  cookies for one call, ``identity.cookies``: read, the session's signed, written), best of
   5 runs of 20,000; run once compiled and once with ``EDGEPROXY_PURE_PYTHON=1``.
 - ``trail-memory``: tracemalloc's traced bytes after N analytics.js track calls of 1,000
   visitors through the real tracking handler (``_handler_only.py``'s app, in-process over
@@ -221,11 +222,53 @@ def hot_path(events: int) -> dict[str, Any]:
     def relay_body() -> None:
         segment_api.request_body(stored, now_ms)
 
+    cookie_work = _cookie_work(now_ms)
+
     loops = max(1, events // len(bodies))
     parse = min(timeit.repeat(parse_only, number=loops, repeat=5)) / (loops * len(bodies))
     total = min(timeit.repeat(work, number=loops, repeat=5)) / (loops * len(bodies))
     relay = min(timeit.repeat(relay_body, number=loops, repeat=5)) / (loops * len(bodies))
-    return {"status": compiled.status(), "us_per_event": (total - parse) * 1e6, "relay_body_us": relay * 1e6}
+    calls = loops * len(bodies)
+    cookie = min(timeit.repeat(cookie_work, number=calls, repeat=5)) / calls
+    return {"status": compiled.status(), "us_per_event": (total - parse) * 1e6, "relay_body_us": relay * 1e6,
+            "cookies_us": cookie * 1e6}
+
+
+def _cookie_work(now_ms: int) -> Any:
+    """A returning visitor's cookies through ``identity.cookies`` for one tracking call: the two
+    signed cookies read from a Cookie header (both remembered, as a server's are), the moved-on
+    session cookie signed, and the three Set-Cookie values written."""
+    from edgeproxy.identity.cookies import (
+        READABLE_LAST_ACCESS_COOKIE,
+        READABLE_SESSION_COOKIE,
+        CookieCodec,
+        CookiePolicy,
+        cookie_values,
+    )
+    from edgeproxy.identity.sessions import SessionState
+
+    codec, policy = CookieCodec(["bench-signing-key-" * 2], max_age_s=400 * 86400), CookiePolicy(secure=False)
+    device = str(uuid.uuid4())
+    state = SessionState(session_id=now_ms - 60_000, last_event_ms=now_ms - 1_000, event_count=3, user_id=None,
+                         first_seen=now_ms - 60_000)
+    header = (f'ajs_anonymous_id=%22{device}%22; ajs_user_id=null; {policy.device_cookie}={codec.dump_device(device)}; '
+              f"{policy.session_cookie}={codec.dump_session(device, state)}; {READABLE_SESSION_COOKIE}={state.session_id}")
+    names = (policy.device_cookie, policy.session_cookie)
+    step = iter(range(1, 10**9))
+
+    def work() -> list[str]:
+        values = cookie_values(header, names)
+        loaded = codec.load_device_signed(values[policy.device_cookie])
+        session = codec.load_session(values[policy.session_cookie], loaded[0] if loaded else None)
+        assert loaded is not None and session is not None
+        moved = SessionState(session_id=session.session_id, last_event_ms=session.last_event_ms + next(step),
+                             event_count=session.event_count + 1, user_id=None, first_seen=session.first_seen)
+        out = [policy.signed(policy.session_cookie, codec.dump_session(loaded[0], moved)),
+               policy.readable(READABLE_SESSION_COOKIE, moved.session_id),
+               policy.readable(READABLE_LAST_ACCESS_COOKIE, moved.last_event_ms)]
+        return [c.header_value() for c in out]
+
+    return work
 
 
 def _trail_app(events: int, trail_size: int) -> tuple[Any, Any, list[bytes]]:

@@ -14,17 +14,17 @@ from hypothesis import strategies as st
 from itsdangerous import TimestampSigner
 
 from edgeproxy.config import Settings
-from edgeproxy.identity import cookies as cookies_module
+from edgeproxy.identity import signing
 from edgeproxy.identity.cookies import (
     MAX_DEVICE_ID_LEN,
     CookieCodec,
     CookiePolicy,
     CookieSpec,
     load_signing_keys,
-    make_serializer,
     valid_device_id,
 )
 from edgeproxy.identity.sessions import SessionState
+from edgeproxy.identity.signing import make_serializer
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32
@@ -163,7 +163,7 @@ def test_a_refused_cookie_leaves_no_reference_cycle():
 def test_the_cookie_caches_keep_the_most_recently_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """A value in use stays remembered (no signature check) however many others come after,
     where clearing the full table made every visitor's next call verify again."""
-    monkeypatch.setattr(cookies_module, "VERIFIED_CACHE_SIZE", 3)
+    monkeypatch.setattr(signing, "VERIFIED_CACHE_SIZE", 3)
     c = codec()
     checked: list[str] = []
     real_unsign = TimestampSigner.unsign

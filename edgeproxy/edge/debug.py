@@ -28,7 +28,8 @@ from edgeproxy.cockpit.trail import Trail
 from edgeproxy.config import Settings
 from edgeproxy.edge.debug_pages import SECURITY_HEADERS, esc, json_default, page, render_overview, render_session
 from edgeproxy.identity import ajs
-from edgeproxy.identity.cookies import cookie_values, forget_refusal, make_serializer
+from edgeproxy.identity.cookies import cookie_values
+from edgeproxy.identity.signing import forget_refusal, make_serializer
 from edgeproxy.privacy.consent import privacy_signal
 
 LOGIN_COOKIE = "_ep_debug"

@@ -16,22 +16,20 @@ injection is possible whatever the device id contains.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
 import time
-import traceback
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence, TypeVar, cast
+from typing import Any, Callable, Collection, Sequence, cast
 
 import orjson
 from itsdangerous import BadData, Signer, TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
 
 from edgeproxy.identity.sessions import SessionState
+from edgeproxy.identity.signing import Recent, forget_refusal, make_serializer
 
 # Segment's names, read by the browser plugin and by Amplitude Session Replay.
 READABLE_SESSION_COOKIE = "analytics_session_id"
@@ -43,12 +41,6 @@ MAX_COOKIE_VALUE = 4096
 MAX_DEVICE_ID_LEN = 200
 
 SIGNING_KEY_FILE = "signing.key"
-
-# Device cookies verified and session cookies issued, remembered per process: the 20,000
-# most recently used of each (~7 MB). Past that a cookie is simply verified again.
-VERIFIED_CACHE_SIZE = 20_000
-
-_V = TypeVar("_V")
 
 # Unicode category Cc (C0 and C1 controls), as one regex: this runs on every tracking call.
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -148,82 +140,6 @@ def valid_device_id(value: Any) -> bool:
     return _CONTROL_CHARS.search(value) is None
 
 
-def _signer_with_clock(clock: Callable[[], float]) -> type[TimestampSigner]:
-    """A TimestampSigner reading ``clock`` (tests age cookies without sleeping)."""
-
-    class ClockSigner(TimestampSigner):
-        def get_timestamp(self) -> int:
-            return int(clock())
-
-        def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-            """itsdangerous re-derives the key (one more hash) on every sign and verify; it
-            is a pure function of (salt, key), so each signer keeps what it derived."""
-            cache: dict[str | bytes | None, bytes] = self.__dict__.setdefault("_derived_keys", {})
-            key = cache.get(secret_key)
-            if key is None:
-                key = cache[secret_key] = super().derive_key(secret_key)
-            return key
-
-    return ClockSigner
-
-
-def make_serializer(keys: Sequence[str], salt: str, clock: Callable[[], float] = time.time) -> URLSafeTimedSerializer:
-    """A timed serializer that signs with ``keys[0]`` and verifies with every key.
-
-    itsdangerous signs with the LAST key of its list, so the configured order is reversed.
-    Exposed so other signed cookies (the /debug login) share the rotation rule.
-    """
-    if not keys:
-        raise ValueError("at least one signing key is required")
-    return URLSafeTimedSerializer(
-        list(reversed([str(k) for k in keys])),
-        salt=salt,
-        signer=_signer_with_clock(clock),
-        # itsdangerous's default is HMAC-SHA1 through a Python wrapper function, which sends
-        # hmac.new down its pure-Python path; the OpenSSL constructor itself gives the same
-        # signatures (old cookies stay valid) at a fraction of the cost.
-        signer_kwargs={"digest_method": hashlib.sha1},
-        serializer_kwargs={"separators": (",", ":")},
-    )
-
-
-def forget_refusal(exc: BaseException) -> None:
-    """Clear a refused cookie's error frames, to break the reference cycle itsdangerous leaves.
-
-    ``TimestampSigner.unsign`` catches the signature error into a local variable and raises
-    another one (or it again): the first error's traceback holds the very frame whose local
-    holds the error. Left alone, that cycle pins the frame, and the request's frames above
-    it, until the cycle collector runs: ~60 objects for every request with a stale or forged
-    cookie, and young collections of up to 90 ms (measured under a stream of cookies signed
-    with a retired key). Clearing the finished frames of the traceback drops those locals;
-    the error itself is not needed, a refused cookie reads as absent.
-    """
-    traceback.clear_frames(exc.__traceback__)
-    exc.__traceback__ = None
-
-
-class _Recent(OrderedDict[str, _V]):
-    """The VERIFIED_CACHE_SIZE most recently used entries: a hit moves to the back, and the
-    entry at the front (used longest ago) makes room for a new one.
-
-    Why not clear the table when full, as it once did: every returning visitor then paid a
-    signature check at once, and one who keeps sending the same value (a page whose calls
-    overlap, so they carry the cookie from before the last answer) lost it every 20,000 calls.
-    """
-
-    def recall(self, key: str) -> _V | None:
-        hit = self.get(key)
-        if hit is not None:
-            self.move_to_end(key)
-        return hit
-
-    def remember(self, key: str, value: _V) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > VERIFIED_CACHE_SIZE:
-            self.popitem(last=False)
-
-
 class CookieCodec:
     """Encodes and verifies the two signed cookies.
 
@@ -246,9 +162,9 @@ class CookieCodec:
         self._clock = clock
         # Verified device cookies: a returning visitor sends the same value on every call, so
         # its signature is checked once, not per request. value -> (device id, provisional, signed at).
-        self._verified_devices: _Recent[tuple[str, bool, int]] = _Recent()
+        self._verified_devices: Recent[tuple[str, bool, int]] = Recent()
         # Session cookies this process issued: value -> (device id, state, signed at).
-        self._issued_sessions: _Recent[tuple[str, SessionState, int]] = _Recent()
+        self._issued_sessions: Recent[tuple[str, SessionState, int]] = Recent()
 
     @staticmethod
     def _dump(signer: Signer, payload: Any) -> str:
