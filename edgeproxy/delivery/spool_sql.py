@@ -4,8 +4,9 @@ New items go to the append-only stream (``spool_stream``); this table holds the 
 state is per row: items that failed an attempt (retrying, or given back "not before" a time),
 dead letters (with no item when the mapping refused the Segment message, whose original is
 then kept in ``payload``), replayed dead letters, and what spools written before schema v9
-held. Also here: the claim's ``pick`` and the names both parts share. What operators read
-and do to this table (stats, dead letters, replay, forget) is ``spool_admin``'s.
+held. Also here: the upstream response log's writing, the claim's ``pick`` and the names
+both parts share. What operators read and do to this table (stats, dead letters, the
+response log, replay, forget) is ``spool_admin``'s.
 
 Why apart from ``spool.py``: that module is about concurrency (group commit on the event
 loop, futures); this one is about the data. Each function runs inside whatever transaction
