@@ -25,8 +25,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # The files of edgeproxy.compiled.MODULES.
 COMPILED_SOURCES = edgeproxy/segment.py edgeproxy/identity/sessions.py edgeproxy/mapping/actions.py \
 	edgeproxy/mapping/coerce.py edgeproxy/mapping/userprops.py edgeproxy/mapping/useragent.py edgeproxy/mapping/revenue.py \
-	edgeproxy/segment_api.py edgeproxy/identity/cookies.py
-$(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES)
+	edgeproxy/segment_api.py
+$(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES) edgeproxy/compiled.py
 	@command -v cc >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc)
 	$(BIN)/pip install -q -e '.[compile]'
 	$(BIN)/python -m edgeproxy.mypyc_build

@@ -28,7 +28,7 @@ pinned to the server core like the servers under test.
   analytics.js track call, ``sessions.touch`` of a returning visitor's session, then the
   default mapping of the message, whose actions and conversions are compiled; and apart, the
   relay's request body per message, ``segment_api.request_body``, and a returning visitor's
-  cookies for one call, ``identity.cookies``: read, the session's signed, written), best of
+  cookies for one call, ``identity.cookies``, not compiled: read, the session's signed, written), best of
   5 runs of 20,000; run once compiled and once with ``EDGEPROXY_PURE_PYTHON=1``.
 - ``trail-memory``: tracemalloc's traced bytes after N analytics.js track calls of 1,000
   visitors through the real tracking handler (``_handler_only.py``'s app, in-process over

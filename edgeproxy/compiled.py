@@ -27,12 +27,13 @@ from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # What pays when compiled (bench_ingest --only compiled): normalising, the session rules, the
-# mapping's actions and conversions, the relay's request body (segment_api.request_body:
-# 1.75 vs 2.2 µs a message of ~1.2 KB) and the cookie codec (identity.cookies: a returning
-# visitor's cookies 13.9 vs 14.3-14.7 µs a call, the signing being itsdangerous's Python either
-# way; its itsdangerous subclass and LRU table live in identity.signing, which mypyc cannot
-# compile). Not here: amplitude_api (its body is one join per batch, nothing per item to
-# gain); the mapping's predicates (``fql``: its closures take any JSON value
+# mapping's actions and conversions, and the relay's request body (segment_api.request_body:
+# 1.75 vs 2.2 µs a message of ~1.2 KB). Not here: the cookie codec (identity.cookies, which
+# compiles now that its itsdangerous parts are in identity.signing: a returning visitor's
+# cookie work read 13.9 against 14.3-14.7 µs, 1.03x, the signing being itsdangerous's Python
+# either way, and four handler-alone runs could not tell the builds apart, 0.93-1.09x: not
+# worth a build, one line to try again); amplitude_api (its body is one join per batch,
+# nothing per item to gain); the mapping's predicates (``fql``: its closures take any JSON value
 # where their annotations say dict, and mypyc checks annotations at run time: the suite fails);
 # its ``plan``, ``schema`` and ``directives``, which the generated plan function (Python either
 # way) calls into: compiled too, an event's normalise + touch + mapping took 14.6 µs against
@@ -46,7 +47,6 @@ MODULES = (
     "edgeproxy.mapping.useragent",
     "edgeproxy.mapping.userprops",
     "edgeproxy.segment_api",
-    "edgeproxy.identity.cookies",
 )
 MANIFEST = PACKAGE_DIR / "compiled.json"  # the runtime's name and each source's SHA-256 at build time
 PURE_ENV = "EDGEPROXY_PURE_PYTHON"
@@ -95,7 +95,9 @@ def _extension_spec(fullname: str, path: Path) -> Any:
 
 class _SourceFirst:
     """A meta-path finder for the compiled modules (and mypyc's runtime library): the build
-    when it is usable and not refused, else the source; other modules go to the normal finders."""
+    when it is usable and not refused, else the source. Any other edgeproxy module with an
+    extension file beside its source (one dropped from MODULES since the last build, which
+    Python's own finder would load first) gets its source too; the rest go to the normal finders."""
 
     def __init__(self, pure: bool):
         manifest = {} if pure else read_manifest()
@@ -106,10 +108,21 @@ class _SourceFirst:
         if self.runtime is not None and fullname == self.runtime:
             return _extension_spec(fullname, runtime_path(fullname))
         if fullname not in MODULES:
-            return None
+            return self._stray(fullname)
         if fullname in self.compiled:
             return _extension_spec(fullname, extension_path(fullname))
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
+
+
+    @staticmethod
+    def _stray(fullname: str) -> Any:
+        """The source of an edgeproxy module shadowed by an extension no build lists, else None."""
+        if not fullname.startswith("edgeproxy."):
+            return None
+        source = source_path(fullname)
+        if not extension_path(fullname).is_file() or not source.is_file():
+            return None
+        return importlib.util.spec_from_file_location(fullname, source)
 
 
 _finder: _SourceFirst | None = None

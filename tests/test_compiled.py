@@ -66,6 +66,19 @@ def test_clean_removes_every_build_also_of_a_module_no_longer_listed(tmp_path: P
     assert (tmp_path / "edgeproxy" / "mapping" / "fql.py").is_file()
 
 
+def test_a_module_dropped_from_the_build_runs_its_source_until_the_next_make(tmp_path: Path) -> None:
+    """An extension left beside a module no longer listed (the build it came from is gone from
+    MODULES) is not loaded: Python's own finder would take it before the ``.py``."""
+    shutil.copytree(ROOT / "edgeproxy", tmp_path / "edgeproxy", ignore=shutil.ignore_patterns("__pycache__"))
+    assert "edgeproxy.identity.cookies" not in compiled.MODULES
+    stray = tmp_path / "edgeproxy" / "identity" / f"cookies{compiled.EXTENSION_SUFFIX}"
+    stray.write_bytes(b"not a real extension: loading it would fail the import")
+    run = subprocess.run([sys.executable, "-c", "import edgeproxy.identity.cookies as c; print(c.__file__)"], cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(tmp_path / "edgeproxy" / "identity" / "cookies.py")
+
+
 @built
 def test_an_edited_source_is_never_shadowed_by_its_stale_build(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "edgeproxy", tmp_path / "edgeproxy", ignore=shutil.ignore_patterns("__pycache__"))

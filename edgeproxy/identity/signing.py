@@ -2,8 +2,9 @@
 the cleanup after a refused cookie, and the table of values already verified.
 
 Why a module of its own: these subclass or reach into itsdangerous and ``OrderedDict``,
-which mypyc cannot compile into native classes; ``cookies`` (the codec's rules, run on every
-tracking call) is compiled, and imports them from here (``edgeproxy/compiled.py``).
+which mypyc cannot compile into native classes, so ``cookies`` (the codec's rules, run on
+every tracking call) can be built with mypyc without them (``edgeproxy/compiled.py`` says
+why it is not, today).
 """
 
 from __future__ import annotations
