@@ -259,8 +259,9 @@ def _cookie_work(now_ms: int) -> Any:
     def work() -> list[str]:
         values = cookie_values(header, names)
         loaded = codec.load_device_signed(values[policy.device_cookie])
-        session = codec.load_session(values[policy.session_cookie], loaded[0] if loaded else None)
-        assert loaded is not None and session is not None
+        assert loaded is not None
+        session = codec.load_session(values[policy.session_cookie], loaded[0])
+        assert session is not None
         moved = SessionState(session_id=session.session_id, last_event_ms=session.last_event_ms + next(step),
                              event_count=session.event_count + 1, user_id=None, first_seen=session.first_seen)
         out = [policy.signed(policy.session_cookie, codec.dump_session(loaded[0], moved)),

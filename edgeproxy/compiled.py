@@ -113,7 +113,6 @@ class _SourceFirst:
             return _extension_spec(fullname, extension_path(fullname))
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
 
-
     @staticmethod
     def _stray(fullname: str) -> Any:
         """The source of an edgeproxy module shadowed by an extension no build lists, else None."""

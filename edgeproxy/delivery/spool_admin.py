@@ -5,8 +5,8 @@ rows, zeroed on disk).
 
 Why apart from ``spool_sql``: that module is the side table as delivery uses it (insert,
 claim, settle, prune) on every cycle; these run when someone asks (the gauge: once a second),
-from the serving process (``Spool``, ``spool_view``) or from the CLI on its own connection. Like ``spool_sql``, each
-function runs inside whatever transaction its caller holds.
+from the serving process (``Spool``, ``spool_view``) or from the CLI on its own connection.
+Like ``spool_sql``'s, each function runs inside whatever transaction its caller holds.
 """
 
 from __future__ import annotations
