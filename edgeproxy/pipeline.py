@@ -111,7 +111,9 @@ def relay_record(msg: dict[str, Any], *, write_key: str, device_id: str | None, 
 
 def default_device_id(msg: dict[str, Any]) -> str | None:
     """Segment's default device_id path (context.device.id, else anonymousId), for indexing."""
-    context = msg.get("context") if isinstance(msg.get("context"), dict) else {}
-    device = context.get("device") if isinstance(context.get("device"), dict) else {}
-    value = device.get("id") if device.get("id") is not None else msg.get("anonymousId")
+    context = msg.get("context")
+    device = context.get("device") if isinstance(context, dict) else None
+    value = device.get("id") if isinstance(device, dict) else None
+    if value is None:
+        value = msg.get("anonymousId")
     return str(value) if value not in (None, "") else None

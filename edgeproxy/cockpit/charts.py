@@ -70,7 +70,7 @@ def timeline(events: Sequence[dict[str, Any]], *, gap_ms: int) -> str:
         return pad + (t - first) / span * (width - 2 * pad)
 
     colour_of: dict[Any, str] = {}
-    marks = []
+    marks: list[str] = []
     previous = None
     for e in rows:
         colour_of.setdefault(e["session_id"], COLOURS[len(colour_of) % len(COLOURS)])

@@ -89,7 +89,7 @@ class ClientSessions:
     def recent(self, query: str = "", limit: int = 100, source: str | None = None) -> list[ClientDevice]:
         """Most recently seen first; ``query`` a case-insensitive part of the device or user id."""
         needle = query.strip().lower()
-        out = []
+        out: list[ClientDevice] = []
         for device in reversed(self._devices.values()):
             if len(out) >= limit:
                 break

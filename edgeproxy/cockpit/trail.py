@@ -257,7 +257,7 @@ class Trail:
     def find(self, query: str = "", *, limit: int = 100, after_seq: int = 0, source: str | None = None) -> list[TrailEntry]:
         """Most recent first; ``query`` a case-insensitive part of an id or of the event's name."""
         needle = query.strip().lower()
-        out = []
+        out: list[TrailEntry] = []
         for entry in reversed(self._ring):
             if entry.seq <= after_seq or len(out) >= limit:
                 break

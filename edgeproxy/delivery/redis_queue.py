@@ -42,6 +42,7 @@ from redis.exceptions import RedisError, ResponseError
 from edgeproxy.delivery import redis_lua as lua
 from edgeproxy.delivery import redis_queue_forget
 from edgeproxy.delivery import redis_queue_views as views
+from edgeproxy import redis_replies as reply
 from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.delivery.spool_sql import (
@@ -66,9 +67,6 @@ PROMOTE_CHUNK = 1000
 RECOVER_CHUNK = 500
 Row = tuple[str, str]  # (stream key, entry id)
 
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def encode_record(it: SpoolItem, key: str) -> bytes:
@@ -207,7 +205,7 @@ class RedisQueue:
         self._known_groups.add(key)
 
     async def _group_keys(self) -> list[str]:
-        keys = sorted(_s(k) for k in await self.redis.smembers(self.groups_key))
+        keys = sorted(reply.text(k) for k in reply.members(await self.redis.smembers(self.groups_key)))
         for key in keys:
             await self._ensure_group(key)
         return keys
@@ -244,12 +242,12 @@ class RedisQueue:
         waiting: list[tuple[str, int, str]] = []
         for i, key in enumerate(keys):
             length, infos = answers[2 * i], answers[2 * i + 1]
-            info = next((g for g in infos if _s(g["name"]) == GROUP), None)
+            info = next((g for g in infos if reply.text(g["name"]) == GROUP), None)
             if info is None:
                 continue
             count = int(length) - int(info["pending"])
             if count > 0:
-                waiting.append((key, count, _s(info["last-delivered-id"])))
+                waiting.append((key, count, reply.text(info["last-delivered-id"])))
         if not waiting:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -271,10 +269,10 @@ class RedisQueue:
         for _ in range(20):  # bounded per cycle; the rest waits for the next one
             answer = await self.redis.xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms,
                                                   start_id=start, count=RECOVER_CHUNK)
-            start, entries = _s(answer[0]), answer[1]
+            start, entries = reply.text(answer[0]), answer[1]
             ops: list[Any] = []
             for entry_id, fields in entries:
-                row = (stream, _s(entry_id))
+                row = (stream, reply.text(entry_id))
                 if row in self._inflight or not fields:
                     continue  # our own slow batch: it stays ours
                 ops += ["requeue", stream, row[1], 0, fields[b"d"]]
@@ -304,8 +302,8 @@ class RedisQueue:
         taken: list[ClaimedItem] = []
         back: list[Any] = []
         total = 0
-        for entry_id, fields in (answer[0][1] if answer else []):
-            row, raw = (stream, _s(entry_id)), fields[b"d"]
+        for entry_id, fields in reply.read_one(answer):
+            row, raw = (stream, reply.text(entry_id)), fields[b"d"]
             rec = orjson.loads(raw)
             if back or (taken and total + rec["size"] + 1 > max_bytes):
                 back += ["requeue", stream, row[1], 0, raw]
@@ -406,7 +404,7 @@ class RedisQueue:
         429 pause; ``delivered`` is the kept log (capped at ``retention``, like SQLite's)."""
         t = now_ms()
         try:
-            keys = sorted(_s(k) for k in await self.redis.smembers(self.groups_key))
+            keys = sorted(reply.text(k) for k in reply.members(await self.redis.smembers(self.groups_key)))
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zcard(self.delayed_key)
                 pipe.xlen(self.delivered_key)
@@ -419,7 +417,8 @@ class RedisQueue:
         except (RedisError, OSError) as exc:
             raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
         delayed, delivered, dead = (int(a) if not isinstance(a, Exception) else 0 for a in answers[:3])
-        depth, in_flight, oldest = delayed, 0, None
+        depth, in_flight = delayed, 0
+        oldest: int | None = None
         for i in range(len(keys)):
             length, pending, first = answers[3 + 3 * i: 6 + 3 * i]
             in_pel = 0 if isinstance(pending, Exception) else int(pending["pending"])

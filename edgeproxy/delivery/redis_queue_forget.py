@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
+from edgeproxy import redis_replies as reply
 from edgeproxy.delivery.records import SpoolUnavailable
 
 if TYPE_CHECKING:
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
 CHUNK = 1000
 DELETIONS = "deletions"
 
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _matches(rec: dict[str, Any], devices: set[str], user_id: str | None) -> bool:
@@ -35,10 +33,10 @@ async def _scan_stream(q: RedisQueue, stream: str, devices: set[str], user_id: s
                        group: str | None) -> int:
     removed, start = 0, "-"
     while True:
-        entries = await q.redis.xrange(stream, min=start, max="+", count=CHUNK)
+        entries = reply.entries(await q.redis.xrange(stream, min=start, max="+", count=CHUNK))
         if not entries:
             return removed
-        doomed = [_s(eid) for eid, fields in entries if _matches(orjson.loads(fields[b"d"]), devices, user_id)]
+        doomed = [reply.text(eid) for eid, fields in entries if _matches(orjson.loads(fields[b"d"]), devices, user_id)]
         if doomed:
             if group is not None:
                 try:
@@ -46,7 +44,7 @@ async def _scan_stream(q: RedisQueue, stream: str, devices: set[str], user_id: s
                 except ResponseError:
                     pass
             removed += await q.redis.xdel(stream, *doomed)
-        last = _s(entries[-1][0])
+        last = reply.text(entries[-1][0])
         ms, seq = last.split("-")
         start = f"{ms}-{int(seq) + 1}"
 
@@ -56,9 +54,9 @@ async def forget(q: RedisQueue, device_ids: Sequence[str], user_id: str | None, 
     counts: dict[str, int] = {}
     try:
         pending = 0
-        for key in sorted(_s(k) for k in await q.redis.smembers(q.groups_key)):
+        for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
             pending += await _scan_stream(q, q.stream(key), devices, user_id, group)
-        members = [m for m in await q.redis.zrange(q.delayed_key, 0, -1)
+        members = [m for m in reply.members(await q.redis.zrange(q.delayed_key, 0, -1))
                    if _matches(orjson.loads(m.split(b"\n", 1)[1]), devices, user_id)]
         if members:
             pending += await q.redis.zrem(q.delayed_key, *members)
@@ -79,13 +77,13 @@ async def user_devices(q: RedisQueue, user_id: str) -> list[str]:
             found[rec["device_id"]] = None
 
     try:
-        for key in sorted(_s(k) for k in await q.redis.smembers(q.groups_key)):
-            for _, fields in await q.redis.xrange(q.stream(key)):
+        for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
+            for _, fields in reply.entries(await q.redis.xrange(q.stream(key))):
                 keep(fields[b"d"])
-        for member in await q.redis.zrange(q.delayed_key, 0, -1):
+        for member in reply.members(await q.redis.zrange(q.delayed_key, 0, -1)):
             keep(member.split(b"\n", 1)[1])
         for name in (q.delivered_key, q.dead_key):
-            for _, fields in await q.redis.xrange(name):
+            for _, fields in reply.entries(await q.redis.xrange(name)):
                 keep(fields[b"d"])
     except (RedisError, OSError) as exc:
         raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None

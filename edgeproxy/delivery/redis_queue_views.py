@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
+from edgeproxy import redis_replies as reply
 from edgeproxy.delivery.redis_lua import GROUP
 from edgeproxy.delivery.records import SpoolUnavailable
 from edgeproxy.delivery.spool_admin import ReplayFilter
@@ -28,9 +29,6 @@ DEBUG_SCAN = 5000  # entries per structure /debug reads when it looks for one de
 DEAD_CHUNK = 500  # dead letters read per round trip when scanning the dead-letter stream
 UNDELIVERED = ("in_flight", "retrying")
 
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -57,17 +55,17 @@ async def events_for_session(q: RedisQueue, device_id: str, session_id: int | No
         found.append(((rec.get("received_ms") or 0, *order), out))
 
     try:
-        for key in sorted(_s(k) for k in await q.redis.smembers(q.groups_key)):
+        for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
             stream = q.stream(key)
-            held = {_s(p["message_id"]) for p in await _pending_ids(q, stream)}
-            for entry_id, fields in await q.redis.xrevrange(stream, count=DEBUG_SCAN):
-                eid = _s(entry_id)
+            held = {reply.text(p["message_id"]) for p in await _pending_ids(q, stream)}
+            for entry_id, fields in reply.entries(await q.redis.xrevrange(stream, count=DEBUG_SCAN)):
+                eid = reply.text(entry_id)
                 keep(orjson.loads(fields[b"d"]), "inflight" if eid in held else "pending", _id_key(eid))
-        for member, _ in await q.redis.zrange(q.delayed_key, 0, DEBUG_SCAN - 1, withscores=True):
+        for member, _ in reply.scored(await q.redis.zrange(q.delayed_key, 0, DEBUG_SCAN - 1, withscores=True)):
             keep(orjson.loads(member.split(b"\n", 1)[1]), "pending", (0, 0))
         for name, state in ((q.delivered_key, "delivered"), (q.dead_key, "dead")):
-            for entry_id, fields in await q.redis.xrevrange(name, count=DEBUG_SCAN):
-                keep(orjson.loads(fields[b"d"]), state, _id_key(_s(entry_id)))
+            for entry_id, fields in reply.entries(await q.redis.xrevrange(name, count=DEBUG_SCAN)):
+                keep(orjson.loads(fields[b"d"]), state, _id_key(reply.text(entry_id)))
     except (RedisError, OSError) as exc:
         raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
     found.sort(key=lambda pair: pair[0], reverse=True)
@@ -77,7 +75,7 @@ async def events_for_session(q: RedisQueue, device_id: str, session_id: int | No
 async def _pending_ids(q: RedisQueue, stream: str, count: int = DEBUG_SCAN) -> list[dict[str, Any]]:
     """The stream's pending list (entries some worker holds), oldest first."""
     try:
-        return await q.redis.xpending_range(stream, GROUP, min="-", max="+", count=count)
+        return reply.pending(await q.redis.xpending_range(stream, GROUP, min="-", max="+", count=count))
     except ResponseError:  # no consumer group yet
         return []
 
@@ -95,7 +93,7 @@ def _reason_code(rec: dict[str, Any]) -> str:
 async def dead_letters(q: RedisQueue, limit: int = 100) -> list[dict[str, Any]]:
     """The most recent dead letters first, with the reason's code and text (as the SQLite spool's)."""
     try:
-        entries = await q.redis.xrevrange(q.dead_key, count=limit)
+        entries = reply.entries(await q.redis.xrevrange(q.dead_key, count=limit))
     except (RedisError, OSError) as exc:
         raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
     out = []
@@ -118,11 +116,11 @@ async def _scan_dead(q: RedisQueue) -> AsyncIterator[list[tuple[str, dict[str, A
     met again, and ones dead-lettered meanwhile are met at the end."""
     start = "-"
     while True:
-        entries = await q.redis.xrange(q.dead_key, min=start, max="+", count=DEAD_CHUNK)
+        entries = reply.entries(await q.redis.xrange(q.dead_key, min=start, max="+", count=DEAD_CHUNK))
         if not entries:
             return
-        start = "(" + _s(entries[-1][0])
-        yield [(_s(entry_id), orjson.loads(fields[b"d"])) for entry_id, fields in entries]
+        start = "(" + reply.text(entries[-1][0])
+        yield [(reply.text(entry_id), orjson.loads(fields[b"d"])) for entry_id, fields in entries]
         if len(entries) < DEAD_CHUNK:
             return
 
@@ -160,7 +158,7 @@ async def undelivered(q: RedisQueue, which: str, limit: int = 20) -> list[dict[s
     try:
         if which == "retrying":
             out = []
-            for member, score in await q.redis.zrange(q.delayed_key, 0, limit - 1, withscores=True):
+            for member, score in reply.scored(await q.redis.zrange(q.delayed_key, 0, limit - 1, withscores=True)):
                 row = _undelivered_row(orjson.loads(member.split(b"\n", 1)[1]), "pending")
                 row["next_attempt_ms"] = int(score)
                 out.append(row)
@@ -172,11 +170,11 @@ async def undelivered(q: RedisQueue, which: str, limit: int = 20) -> list[dict[s
 
 async def _in_flight(q: RedisQueue, limit: int) -> list[dict[str, Any]]:
     held: list[tuple[tuple[int, int], str, str, str]] = []  # (order, stream, entry id, consumer)
-    for key in sorted(_s(k) for k in await q.redis.smembers(q.groups_key)):
+    for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
         stream = q.stream(key)
         for p in await _pending_ids(q, stream, count=limit):
-            eid = _s(p["message_id"])
-            held.append((_id_key(eid), stream, eid, _s(p["consumer"])))
+            eid = reply.text(p["message_id"])
+            held.append((_id_key(eid), stream, eid, reply.text(p["consumer"])))
     held = sorted(held)[:limit]
     if not held:
         return []
@@ -195,7 +193,7 @@ async def _in_flight(q: RedisQueue, limit: int) -> list[dict[str, Any]]:
 
 async def recent_responses(q: RedisQueue, limit: int = 50) -> list[dict[str, Any]]:
     try:
-        entries = await q.redis.xrevrange(q.responses_key, count=limit)
+        entries = reply.entries(await q.redis.xrevrange(q.responses_key, count=limit))
     except (RedisError, OSError) as exc:
         raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
     out = []
@@ -215,11 +213,11 @@ async def depth_by_target(q: RedisQueue) -> list[dict[str, Any]]:
         counts.setdefault(pair, {"pending": 0, "dead": 0})[state] += n
 
     try:
-        for key in sorted(_s(k) for k in await q.redis.smembers(q.groups_key)):
-            first = await q.redis.xrange(q.stream(key), count=1)
+        for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
+            first = reply.entries(await q.redis.xrange(q.stream(key), count=1))
             if first:
                 add(_target(orjson.loads(first[0][1][b"d"])), "pending", int(await q.redis.xlen(q.stream(key))))
-        for member, _ in await q.redis.zrange(q.delayed_key, 0, -1, withscores=True):
+        for member, _ in reply.scored(await q.redis.zrange(q.delayed_key, 0, -1, withscores=True)):
             add(_target(orjson.loads(member.split(b"\n", 1)[1])), "pending", 1)
         async for chunk in _scan_dead(q):
             for _, rec in chunk:

@@ -121,11 +121,11 @@ class GroupCommit:
         if self._syncer is not None:
             self._syncer.dirty = True
         durable: list[asyncio.Future[Any]] = []
-        for (fn, fut), (result, exc) in zip(jobs, outcomes):
-            if exc is None and self._durable_ack and isinstance(fn, Append):
+        for (fn, fut), (result, error) in zip(jobs, outcomes):
+            if error is None and self._durable_ack and isinstance(fn, Append):
                 durable.append(fut)  # acknowledged once the flush covering this commit is done
             else:
-                _settle(fut, result, exc)
+                _settle(fut, result, error)
         if durable:
             assert self._syncer is not None
             self._commits += 1
@@ -171,9 +171,9 @@ class GroupCommit:
             return [self._execute_alone(conn, jobs[0][0])]
         results: list[tuple[Any, BaseException | None] | None] = [None] * len(jobs)
         try:
-            appends = [i for i, (fn, _) in enumerate(jobs) if isinstance(fn, Append)]
-            if len(appends) > 1 and self._run_one(conn, lambda c: append_all(c, [jobs[i][0] for i in appends]))[1] is None:
-                for i in appends:
+            appends = [(i, fn) for i, (fn, _) in enumerate(jobs) if isinstance(fn, Append)]
+            if len(appends) > 1 and self._run_one(conn, lambda c: append_all(c, [fn for _, fn in appends]))[1] is None:
+                for i, _ in appends:
                     results[i] = (None, None)
             for i, (fn, _) in enumerate(jobs):
                 if results[i] is None:
@@ -187,8 +187,8 @@ class GroupCommit:
             results = [(None, exc)] * len(jobs)
         out = []
         for outcome in results:
-            result, exc = outcome if outcome is not None else (None, None)
-            out.append((result, _unavailable(exc)))
+            result, error = outcome if outcome is not None else (None, None)
+            out.append((result, _unavailable(error)))
         return out
 
     def _execute_alone(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[Any, BaseException | None]:

@@ -102,7 +102,7 @@ class ClaimedItem(NamedTuple):
 
     @property
     def item(self) -> dict[str, Any]:
-        return orjson.loads(self.raw)  # type: ignore[no-any-return]
+        return orjson.loads(self.raw)
 
     @property
     def options(self) -> dict[str, Any] | None:

@@ -52,11 +52,14 @@ class Target(Protocol):
     kind: str  # "amplitude" | "segment": the metrics label and the spool's target column
     source: str
     name: str  # for logs: "Amplitude", "Segment relay (source staging)"
-    sink: bool  # deliver to the local sink (/debug) instead of the network
     max_body_bytes: int
     max_item_bytes: int  # an item larger than this can never be sent: dead-lettered unsent
     limiter: RateLimiter
     config_hint: str  # which keys to check when the service refuses the configuration
+
+    @property
+    def sink(self) -> bool:
+        """Deliver to the local sink (/debug) instead of the network (read-only: may be computed)."""
 
     def max_items(self, endpoint: str, batch_size: int) -> int: ...
 

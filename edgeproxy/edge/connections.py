@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from aiohttp import web
 
@@ -59,11 +59,14 @@ class _Guarded(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A TCP server's connection is a stream transport (uvloop's implement Transport's
+        # methods without subclassing it, so this is a cast, not an isinstance check).
+        transport = cast(asyncio.Transport, base)
         g = self.guard
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) and peer else ""
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         if not g.is_exempt(ip):
             if g.max_per_ip and g.open.get(ip, 0) >= g.max_per_ip:
                 g.refused += 1

@@ -293,7 +293,7 @@ def _of_source(rows: list[dict[str, Any]], source: str | None, limit: int | None
 
 
 def _session_row(device_id: str, state: Any) -> dict[str, Any]:
-    row = asdict(state) if is_dataclass(state) else dict(state)
+    row = asdict(state) if is_dataclass(state) and not isinstance(state, type) else dict(state)
     return {"device_id": device_id, **row}
 
 

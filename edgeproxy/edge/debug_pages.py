@@ -217,7 +217,9 @@ def render_session(base: str, data: dict[str, Any], csrf: str) -> str:
 
 def _timeline_point(ev: dict[str, Any]) -> dict[str, Any]:
     """A spooled item on the session timeline: its event time (else when it was received)."""
-    item = ev.get("item") if isinstance(ev.get("item"), dict) else {}
+    item = ev.get("item")
+    if not isinstance(item, dict):
+        item = {}
     t = item.get("time")
     if not isinstance(t, int) or isinstance(t, bool):
         t = ev.get("received_ms") or 0

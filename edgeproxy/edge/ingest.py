@@ -134,12 +134,13 @@ class IngestHandlers:
         """``path_type``: the single message's type its path names (``/v1/t``: track), or None
         for a batch."""
         wait = self.flood.retry_after(request.remote or "", time.monotonic())
+        response: web.StreamResponse
         if not self.accepting:
             response = self._unavailable("shutting down", 0, message="shutting down; retry")
             response.force_close()  # this process is leaving: let the client reconnect elsewhere
         elif wait:
             self.ctx.metrics.events_rejected_by("rate_limited").inc()
-            response: web.StreamResponse = _json(
+            response = _json(
                 429,
                 {"success": False, "message": f"too many requests from this address; retry in {wait:.1f} s",
                  "code": "rate_limited"},

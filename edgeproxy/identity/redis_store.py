@@ -33,6 +33,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from edgeproxy import redis_replies as reply
 from edgeproxy.identity.sessions import SessionState, adoptable_at
 from edgeproxy.identity.store import StoreUnavailable, TouchRequest, TouchResult, ttl_for
 
@@ -298,11 +299,11 @@ class RedisSessionStore:
         found: list[tuple[str, SessionState]] = []
         start = 0
         while len(found) < limit and start < LIST_MAX_SCAN:
-            ids = await self._redis.zrevrange(self._index, start, start + LIST_CHUNK - 1)
+            ids = reply.members(await self._redis.zrevrange(self._index, start, start + LIST_CHUNK - 1))
             if not ids:
                 break
             start += len(ids)
-            names = [i.decode() if isinstance(i, bytes) else i for i in ids]
+            names = [reply.text(i) for i in ids]
             raws = await self._redis.mget([self._key(n) for n in names])
             for device_id, raw in zip(names, raws):
                 state = _decode(raw, device_id)

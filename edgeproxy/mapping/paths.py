@@ -126,8 +126,8 @@ def _fill(value: Any, level: _Level, values: Values) -> None:
             leaves_only, entries = sub
             if leaves_only and isinstance(child, dict):
                 child_get = child.get
-                for leaf_key, leaf_slot, _, _ in entries:
-                    values[leaf_slot] = child_get(leaf_key, MISSING)  # MISSING is what the slot held
+                for leaf_key, leaf_slot, _, _ in entries:  # a leaf is a registered path: it has a slot
+                    values[leaf_slot] = child_get(leaf_key, MISSING)  # type: ignore[index]  # MISSING: what it held
             else:
                 _fill(child, sub, values)
     elif isinstance(value, list):

@@ -123,7 +123,7 @@ def _cacheable(hint: Any) -> bool:
 @lru_cache(maxsize=2048)
 def _properties(user_agent: str, platform_version: Any, model_hint: Any) -> tuple[tuple[str, Any], ...]:
     """Cached per (user agent, hints): a site sees few distinct browsers, each on every event."""
-    os_name, browser_name, browser_major, vendor, model, device_type = _parse(user_agent)  # type: ignore[misc]
+    os_name, browser_name, browser_major, vendor, model, device_type = _parse(user_agent)
     name = os_name if os_name is not None else browser_name
     version = _first(platform_version, browser_major)
     device_model = _first(model_hint, model, os_name)
