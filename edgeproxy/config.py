@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgeproxy.config_values import coerce
 from edgeproxy.privacy.settings import PrivacyConfig, privacy_problems
 from edgeproxy.segment import WRITE_KEY_RULE, valid_write_key
 
@@ -197,24 +198,6 @@ class Settings:
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)  # type: ignore[misc]
                               if f.name != "sources"}
 
-# Keys whose values are durations (seconds as float).
-DURATION_KEYS = {
-    ("sessions", "timeout"),
-    ("sessions", "device_cookie_max_age"),
-    ("sessions", "ajs_cookie_max_age"),
-    ("delivery", "flush_interval"),
-    ("delivery", "request_timeout"),
-    ("delivery", "retry_base"),
-    ("delivery", "retry_max"),
-    ("delivery", "claim_idle"),
-    ("origin", "timeout"),
-    ("server", "shutdown_grace"),
-    ("server", "header_timeout"),
-    ("server", "idle_timeout"),
-    ("server", "body_timeout"),
-    ("cdn", "browser_batch_timeout"),
-}
-
 # URL schemes redis-py's from_url accepts: sessions.store and delivery.queue name Redis this way.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -223,93 +206,9 @@ def is_redis_url(value: str) -> bool:
     return value.startswith(REDIS_SCHEMES)
 
 
-# Keys whose values are sizes in bytes.
-SIZE_KEYS = {("delivery", "max_spool_size")}
 MIN_SPOOL_SIZE = 1024**2
 # delivery.durability -> the SQLite spool's PRAGMA synchronous (WAL mode).
 DURABILITY = {"power_loss": "FULL", "process_crash": "NORMAL"}
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-
-
-def parse_size(value: Any) -> int:
-    """``"512MB"``, ``"2GB"``, ``"64KiB"`` (binary units: 1 MB = 1024 KB) or a number of bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m:
-            unit = (m.group(2) or "b")[0].lower()
-            return int(float(m.group(1)) * 1024 ** "bkmgt".index(unit))
-    raise ValueError(f"expected a size such as \"512MB\", \"2GB\" or a number of bytes, got {value!r}")
-
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """``"30m"``, ``"2s"``, ``"500ms"`` or a number of seconds, as seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as \"30m\", \"2s\" or 10, got {value!r}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative, got {value!r}")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError(f"expected a duration such as \"30m\", \"2s\", \"500ms\" or 10, got {value!r}")
-
-
-def _coerce(section: str, key: str, value: Any, default: Any, from_env: bool) -> Any:
-    """Coerce ``value`` to the type of ``default``; environment strings are parsed."""
-    if (section, key) in DURATION_KEYS:
-        return parse_duration(value)
-    if (section, key) in SIZE_KEYS:
-        return parse_size(value)
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-            return value.lower() in {"1", "true", "yes", "on"}
-        raise ValueError(f"expected true or false, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-            return int(value)
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_env and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"expected a string, got {value!r}")
-    if isinstance(default, list):
-        if from_env and isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import orjson
-
-                try:
-                    value = orjson.loads(text)
-                except orjson.JSONDecodeError as exc:
-                    raise ValueError(f"expected a JSON list or comma-separated values: {exc}") from None
-            else:
-                value = [part.strip() for part in text.split(",") if part.strip()]
-        if not isinstance(value, list):
-            raise ValueError(f"expected a list, got {value!r}")
-        return value
-    return value
 
 
 def _defaults_of(section: str) -> Any:
@@ -351,7 +250,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
                 problems.append(f"{section_name}.{key}: unknown key")
                 continue
             try:
-                setattr(target, key, _coerce(section_name, key, value, getattr(defaults, key), from_env=False))
+                setattr(target, key, coerce(section_name, key, value, getattr(defaults, key), from_env=False))
             except ValueError as exc:
                 problems.append(f"{section_name}.{key}: {exc}")
 
@@ -370,7 +269,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
             problems.append(f"{env_key}: unknown key {section_name}.{key}")
             continue
         try:
-            setattr(getattr(settings, section_name), key, _coerce(section_name, key, value, getattr(defaults, key), from_env=True))
+            setattr(getattr(settings, section_name), key, coerce(section_name, key, value, getattr(defaults, key), from_env=True))
         except ValueError as exc:
             problems.append(f"{env_key} ({section_name}.{key}): {exc}")
 

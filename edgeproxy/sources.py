@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from edgeproxy.config import AmplitudeConfig, SegmentConfig, _coerce
+from edgeproxy.config import AmplitudeConfig, SegmentConfig
+from edgeproxy.config_values import coerce
 from edgeproxy.privacy.policy import Rules
 from edgeproxy.privacy.settings import PrivacyConfig, privacy_problems
 from edgeproxy.segment import WRITE_KEY_RULE, valid_write_key
@@ -87,7 +88,7 @@ def _section(cls: type, raw: Any, where: str, allowed: tuple[str, ...] | None, p
             problems.append(f"{where}.{key}: unknown key (known: {known})")
             continue
         try:
-            setattr(out, key, _coerce(section, key, value, getattr(cls(), key), from_env=False))
+            setattr(out, key, coerce(section, key, value, getattr(cls(), key), from_env=False))
         except ValueError as exc:
             problems.append(f"{where}.{key}: {exc}")
     return out
@@ -158,7 +159,7 @@ def apply_env(sources: list[SourceConfig], env: Any, prefix: str) -> list[str]:
                             f"or __SEGMENT__RELAY_URL / RELAY_WRITE_KEY")
             continue
         try:
-            coerced = _coerce(section, key, value, getattr(cls(), key), from_env=True)
+            coerced = coerce(section, key, value, getattr(cls(), key), from_env=True)
             if section == "privacy":
                 src.privacy[key] = coerced
             else:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.config import ConfigError, load_settings, parse_duration, redacted, validate
+from edgeproxy.config import ConfigError, load_settings, redacted, validate
+from edgeproxy.config_values import parse_duration
 
 
 def write(tmp_path: Path, text: str) -> Path:
