@@ -18,14 +18,8 @@ from yarl import URL
 
 from edgeproxy.config import Settings
 from edgeproxy.edge.demo import render_snippet
-from edgeproxy.edge.origin import (
-    INJECT_MAX_BYTES,
-    hop_by_hop,
-    inject_html,
-    rewrite_body,
-    setup_origin,
-    upstream_url,
-)
+from edgeproxy.edge.inject import INJECT_MAX_BYTES, inject_html, rewrite_body
+from edgeproxy.edge.origin import hop_by_hop, setup_origin, upstream_url
 
 WAIT = 5.0  # upper bound for any event wait in these tests (never expected to be reached)
 

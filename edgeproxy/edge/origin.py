@@ -9,7 +9,8 @@ Choices worth knowing:
 
 * Bodies stream both ways (``request.content`` is handed to the client request as an async
   iterator; the answer is relayed chunk by chunk). The one exception is snippet injection,
-  which needs the page: only HTML up to ``INJECT_MAX_BYTES``, identity or gzip encoded.
+  which needs the page: only HTML up to ``INJECT_MAX_BYTES``, identity or gzip encoded
+  (the rules are ``edge.inject``).
 * The ``Host`` header sent upstream is the origin's own host (from ``[origin] url``), because
   name-based virtual hosts and TLS SNI on the origin expect their own name; the host the
   visitor asked for travels in ``X-Forwarded-Host``.
@@ -28,8 +29,6 @@ import functools
 import inspect
 import ipaddress
 import logging
-import re
-import zlib
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -39,6 +38,8 @@ from yarl import URL
 
 from edgeproxy.config import Settings
 from edgeproxy.edge.demo import DemoSite, OnHtml, render_snippet, snippet_write_key
+from edgeproxy.edge.inject import INJECT_MAX_BYTES, injectable_status, media_type, rewrite_body
+from edgeproxy.edge.websocket_relay import relay_websockets
 from edgeproxy.logs import client_error
 
 log = logging.getLogger("edgeproxy.origin")
@@ -60,15 +61,11 @@ _WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
 
-INJECT_MAX_BYTES = 2 * 1024 * 1024
 _CHUNK = 64 * 1024
 _THREAD_OVER = 256 * 1024  # rewrite bigger pages off the event loop
 
-_HEAD_CLOSE = re.compile(rb"</head\s*>", re.IGNORECASE)
-_BODY_OPEN = re.compile(rb"<body(?:\s[^>]*)?>", re.IGNORECASE)
 
-
-# ---------------------------------------------------------------- pure rules
+# ---------------------------------------------------------------- headers and URLs
 
 
 def hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
@@ -125,55 +122,6 @@ def upstream_url(origin: str, raw_path: str) -> URL:
     """The origin's base (which may carry a path) joined with the request's raw path and query."""
     base = origin.rstrip("/")
     return URL(base + (raw_path if raw_path.startswith("/") else "/" + raw_path), encoded=True)
-
-
-def inject_html(html: bytes, snippet: bytes) -> bytes | None:
-    """``snippet`` before ``</head>``, else right after ``<body …>``; None for a fragment with neither."""
-    m = _HEAD_CLOSE.search(html)
-    if m:
-        return html[: m.start()] + snippet + html[m.start():]
-    m = _BODY_OPEN.search(html)
-    if m:
-        return html[: m.end()] + snippet + html[m.end():]
-    return None
-
-
-def rewrite_body(body: bytes, encoding: str, snippet: bytes, cap: int = INJECT_MAX_BYTES) -> bytes | None:
-    """The page with the snippet, in the same content encoding; None when it must pass untouched."""
-    if encoding == "gzip":
-        try:
-            d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-            html = d.decompress(body, cap + 1)
-            if len(html) > cap or d.unconsumed_tail or d.unused_data or not d.eof:
-                return None  # too big once inflated (or a gzip bomb), or more than one member
-        except zlib.error:
-            return None
-    else:
-        html = body
-    if html.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return None  # UTF-16: byte-level insertion would corrupt it
-    new = inject_html(html, snippet)
-    if new is None:
-        return None
-    if encoding == "gzip":
-        c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        return c.compress(new) + c.flush()
-    return new
-
-
-def _media_type(content_type: str) -> tuple[str, str]:
-    """(media type, charset) of a Content-Type value, both lower case."""
-    media, _, params = content_type.partition(";")
-    charset = ""
-    for param in params.split(";"):
-        key, _, value = param.partition("=")
-        if key.strip().lower() == "charset":
-            charset = value.strip().strip('"').lower()
-    return media.strip().lower(), charset
-
-
-def _injectable_status(status: int) -> bool:
-    return (200 <= status < 300 and status not in (204, 206)) or 400 <= status < 600
 
 
 # ---------------------------------------------------------------- plain error pages
@@ -327,7 +275,7 @@ class OriginProxy:
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(response_headers(upstream.headers))
-        media, charset = _media_type(upstream.headers.get(hdrs.CONTENT_TYPE, ""))
+        media, charset = media_type(upstream.headers.get(hdrs.CONTENT_TYPE, ""))
         is_page = request.method == hdrs.METH_GET and media == "text/html"
         prefix = b""
         try:
@@ -373,7 +321,7 @@ class OriginProxy:
         return response
 
     def _may_inject(self, upstream: aiohttp.ClientResponse, charset: str) -> bool:
-        if not self.inject or not _injectable_status(upstream.status):
+        if not self.inject or not injectable_status(upstream.status):
             return False
         encoding = upstream.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
         if encoding not in ("", "identity", "gzip") or charset.startswith(("utf-16", "utf-32")):
@@ -412,40 +360,8 @@ class OriginProxy:
         async with upstream:
             client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), autoclose=True)
             await client.prepare(request)
-            await _relay_websockets(client, upstream)
+            await relay_websockets(client, upstream)
         return client
-
-
-async def _pump(
-    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-) -> None:
-    """Copy messages until ``source`` closes, then close ``sink`` with the same code."""
-    async for msg in source:
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            await sink.send_str(msg.data)
-        elif msg.type == aiohttp.WSMsgType.BINARY:
-            await sink.send_bytes(msg.data)
-        elif msg.type == aiohttp.WSMsgType.ERROR:
-            break
-    code = source.close_code
-    await sink.close(code=code if code and code not in (1005, 1006, 1015) else 1000)
-
-
-async def _relay_websockets(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    tasks = [asyncio.ensure_future(_pump(client, upstream)), asyncio.ensure_future(_pump(upstream, client))]
-    try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        # The finished side closed the other one; give the other pump a bounded moment to see it.
-        if pending:
-            await asyncio.wait(pending, timeout=10.0)
-    finally:
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.info("WebSocket relay ended: %r", task.exception())
 
 
 # ---------------------------------------------------------------- wiring
@@ -471,14 +387,11 @@ def setup_origin(app: web.Application, settings: Settings, *, on_html: OnHtml | 
 
 __all__ = [
     "HOP_BY_HOP",
-    "INJECT_MAX_BYTES",
     "OriginProxy",
     "error_page",
-    "inject_html",
     "render_snippet",
     "request_headers",
     "response_headers",
-    "rewrite_body",
     "setup_origin",
     "snippet_write_key",
     "upstream_url",
