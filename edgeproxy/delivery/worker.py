@@ -14,7 +14,8 @@ An outage backs off as a whole, not only per batch: after a 5xx, a timeout or a 
 error the target's endpoint itself is closed for an exponentially growing, jittered delay (reset by
 the next answer that is not a server failure), so while a service is down the worker sends
 one probe per delay instead of one request per flush interval for every new batch. A 429
-with ``Retry-After`` (Segment's) closes it for exactly that long.
+with ``Retry-After`` (Segment's) closes it for exactly that long. Those rules, and the
+pauses of throttled devices and users, are ``upstream.py``'s.
 
 With no ``amplitude.api_key`` the Amplitude target delivers to a LOCAL SINK (an in-memory ring of the
 request bodies it would have sent) so a newcomer sees the whole loop in /debug.
@@ -48,6 +49,7 @@ from edgeproxy.delivery.targets import (
     amplitude_max_items,
     build_targets,
 )
+from edgeproxy.delivery.upstream import Upstream
 from edgeproxy.cockpit.trail import MAX_EXCERPT, Attempt, Trail, item_outcomes
 from edgeproxy.metrics import Metrics
 
@@ -73,7 +75,6 @@ MIN_CYCLE_GAP_S = 0.1
 
 
 max_items = amplitude_max_items  # Amplitude's per-endpoint batch limits (targets.py)
-EndpointKey = tuple[str, str, str]  # (target, source, endpoint)
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
@@ -113,10 +114,8 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._draining = False
-        # (target, source, "device"|"user", id) -> paused until (ms): throttling is per project
-        self._paused: dict[tuple[str, str, str, str], int] = {}
-        self._failures: dict[EndpointKey, int] = {}  # consecutive server failures
-        self._closed_until: dict[EndpointKey, int] = {}  # no request before (ms)
+        # Closed endpoints and throttled ids, per target and source (one project's, not all)
+        self.upstream = Upstream(settings.delivery.retry_base, settings.delivery.retry_max, self._rng)
         self._last_stats = 0.0
         self._orphans: set[asyncio.Future[None]] = set()
         self.requests_sent = 0
@@ -219,7 +218,7 @@ class DeliveryWorker:
         ready: list[DueGroup] = []
         deadline: int | None = await self.spool.next_attempt_ms(t)
         for g in groups:
-            closed = self._closed_until.get((g.target, g.source, g.endpoint), 0)
+            closed = self.upstream.closed_until((g.target, g.source, g.endpoint))
             if closed > t:  # the endpoint is failing: wait for its backoff, even when draining
                 deadline = closed if deadline is None else min(deadline, closed)
                 continue
@@ -238,41 +237,12 @@ class DeliveryWorker:
                 raise result
         return any(results), deadline
 
-    def _note_upstream(self, key: EndpointKey, verdict: Verdict, t: int) -> None:
-        """Close the endpoint for a backoff after a server failure, or for the Retry-After the
-        service asked for; any other answer reopens it."""
-        if verdict.retry_after is not None:
-            self._closed_until[key] = t + int(verdict.retry_after * 1000)
-        elif verdict.outcome == "retry":
-            failures = self._failures[key] = self._failures.get(key, 0) + 1
-            delay = backoff_delay(failures, self.settings.delivery.retry_base, self.settings.delivery.retry_max, self._rng)
-            self._closed_until[key] = t + int(delay * 1000)
-        else:
-            self._failures.pop(key, None)
-            self._closed_until.pop(key, None)
-
     async def _refresh_stats(self) -> None:
         if time.monotonic() - self._last_stats >= STATS_EVERY_S:
             self._last_stats = time.monotonic()
             await self.spool.stats()  # sets metrics.spool_depth
 
     # ------------------------------------------------------------------ one group
-
-    @staticmethod
-    def _identities(scope: tuple[str, str], c: ClaimedItem) -> list[tuple[str, str, str, str]]:
-        """The device and user an item counts against in its project's throttling (Amplitude's)."""
-        out = []
-        item = c.item
-        device, user = item.get("device_id") or c.device_id, item.get("user_id") or c.user_id
-        if device:
-            out.append((*scope, "device", str(device)))
-        if user:
-            out.append((*scope, "user", str(user)))
-        return out
-
-    def _pause_until(self, scope: tuple[str, str], c: ClaimedItem, t: int) -> int:
-        """0, or when the pause of the item's throttled device/user ends."""
-        return max((u for u in (self._paused.get(k, 0) for k in self._identities(scope, c)) if u > t), default=0)
 
     async def _claim(self, g: DueGroup, target: Target | None) -> list[ClaimedItem]:
         """Claim a batch; if we are cancelled meanwhile, the claim still lands, so release it then."""
@@ -309,13 +279,12 @@ class DeliveryWorker:
         try:
             claimed = await self._refuse_unsendable(g, target, claimed, unsettled)
             t = now_ms()
-            self._paused = {k: v for k, v in self._paused.items() if v > t}
             deferred: dict[int, list[int]] = {}
             batch = claimed
-            if self._paused:  # else no pass over the rows at all
+            if self.upstream.any_paused(t):  # else no pass over the rows at all
                 batch = []
                 for c in claimed:
-                    until = self._pause_until((g.target, g.source), c, t)
+                    until = self.upstream.paused_until((g.target, g.source), c, t)
                     if until:
                         deferred.setdefault(until, []).append(c.row_id)
                     else:
@@ -365,7 +334,7 @@ class DeliveryWorker:
         key = (target.kind, target.source, endpoint)
         while work:
             sub = work.popleft()
-            closed = self._closed_until.get(key, 0)
+            closed = self.upstream.closed_until(key)
             if closed > now_ms():  # a sibling half just met a server failure: wait with it
                 ids = [c.row_id for c in sub]
                 await self.spool.release(ids, closed)
@@ -412,7 +381,7 @@ class DeliveryWorker:
         self.requests_sent += 1
         self.metrics.delivery_latency.labels(*labels).observe(time.monotonic() - started)
         verdict = target.classify(endpoint, status, body, resp_headers, len(sub), transport_error)
-        self._note_upstream(labels, verdict, now_ms())
+        self.upstream.note(labels, verdict, now_ms())
         excerpt = transport_error if status is None else body_excerpt(body)
         await self._apply(target, endpoint, sub, verdict, status, excerpt)
         return verdict
@@ -434,13 +403,7 @@ class DeliveryWorker:
         if v.pause:
             until = t + int(v.pause_s * 1000)
             retry.append(([ids[i] for i in v.pause], until, f"throttled (429), paused {v.pause_s:g}s: {error}"))
-            for kind, names in (("device", v.throttled_devices), ("user", v.throttled_users)):
-                for name in names:
-                    self._paused[(target.kind, target.source, kind, name)] = until
-            if not (v.throttled_devices or v.throttled_users):  # the body named none: pause the items' own ids
-                for i in v.pause:
-                    for key in self._identities((target.kind, target.source), sub[i]):
-                        self._paused[key] = until
+            self.upstream.pause((target.kind, target.source), v, [sub[i] for i in v.pause], until)
         response = None if v.outcome == "sink" else (endpoint, status, len(sub), excerpt, target.kind, target.source)
         await self.spool.settle(
             ack=ids if len(v.ack) == len(ids) else [ids[i] for i in v.ack],  # all of them, usually
