@@ -39,10 +39,10 @@ import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
+from edgeproxy import redis_replies as reply
 from edgeproxy.delivery import redis_lua as lua
 from edgeproxy.delivery import redis_queue_forget
 from edgeproxy.delivery import redis_queue_views as views
-from edgeproxy import redis_replies as reply
 from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.delivery.spool_sql import (
@@ -66,7 +66,6 @@ GROUP = lua.GROUP
 PROMOTE_CHUNK = 1000
 RECOVER_CHUNK = 500
 Row = tuple[str, str]  # (stream key, entry id)
-
 
 
 def encode_record(it: SpoolItem, key: str) -> bytes:
@@ -400,37 +399,10 @@ class RedisQueue:
     # ------------------------------------------------------------------ read side
 
     async def stats(self) -> dict[str, Any]:
-        """Same keys as the SQLite spool. ``retrying`` counts items waiting for a retry or a
-        429 pause; ``delivered`` is the kept log (capped at ``retention``, like SQLite's)."""
-        t = now_ms()
-        try:
-            keys = sorted(reply.text(k) for k in reply.members(await self.redis.smembers(self.groups_key)))
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(self.delayed_key)
-                pipe.xlen(self.delivered_key)
-                pipe.xlen(self.dead_key)
-                for key in keys:
-                    pipe.xlen(self.stream(key))
-                    pipe.xpending(self.stream(key), GROUP)
-                    pipe.xrange(self.stream(key), count=1)
-                answers = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
-        delayed, delivered, dead = (int(a) if not isinstance(a, Exception) else 0 for a in answers[:3])
-        depth, in_flight = delayed, 0
-        oldest: int | None = None
-        for i in range(len(keys)):
-            length, pending, first = answers[3 + 3 * i: 6 + 3 * i]
-            in_pel = 0 if isinstance(pending, Exception) else int(pending["pending"])
-            in_flight += in_pel
-            depth += int(length) - in_pel
-            if first and not isinstance(first, Exception):
-                received = orjson.loads(first[0][1][b"d"])["received_ms"]
-                oldest = received if oldest is None else min(oldest, received)
-        result = {"depth": depth, "in_flight": in_flight, "retrying": delayed, "delivered": delivered, "dead": dead,
-                  "oldest_age_s": max(0.0, (t - oldest) / 1000) if oldest is not None else 0.0}
+        """Same keys as the SQLite spool (``redis_queue_views.stats``); sets the depth gauge."""
+        result = await views.stats(self)
         if self.metrics is not None:
-            self.metrics.spool_depth.set(depth + in_flight)
+            self.metrics.spool_depth.set(result["depth"] + result["in_flight"])
         return result
 
     async def events_for_session(self, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:

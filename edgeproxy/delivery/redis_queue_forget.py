@@ -22,7 +22,6 @@ CHUNK = 1000
 DELETIONS = "deletions"
 
 
-
 def _matches(rec: dict[str, Any], devices: set[str], user_id: str | None) -> bool:
     if rec.get("target") == DELETIONS:
         return False

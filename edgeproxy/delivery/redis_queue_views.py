@@ -20,7 +20,7 @@ from edgeproxy import redis_replies as reply
 from edgeproxy.delivery.redis_lua import GROUP
 from edgeproxy.delivery.records import SpoolUnavailable
 from edgeproxy.delivery.spool_admin import ReplayFilter
-from edgeproxy.delivery.spool_sql import DEFAULT_SOURCE, DEFAULT_TARGET, OTHER_REASON
+from edgeproxy.delivery.spool_sql import DEFAULT_SOURCE, DEFAULT_TARGET, OTHER_REASON, now_ms
 
 if TYPE_CHECKING:
     from edgeproxy.delivery.redis_queue import RedisQueue
@@ -30,10 +30,41 @@ DEAD_CHUNK = 500  # dead letters read per round trip when scanning the dead-lett
 UNDELIVERED = ("in_flight", "retrying")
 
 
-
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+async def stats(q: RedisQueue) -> dict[str, Any]:
+    """Same keys as the SQLite spool. ``retrying`` counts items waiting for a retry or a
+    429 pause; ``delivered`` is the kept log (capped at ``retention``, like SQLite's)."""
+    t = now_ms()
+    try:
+        keys = sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key)))
+        async with q.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(q.delayed_key)
+            pipe.xlen(q.delivered_key)
+            pipe.xlen(q.dead_key)
+            for key in keys:
+                pipe.xlen(q.stream(key))
+                pipe.xpending(q.stream(key), GROUP)
+                pipe.xrange(q.stream(key), count=1)
+            answers = await pipe.execute(raise_on_error=False)
+    except (RedisError, OSError) as exc:
+        raise SpoolUnavailable(f"Redis delivery queue: {exc}") from None
+    delayed, delivered, dead = (int(a) if not isinstance(a, Exception) else 0 for a in answers[:3])
+    depth, in_flight = delayed, 0
+    oldest: int | None = None
+    for i in range(len(keys)):
+        length, pending, first = answers[3 + 3 * i: 6 + 3 * i]
+        in_pel = 0 if isinstance(pending, Exception) else int(pending["pending"])
+        in_flight += in_pel
+        depth += int(length) - in_pel
+        if first and not isinstance(first, Exception):
+            received = orjson.loads(first[0][1][b"d"])["received_ms"]
+            oldest = received if oldest is None else min(oldest, received)
+    return {"depth": depth, "in_flight": in_flight, "retrying": delayed, "delivered": delivered, "dead": dead,
+            "oldest_age_s": max(0.0, (t - oldest) / 1000) if oldest is not None else 0.0}
 
 
 async def events_for_session(q: RedisQueue, device_id: str, session_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
