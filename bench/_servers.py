@@ -111,16 +111,20 @@ class Processes:
         return server
 
     def close(self) -> None:
-        for s in self.servers:
+        self.stop(list(self.servers))
+
+    def stop(self, servers: Sequence[Server]) -> None:
+        """Terminate ``servers`` (SIGTERM, then SIGKILL after 15 s) and forget them."""
+        for s in servers:
             if s.proc.poll() is None:
                 s.proc.terminate()
-        for s in self.servers:
+        for s in servers:
             try:
                 s.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 s.proc.kill()
                 s.proc.wait(timeout=5)
-        self.servers.clear()
+        self.servers = [s for s in self.servers if s not in servers]
 
 
 def wait_port(server: Server, timeout: float = 30.0) -> None:
