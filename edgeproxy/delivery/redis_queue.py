@@ -203,8 +203,12 @@ class RedisQueue:
                 raise
         self._known_groups.add(key)
 
+    async def group_keys(self) -> list[str]:
+        """Every group key seen so far (each has its stream), sorted."""
+        return sorted(reply.text(k) for k in reply.members(await self.redis.smembers(self.groups_key)))
+
     async def _group_keys(self) -> list[str]:
-        keys = sorted(reply.text(k) for k in reply.members(await self.redis.smembers(self.groups_key)))
+        keys = await self.group_keys()
         for key in keys:
             await self._ensure_group(key)
         return keys

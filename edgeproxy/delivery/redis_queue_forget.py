@@ -53,7 +53,7 @@ async def forget(q: RedisQueue, device_ids: Sequence[str], user_id: str | None, 
     counts: dict[str, int] = {}
     try:
         pending = 0
-        for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
+        for key in await q.group_keys():
             pending += await _scan_stream(q, q.stream(key), devices, user_id, group)
         members = [m for m in reply.members(await q.redis.zrange(q.delayed_key, 0, -1))
                    if _matches(orjson.loads(m.split(b"\n", 1)[1]), devices, user_id)]
@@ -76,7 +76,7 @@ async def user_devices(q: RedisQueue, user_id: str) -> list[str]:
             found[rec["device_id"]] = None
 
     try:
-        for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
+        for key in await q.group_keys():
             for _, fields in reply.entries(await q.redis.xrange(q.stream(key))):
                 keep(fields[b"d"])
         for member in reply.members(await q.redis.zrange(q.delayed_key, 0, -1)):

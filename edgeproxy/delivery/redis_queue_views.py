@@ -40,7 +40,7 @@ async def stats(q: RedisQueue) -> dict[str, Any]:
     429 pause; ``delivered`` is the kept log (capped at ``retention``, like SQLite's)."""
     t = now_ms()
     try:
-        keys = sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key)))
+        keys = await q.group_keys()
         async with q.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(q.delayed_key)
             pipe.xlen(q.delivered_key)
@@ -86,7 +86,7 @@ async def events_for_session(q: RedisQueue, device_id: str, session_id: int | No
         found.append(((rec.get("received_ms") or 0, *order), out))
 
     try:
-        for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
+        for key in await q.group_keys():
             stream = q.stream(key)
             held = {reply.text(p["message_id"]) for p in await _pending_ids(q, stream)}
             for entry_id, fields in reply.entries(await q.redis.xrevrange(stream, count=DEBUG_SCAN)):
@@ -201,7 +201,7 @@ async def undelivered(q: RedisQueue, which: str, limit: int = 20) -> list[dict[s
 
 async def _in_flight(q: RedisQueue, limit: int) -> list[dict[str, Any]]:
     held: list[tuple[tuple[int, int], str, str, str]] = []  # (order, stream, entry id, consumer)
-    for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
+    for key in await q.group_keys():
         stream = q.stream(key)
         for p in await _pending_ids(q, stream, count=limit):
             eid = reply.text(p["message_id"])
@@ -244,7 +244,7 @@ async def depth_by_target(q: RedisQueue) -> list[dict[str, Any]]:
         counts.setdefault(pair, {"pending": 0, "dead": 0})[state] += n
 
     try:
-        for key in sorted(reply.text(k) for k in reply.members(await q.redis.smembers(q.groups_key))):
+        for key in await q.group_keys():
             first = reply.entries(await q.redis.xrange(q.stream(key), count=1))
             if first:
                 add(_target(orjson.loads(first[0][1][b"d"])), "pending", int(await q.redis.xlen(q.stream(key))))
