@@ -45,13 +45,18 @@ class CountingQueue:
         self.items += len(items) + len(dead)
 
 
-def build_app(settings: Settings, queue: CountingQueue) -> web.Application:
-    """The tracking routes as ``edgeproxy.app.create_app`` wires them, around ``queue``."""
+def build_handlers(settings: Settings, queue: CountingQueue) -> IngestHandlers:
+    """The tracking handlers as ``edgeproxy.app.create_app`` builds them, around ``queue``."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the signing key file lives there
     identity = IdentityService.from_settings(settings)
     mapper = Mapper(settings.amplitude.as_mapping_config(), strict_settings=False)
     context = IngestContext(settings, identity, mapper, queue, Metrics(), trail=open_trail(settings.debug.trail_size))  # type: ignore[arg-type]
-    handlers = IngestHandlers(context)
+    return IngestHandlers(context)
+
+
+def build_app(settings: Settings, queue: CountingQueue) -> web.Application:
+    """The tracking routes as ``edgeproxy.app.create_app`` wires them, around ``queue``."""
+    handlers = build_handlers(settings, queue)
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app.add_routes(handlers.routes(settings.server.prefix))
     return app

@@ -30,6 +30,8 @@ pinned to the server core like the servers under test.
   relay's request body per message, ``segment_api.request_body``, and a returning visitor's
   cookies for one call, ``identity.cookies``, not compiled: read, the session's signed, written), best of
   5 runs of 20,000; run once compiled and once with ``EDGEPROXY_PURE_PYTHON=1``.
+- ``handler-calls``: µs of CPU per call of the real tracking handler awaited in-process with
+  N distinct prepared requests (``_handler_calls.py``; ``--batch`` for ``/v1/b`` of 20).
 - ``trail-memory``: tracemalloc's traced bytes after N analytics.js track calls of 1,000
   visitors through the real tracking handler (``_handler_only.py``'s app, in-process over
   loopback) with ``[debug] trail_size`` as given: run with 1,000 and with 0, the difference is
@@ -428,6 +430,9 @@ def main() -> None:
     f.add_argument("--target", choices=("amplitude", "segment"), default="amplitude")
     hp = sub.add_parser("hot-path")
     hp.add_argument("--events", type=int, default=20_000)
+    hc = sub.add_parser("handler-calls")
+    hc.add_argument("--calls", type=int, default=5_000)
+    hc.add_argument("--batch", action="store_true", help="/v1/b of 20 events instead of /v1/t")
     t = sub.add_parser("trail-memory")
     t.add_argument("--events", type=int, default=3_000)
     t.add_argument("--trail-size", type=int, default=1_000)
@@ -443,6 +448,12 @@ def main() -> None:
         result = hot_path(args.events)
     elif args.what == "trail-memory":
         result = asyncio.run(trail_memory(args.events, args.trail_size))
+    elif args.what == "handler-calls":
+        from _handler_calls import handler_calls
+        from edgeproxy.cli import prepare_gc
+
+        prepare_gc()  # as `edgeproxy serve` runs it
+        result = asyncio.run(handler_calls(args.calls, args.batch))
     else:
         from edgeproxy.cli import prepare_gc
 

@@ -112,6 +112,13 @@ def table_rows(res: dict[str, Any], *, sessions: int, browser_batch: int) -> lis
         rows.append(("the relay's request body per message (`segment_api.request_body`, compiled)",
                      f"{hp['relay_compiled_us']:.2f} µs compiled vs {hp['relay_pure_us']:.2f} µs pure Python",
                      f"{hp['relay_pure_us'] / hp['relay_compiled_us']:.2f}× faster compiled", "—"))
+        for shape, what, unit in (("single", "a single-event call", "a call"), ("batch", "a `/v1/b` of 20", "an event")):
+            if f"calls_{shape}" in hp:
+                c = hp[f"calls_{shape}"]
+                rows.append((f"the tracking handler awaited in-process, no sockets ({what}; distinct calls of 1,000 "
+                             "returning visitors; `_handler_calls.py`)",
+                             f"{c['compiled']:.1f} µs {unit} compiled vs {c['pure']:.1f} µs pure Python",
+                             f"{c['pure'] / c['compiled']:.3f}× faster compiled", "—"))
         rows.append(("a returning visitor's cookies per call (`identity.cookies`: read both, sign the session's, "
                      "write three; Python, most of it itsdangerous's signing)",
                      f"{hp['cookies_built_us']:.2f} µs as built, {hp['cookies_pure_us']:.2f} µs pure Python", "—", "—"))

@@ -93,6 +93,8 @@ FORWARD_EVENTS = 20_000
 # Forwarding is measured this many times per target, the targets alternating, and the median
 # reported: one run swung 5 to 10 µs an event with this machine's noise (2026-12-07).
 FORWARD_RUNS = 5
+HANDLER_CALLS = 5_000  # distinct single-event calls through the handler in-process (batches: a fifth)
+HANDLER_RUNS = 3  # per build, the builds alternating
 TRAIL_EVENTS = 3_000  # through the handler for the trail's memory: the 1,000-entry ring full thrice
 DRAIN_TIMEOUT_S = 90.0
 MODERATE_RATE = 1000.0  # req/s
@@ -336,13 +338,25 @@ def measure_memory(procs: Processes, sessions: int) -> dict[str, Any]:
             "worst_bytes_per_session": worst["bytes"] / worst_n}
 
 
-def measure_hot_path() -> dict[str, Any]:
+def measure_hot_path(calls: int, runs: int) -> dict[str, Any]:
     log("compiled: normalize + session touch + mapping per event, compiled and pure Python")
     base = {k: v for k, v in os.environ.items() if k != "EDGEPROXY_PURE_PYTHON"}
-    built, pure = inproc("hot-path", env=base), inproc("hot-path", env={**base, "EDGEPROXY_PURE_PYTHON": "1"})
-    return {"compiled_us": built["us_per_event"], "pure_us": pure["us_per_event"], "status": built["status"],
-            "relay_compiled_us": built["relay_body_us"], "relay_pure_us": pure["relay_body_us"],
-            "cookies_built_us": built["cookies_us"], "cookies_pure_us": pure["cookies_us"]}
+    pure_env = {**base, "EDGEPROXY_PURE_PYTHON": "1"}
+    built, pure = inproc("hot-path", env=base), inproc("hot-path", env=pure_env)
+    out = {"compiled_us": built["us_per_event"], "pure_us": pure["us_per_event"], "status": built["status"],
+           "relay_compiled_us": built["relay_body_us"], "relay_pure_us": pure["relay_body_us"],
+           "cookies_built_us": built["cookies_us"], "cookies_pure_us": pure["cookies_us"]}
+    # The whole handler, awaited in-process: steadier than its HTTP rows, so the build's effect
+    # on a call can be read (builds alternating, the median of ``runs`` each).
+    for shape, extra in (("single", ()), ("batch", ("--batch",))):
+        n = str(calls if shape == "single" else max(1, calls // 5))
+        log(f"compiled: the handler awaited in-process, {n} distinct {shape} calls, compiled and pure Python, x{runs}")
+        per: dict[str, list[float]] = {"compiled": [], "pure": []}
+        for _ in range(runs):
+            for build, env in (("compiled", base), ("pure", pure_env)):
+                per[build].append(inproc("handler-calls", "--calls", n, *extra, env=env)["us_per_event"])
+        out[f"calls_{shape}"] = {build: med(values) for build, values in per.items()}
+    return out
 
 
 def measure_trail_memory(events: int) -> dict[str, Any]:
@@ -450,6 +464,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.sessions = SESSIONS // 5 if args.quick else SESSIONS
     args.forward_events = FORWARD_EVENTS // 4 if args.quick else FORWARD_EVENTS
     args.forward_runs = 1 if args.quick else FORWARD_RUNS
+    args.handler_calls = HANDLER_CALLS // 5 if args.quick else HANDLER_CALLS
+    args.handler_runs = 1 if args.quick else HANDLER_RUNS
     return args
 
 
@@ -480,7 +496,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # there meanwhile (an idle edgeproxy still wakes for its timers, ~0.6 % of a core).
                 procs.stop([s for s in procs.servers if s is not responder])
             if "compiled" in only:
-                results["hot_path"] = measure_hot_path()
+                results["hot_path"] = measure_hot_path(args.handler_calls, args.handler_runs)
             if "trail" in only:
                 results["trail_memory"] = measure_trail_memory(TRAIL_EVENTS // 3 if args.quick else TRAIL_EVENTS)
             if "memory" in only:

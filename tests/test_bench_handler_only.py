@@ -39,3 +39,15 @@ async def test_the_reference_parses_sets_session_cookies_and_maps(tmp_path, aioh
     resp = await client.post("/_e/v1/t", json=track(type="nonsense"))
     assert resp.status == 400  # the real validation, not a blanket 200
     assert queue.items == 1
+
+
+async def test_the_in_process_calls_go_through_the_handler_and_map_every_event(monkeypatch):
+    """bench/_handler_calls.py times the real handler: each timed call answered 200 and
+    mapped its events (a handler that refused them, or mapped nothing, must not read as fast)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    calls = importlib.import_module("_handler_calls")
+    for batch, per_call in ((False, 1), (True, 20)):
+        result = await calls.handler_calls(12, batch)
+        assert result["calls"] == 12 and result["events_per_call"] == per_call
+        assert result["items_queued"] == 12 * per_call
+        assert result["us_per_event"] > 0
