@@ -35,7 +35,9 @@ generator ``wrk -t1`` and the stand-ins for the outside world on core 1):
   delivery caught up after it): analytics.js's default, one ``/v1/t`` request per event,
   against ``[cdn] browser_batching``, one ``/v1/b`` request per 10 events of a visitor;
 - ``compiled``: the handler alone with the hot path's mypyc build (``edgeproxy/compiled.py``)
-  against the same with ``EDGEPROXY_PURE_PYTHON=1``: what the compiled build pays;
+  against the same with ``EDGEPROXY_PURE_PYTHON=1``: what the compiled build pays, served;
+  and in-process, steadier: the compiled modules' own work, and the whole handler awaited
+  without sockets (``_handler_calls.py``), single-event calls and batches of 20;
 - ``trail``: what the cockpit's event trail costs: edgeproxy as it runs (durable spool,
   delivery) with ``[debug] trail_size`` 1,000 (the default) against ``trail_size = 0``, and
   the bytes a full trail holds (tracemalloc, the real handler in-process, with against
@@ -99,7 +101,6 @@ TRAIL_EVENTS = 3_000  # through the handler for the trail's memory: the 1,000-en
 DRAIN_TIMEOUT_S = 90.0
 MODERATE_RATE = 1000.0  # req/s
 MAX_MODERATE_CONNECTIONS = 30
-
 
 
 def log(message: str) -> None:
