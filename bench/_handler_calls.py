@@ -43,6 +43,12 @@ class _Transport:
         return False
 
 
+def cookie_header(response: Any) -> str:
+    """The ``Cookie`` header a browser sends after ``response``: every ``Set-Cookie`` it carried
+    (edgeproxy writes its own headers, which ``response.cookies`` does not list)."""
+    return "; ".join(value.split(";", 1)[0].strip() for value in response.headers.getall("Set-Cookie", ()))
+
+
 async def handler_calls(calls: int, batch: bool) -> dict[str, Any]:
     """µs of CPU per call and per event through the handler (``batch``: ``/v1/b`` of 20)."""
     from aiohttp import streams
@@ -87,14 +93,18 @@ async def handler_calls(calls: int, batch: bool) -> dict[str, Any]:
     cookies = []
     for i in range(n_visitors):  # each visitor's first call: what its cookies are from then on
         resp = await call(request(bodies[i], None))
-        cookies.append("; ".join(f"{name}={morsel.value}" for name, morsel in resp.cookies.items()))
+        cookies.append(cookie_header(resp))
     prepared = [request(body, cookies[i % n_visitors]) for i, body in enumerate(bodies)]
     queued = queue.items
     cpu0 = time.process_time()
-    for req in prepared:
-        await call(req)
+    answers = [await call(req) for req in prepared]
     cpu = time.process_time() - cpu0
     data.cleanup()
+    device_cookie = settings.sessions.device_cookie
     return {"status": compiled.status(), "calls": calls, "events_per_call": per_call,
             "items_queued": queue.items - queued,  # what the timed calls mapped (one Amplitude item an event)
+            # A returning visitor's device cookie is re-signed once a day, not per call: any here
+            # means the timed calls' cookies were not read, and the figure is a new visitor's.
+            "device_cookies_set": sum(any(v.startswith(f"{device_cookie}=") for v in a.headers.getall("Set-Cookie", ()))
+                                      for a in answers),
             "us_per_call": cpu / calls * 1e6, "us_per_event": cpu / (calls * per_call) * 1e6}

@@ -43,11 +43,13 @@ async def test_the_reference_parses_sets_session_cookies_and_maps(tmp_path, aioh
 
 async def test_the_in_process_calls_go_through_the_handler_and_map_every_event(monkeypatch):
     """bench/_handler_calls.py times the real handler: each timed call answered 200 and
-    mapped its events (a handler that refused them, or mapped nothing, must not read as fast)."""
+    mapped its events (a handler that refused them, or mapped nothing, must not read as fast),
+    with the cookies of each visitor's first call (a new visitor's calls sign more)."""
     monkeypatch.syspath_prepend(str(BENCH))
     calls = importlib.import_module("_handler_calls")
     for batch, per_call in ((False, 1), (True, 20)):
         result = await calls.handler_calls(12, batch)
         assert result["calls"] == 12 and result["events_per_call"] == per_call
         assert result["items_queued"] == 12 * per_call
+        assert result["device_cookies_set"] == 0  # the calls are a returning visitor's: its cookies were read
         assert result["us_per_event"] > 0
