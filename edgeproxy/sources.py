@@ -171,7 +171,7 @@ def apply_env(sources: list[SourceConfig], env: Any, prefix: str) -> list[str]:
 
 def sources_problems(settings: Any) -> list[str]:
     """Names, write keys (each in one source only) and each source's own sections."""
-    from edgeproxy.config import amplitude_problems, relay_problems
+    from edgeproxy.config_checks import amplitude_problems, relay_problems
 
     problems: list[str] = []
     owner: dict[str, str] = {key: "segment.write_keys" for key in settings.segment.write_keys if isinstance(key, str)}

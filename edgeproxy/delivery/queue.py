@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
-from edgeproxy.config import DURABILITY, is_redis_url
+from edgeproxy.config_checks import DURABILITY, is_redis_url
 from edgeproxy.delivery.records import DeadLetter, SpoolItem
 from edgeproxy.delivery.spool import ClaimedItem, DueGroup, ReplayFilter, Spool
 from edgeproxy.metrics import Metrics

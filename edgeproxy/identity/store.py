@@ -25,7 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
-from edgeproxy.config import is_redis_url
+from edgeproxy.config_checks import is_redis_url
 from edgeproxy.identity.sessions import SessionState, reconcile, touch
 
 TouchResult = tuple[SessionState | None, SessionState, bool]  # (old, new, started)
