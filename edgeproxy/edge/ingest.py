@@ -9,7 +9,6 @@ the client get its 200; if the spool cannot take the events it gets a 503 with
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
@@ -18,9 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-import orjson
 from aiohttp import web
-from aiohttp.web import RequestPayloadError
 
 from edgeproxy import segment
 from edgeproxy.cockpit.trail import Trail
@@ -32,12 +29,12 @@ from edgeproxy.edge.identity_cookies import tracking_cookies
 from edgeproxy.edge.cors import cors_headers, preflight
 from edgeproxy.edge.flood import FloodGuard, retry_after_header
 from edgeproxy.edge.privacy_gate import PrivacyGate
+from edgeproxy.edge.tracking_body import check_message_size, read_body, tracking_error, tracking_json
 from edgeproxy.identity.ajs import AjsCookies
 from edgeproxy.identity.service import IdentityResult, IdentityService
 from edgeproxy.identity.session_events import session_message
 from edgeproxy.identity.sessions import client_session_value, parse_session_id
 from edgeproxy.identity.store import StoreUnavailable
-from edgeproxy.logs import client_error
 from edgeproxy.mapping import Mapper
 from edgeproxy.metrics import Metrics
 from edgeproxy.pipeline import Route, build_routes, default_device_id, relay_record, spool_records
@@ -78,14 +75,6 @@ class Accepted:
     verdict: Verdict
     identity: IdentityResult
     session_id: int | None
-
-
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
-
-
-def _error(status: int, message: str, code: str = "invalid_request", **extra: Any) -> web.Response:
-    return _json(status, {"success": False, "message": message, "code": code, **extra})
 
 
 class IngestHandlers:
@@ -140,7 +129,7 @@ class IngestHandlers:
             response.force_close()  # this process is leaving: let the client reconnect elsewhere
         elif wait:
             self.ctx.metrics.events_rejected_by("rate_limited").inc()
-            response = _json(
+            response = tracking_json(
                 429,
                 {"success": False, "message": f"too many requests from this address; retry in {wait:.1f} s",
                  "code": "rate_limited"},
@@ -151,67 +140,22 @@ class IngestHandlers:
         response.headers.update(cors_headers(request, self.ctx.settings.server.cors_origins))
         return response
 
-    async def _read_body(self, request: web.Request, limit: int) -> dict[str, Any] | web.Response:
-        """The decompressed body as a JSON object, or the error response (Segment's wording)."""
-        try:
-            if request.content.is_eof():  # the whole body came with the headers (the usual call): no wait
-                raw = await request.read()  # aiohttp inflates gzip; client_max_size bounds the inflated size
-            else:
-                async with asyncio.timeout(self.ctx.settings.server.body_timeout):  # a trickled body holds a connection
-                    raw = await request.read()
-        except TimeoutError:
-            self.ctx.metrics.events_rejected_by("body_timeout").inc()
-            client_error(log, "body_timeout", request.remote, f"no complete body in {self.ctx.settings.server.body_timeout:g} s")
-            response = _error(408, f"the body did not arrive within {self.ctx.settings.server.body_timeout:g} s "
-                              "(server.body_timeout)", code="timeout")
-            response.force_close()
-            return response
-        except web.HTTPRequestEntityTooLarge:
-            self.ctx.metrics.events_rejected_by("too_large").inc()
-            return _error(400, f"Exceed payload limit: the body is over {limit} bytes once decompressed")
-        except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
-            self.ctx.metrics.events_rejected_by("bad_encoding").inc()
-            encoding = request.headers.get("Content-Encoding", "")
-            client_error(log, "bad_encoding", request.remote, f"Content-Encoding {encoding!r}")
-            response = _error(400, f"the body cannot be decoded as Content-Encoding {encoding!r}: {exc}",
-                              code="invalid_encoding")
-            response.force_close()  # the rest of the body cannot be read either: no keep-alive drain
-            return response
-        except ConnectionError:  # the client went away mid-body: nobody reads the answer
-            self.ctx.metrics.events_rejected_by("connection_lost").inc()
-            client_error(log, "connection_lost", request.remote, "closed while sending the body")
-            response = _error(400, "the connection was lost while reading the body")
-            response.force_close()
-            return response
-        if len(raw) > limit:
-            self.ctx.metrics.events_rejected_by("too_large").inc()
-            return _error(400, f"Exceed payload limit: the body is {len(raw)} bytes, at most {limit} allowed")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            self.ctx.metrics.events_rejected_by("invalid_json").inc()
-            return _error(400, f"Invalid JSON: {exc}", code="invalid_json")
-        if not isinstance(body, dict):
-            self.ctx.metrics.events_rejected_by("invalid_json").inc()
-            return _error(400, "Invalid JSON: the body must be a JSON object", code="invalid_json")
-        return body
-
     async def _process(self, request: web.Request, path_type: str | None) -> web.StreamResponse:
         ctx = self.ctx
         batch = path_type is None
         limit = segment.MAX_BATCH_BYTES if batch else segment.MAX_MESSAGE_BYTES
-        body = await self._read_body(request, limit)
+        body = await read_body(request, limit, ctx.settings.server.body_timeout, ctx.metrics)
         if isinstance(body, web.Response):
             return body
         try:
             write_key = segment.resolve_write_key(body, request.headers.get("Authorization"), [])
         except segment.Rejected as exc:
             ctx.metrics.events_rejected_by("write_key").inc()
-            return _error(400, exc.message, code=exc.code)
+            return tracking_error(400, exc.message, code=exc.code)
         source = self.sources.for_write_key(write_key)
         if source is None:
             ctx.metrics.events_rejected_by("write_key").inc()
-            return _error(401, "unknown write key", code="unauthorized")
+            return tracking_error(401, "unknown write key", code="unauthorized")
         route = self.source_routes[source.name]
 
         received = datetime.now(timezone.utc)
@@ -219,10 +163,10 @@ class IngestHandlers:
             raws = body.get("batch")
             if not isinstance(raws, list):
                 ctx.metrics.events_rejected_by("invalid_batch").inc()
-                return _error(400, "batch: must be an array of messages")
+                return tracking_error(400, "batch: must be an array of messages")
             if len(raws) > segment.MAX_BATCH_MESSAGES:
                 ctx.metrics.events_rejected_by("too_many").inc(len(raws))
-                return _error(400, f"batch: {len(raws)} messages, at most {segment.MAX_BATCH_MESSAGES} per batch")
+                return tracking_error(400, f"batch: {len(raws)} messages, at most {segment.MAX_BATCH_MESSAGES} per batch")
             envelope = segment.Envelope(
                 sent_at=body.get("sentAt"),
                 context=body.get("context") if isinstance(body.get("context"), dict) else None,
@@ -242,7 +186,7 @@ class IngestHandlers:
         for index, raw in enumerate(raws):
             try:
                 if batch:
-                    _check_message_size(raw)
+                    check_message_size(raw)
                 msg = segment.normalize(raw, path_type=path_type, received=received, envelope=envelope)
                 _fill_ip(msg, request.remote)
                 verdict = self.gate.verdict(route.source.privacy, msg, request.headers)
@@ -290,11 +234,11 @@ class IngestHandlers:
 
         if rejected and not accepted:
             first = rejected[0]
-            response = _error(400, f"{first['field']}: {first['message']}", rejected=rejected)
+            response = tracking_error(400, f"{first['field']}: {first['message']}", rejected=rejected)
         elif rejected:
-            response = _json(200, {"success": True, "accepted": len(accepted), "rejected": rejected})
+            response = tracking_json(200, {"success": True, "accepted": len(accepted), "rejected": rejected})
         else:
-            response = _json(200, {"success": True})
+            response = tracking_json(200, {"success": True})
         if web_cookies == EXPIRE_COOKIES:
             set_cookies(response, self.expired)
         elif web_cookies == SET_COOKIES:
@@ -338,7 +282,7 @@ class IngestHandlers:
         if self.accepting:
             log.error("answering 503: %s", reason)
         self.ctx.metrics.events_rejected_by("unavailable").inc(count)
-        return _json(
+        return tracking_json(
             503,
             {"success": False, "message": message, "code": "unavailable"},
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
@@ -389,16 +333,6 @@ def _outcome(verdict: Verdict) -> str:
     if not verdict.deliver:
         return f"withheld from Amplitude: {verdict.reason}"
     return "anonymised" if verdict.anonymous else "accepted"
-
-
-def _check_message_size(raw: Any) -> None:
-    """Segment's 32 KB per message inside a batch, measured as the message's own JSON."""
-    try:
-        size = len(orjson.dumps(raw))
-    except orjson.JSONEncodeError as exc:  # deeper than the encoder's 254 levels
-        raise segment.Rejected("message", f"cannot be stored: {exc}") from None
-    if size > segment.MAX_MESSAGE_BYTES:
-        raise segment.Rejected("message", f"Exceed payload limit: {size} bytes, at most {segment.MAX_MESSAGE_BYTES}")
 
 
 def _fill_ip(msg: dict[str, Any], remote: str | None) -> None:
