@@ -1,15 +1,15 @@
 """The durable spool: every accepted Amplitude item is on disk before the client gets its 200.
 
 SQLite in WAL mode, embedded, no server. This module is the queue's API (append, claim,
-settle, the /debug reads) and the connection's set-up; the parts each have a module:
-``spool_commit`` (GROUP COMMIT on the event loop: one turn's operations in one transaction;
-each ``await spool.append(...)`` returns only after its rows are committed and, with the
-default durability, flushed to disk), ``spool_sync`` (the flush and checkpoint threads),
-``spool_budget`` (the room budget, the encoded append, retention), ``spool_stream`` (the
-append-only stream new items go to: segment tables written once, a durable cursor per
-group), ``spool_sql`` (the side table, for rows that failed once and dead letters),
-``spool_view`` (the reads over both), ``spool_schema`` (the schema and its migrations),
-``records`` (what is queued).
+settle, the /debug reads); the parts each have a module: ``spool_file`` (the file's path,
+the connection's PRAGMAs), ``spool_commit`` (GROUP COMMIT on the event loop: one turn's
+operations in one transaction; each ``await spool.append(...)`` returns only after its rows
+are committed and, with the default durability, flushed to disk), ``spool_sync`` (the flush
+and checkpoint threads), ``spool_budget`` (the room budget, the encoded append, retention),
+``spool_stream`` (the append-only stream new items go to: segment tables written once, a
+durable cursor per group), ``spool_sql`` (the side table, for rows that failed once and dead
+letters), ``spool_view`` (the reads over both), ``spool_schema`` (the schema and its
+migrations), ``records`` (what is queued).
 
 Why the SQL runs on the event loop and not in a writer thread: the statements take
 microseconds of CPU, and a thread has to win the GIL back after every one of them. On a busy
@@ -59,8 +59,9 @@ from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
 from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.delivery.spool_budget import PRUNE_STEPS_PER_SETTLE, Retention, Room, encode_append
 from edgeproxy.delivery.spool_commit import GroupCommit
+from edgeproxy.delivery.spool_file import connect, spool_path
 from edgeproxy.delivery.spool_parts import Either, merge_due_groups, pick_claim, split_verdict
-from edgeproxy.delivery.spool_schema import SCHEMA, SchemaTooNew, migrate
+from edgeproxy.delivery.spool_schema import SCHEMA, SchemaTooNew
 from edgeproxy.delivery.spool_stream import Stream
 from edgeproxy.delivery.spool_sql import (
     ClaimedItem,
@@ -79,19 +80,6 @@ __all__ = [
     "group_key", "item_size", "now_ms",
 ]
 
-SPOOL_FILENAME = "spool.sqlite3"
-DB_SUFFIXES = frozenset({".sqlite3", ".sqlite", ".db"})
-WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes a restarted WAL file is truncated to (journal_size_limit)
-# The hard page limit sits this far above max_bytes: appends stop at max_bytes (a clear 503),
-# while the worker's updates and one in-progress append still find room.
-HARD_LIMIT_HEADROOM = 16 * 1024 * 1024
-# Debian's SQLite is built with SECURE_DELETE on: every deleted row and freed page is overwritten
-# with zeros, so pruning delivered rows wrote each of their pages into the WAL once more. FAST
-# zeroes deleted content only where that costs no extra write (within pages already written).
-# Measured: pruning delivered rows 11.0 -> 9.0 µs a row; forwarding CPU 19.5 -> 18.4 µs an event
-# (bench_ingest --only forwarding, 4 alternating runs each). What must not linger is
-# what `edgeproxy forget` deletes: that statement runs with secure_delete ON (spool_admin.zeroing).
-SECURE_DELETE = "FAST"
 # The worker's bookkeeping in small transactions, so tracking calls are not held up behind it:
 # one transaction marking 500 rows delivered and pruning 1,000 held the event loop up to 11 ms
 # (measured at ~1,000 calls/s); in pieces of 250 the longest was 2.7 ms, for the same CPU
@@ -125,9 +113,7 @@ class Spool:
         ``max_bytes`` caps the data held (a disk budget): past it, appends raise
         SpoolUnavailable instead of filling the disk the rest of the host needs. None: no cap.
         """
-        path = Path(path)
-        is_file = path.suffix in DB_SUFFIXES and not path.is_dir()
-        self.path = path if is_file else path / SPOOL_FILENAME
+        self.path = spool_path(path)
         self.metrics = metrics
         self._retention = Retention(retention)
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
@@ -154,7 +140,7 @@ class Spool:
         """Create or open the database (migrating it), and start the flush thread."""
         loop = asyncio.get_running_loop()
         try:
-            self._conn = await asyncio.to_thread(self._connect)
+            self._conn = await asyncio.to_thread(connect, self.path, self.max_bytes)
             self._stream = Stream(self._retention.retention)  # loaded from the file at its first operation
             self._commit = GroupCommit(self._conn, loop, self.path, durable=self.synchronous != "NORMAL",
                                        on_begin=self._stream.begin, on_commit=self._stream.committed,
@@ -184,32 +170,6 @@ class Spool:
         if commit is None:
             raise SpoolUnavailable("the spool is closed")
         return commit.submit(fn)
-
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # timeout=0: a write lock held by another process (the CLI's replay) must not stall the
-        # event loop in SQLite's busy handler; GroupCommit retries instead (BUSY_TIMEOUT_S in all).
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
-        try:
-            conn.row_factory = sqlite3.Row
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot use WAL mode on {self.path} (got {mode})")
-            conn.execute("PRAGMA synchronous=NORMAL")  # the flush after commit is the syncer's
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # so is the checkpoint
-            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # a restarted WAL shrinks back
-            conn.execute(f"PRAGMA secure_delete={SECURE_DELETE}")  # forget() scrubs; see SECURE_DELETE
-            conn.execute("PRAGMA busy_timeout=5000")  # for the migration only; reset below
-            migrate(conn, self.path)
-            conn.execute("PRAGMA busy_timeout=0")
-            if self.max_bytes:
-                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                hard = self.max_bytes + min(self.max_bytes, HARD_LIMIT_HEADROOM)
-                conn.execute(f"PRAGMA max_page_count={max(1, hard // page_size)}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     # ------------------------------------------------------------------ edge side
 

@@ -165,8 +165,8 @@ def person_where(device_ids: Sequence[str], user_id: str | None) -> tuple[str, l
 @contextlib.contextmanager
 def zeroing(c: sqlite3.Connection) -> Iterator[None]:
     """secure_delete ON for the statements inside: a forgotten person's rows are zeroed on disk,
-    not only unlinked (the connection may run with FAST, spool.SECURE_DELETE, which leaves freed
-    pages as they were)."""
+    not only unlinked (the connection may run with FAST, spool_file.SECURE_DELETE, which leaves
+    freed pages as they were)."""
     before = c.execute("PRAGMA secure_delete").fetchone()[0]
     c.execute("PRAGMA secure_delete=ON")
     try:

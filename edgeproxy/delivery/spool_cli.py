@@ -13,8 +13,8 @@ from typing import Any
 from edgeproxy.delivery import spool_admin as admin
 from edgeproxy.delivery import spool_view as view
 from edgeproxy.delivery.records import SpoolUnavailable
-from edgeproxy.delivery.spool import DB_SUFFIXES, SPOOL_FILENAME
 from edgeproxy.delivery.spool_admin import ReplayFilter
+from edgeproxy.delivery.spool_file import spool_path
 from edgeproxy.delivery.spool_schema import SchemaTooNew, migrate
 from edgeproxy.delivery.spool_sql import now_ms
 from edgeproxy.delivery.spool_stream import StreamState
@@ -22,9 +22,7 @@ from edgeproxy.delivery.spool_stream import StreamState
 
 def _cli_connect(path: Path, readonly: bool) -> sqlite3.Connection:
     """Open an existing spool for the CLI, migrated to the current schema (safe while serving)."""
-    path = Path(path)
-    if path.suffix not in DB_SUFFIXES or path.is_dir():
-        path = path / SPOOL_FILENAME
+    path = spool_path(path)
     if not path.exists():
         raise SpoolUnavailable(f"no spool at {path}")
     try:
