@@ -21,9 +21,10 @@ the stream). So a late verdict from a worker whose entry was already taken over 
 and an entry is never both delivered and requeued. Acknowledged entries are deleted, so a
 stream holds exactly the items not yet delivered: depth is XLEN minus the PEL.
 
-The read side (/debug's views, replay, the CLI) is in ``redis_queue_views``; the scripts are
-in ``redis_lua``. The scripts derive key names from the prefix: one Redis (or a primary with replicas), not
-Redis Cluster, like the session store.
+The read side (/debug's views, replay, the CLI) is in ``redis_queue_views``; the entries and
+what each verdict makes of them in ``redis_records``; the scripts in ``redis_lua``. The
+scripts derive key names from the prefix: one Redis (or a primary with replicas), not Redis
+Cluster, like the session store.
 """
 
 from __future__ import annotations
@@ -44,17 +45,15 @@ from edgeproxy.delivery import redis_lua as lua
 from edgeproxy.delivery import redis_queue_forget
 from edgeproxy.delivery import redis_queue_views as views
 from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
+from edgeproxy.delivery.redis_records import Row, claimed_item, encode_record, encode_refusal, settle_ops
 from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.delivery.spool_sql import (
     DEFAULT_SOURCE,
     DEFAULT_TARGET,
-    MAPPING_REASON,
     RESPONSE_LOG_KEEP,
     ClaimedItem,
     DueGroup,
-    dead_reason,
     group_key,
-    item_size,
     now_ms,
     settled_rows,
 )
@@ -65,29 +64,6 @@ log = logging.getLogger("edgeproxy.delivery")
 GROUP = lua.GROUP
 PROMOTE_CHUNK = 1000
 RECOVER_CHUNK = 500
-Row = tuple[str, str]  # (stream key, entry id)
-
-
-def encode_record(it: SpoolItem, key: str) -> bytes:
-    """One queue entry (``key`` is the item's ``group_key``): the item plus what batching,
-    throttling and /debug need."""
-    encoded = it.item_json()
-    return orjson.dumps({
-        "message_id": it.message_id, "endpoint": it.endpoint, "group_key": key,
-        "item": orjson.Fragment(encoded), "options": it.options, "device_id": it.device_id, "user_id": it.user_id,
-        "session_id": it.session_id, "received_ms": it.received_ms, "size": item_size(it.endpoint, encoded),
-        "attempts": 0, "last_error": None, "target": it.target, "source": it.source,
-    })
-
-
-def encode_refusal(d: DeadLetter) -> bytes:
-    """A message the mapping refused: a dead letter with no item (so not replayable)."""
-    return orjson.dumps({
-        "message_id": d.message_id, "endpoint": None, "group_key": None, "item": None, "payload": d.payload,
-        "device_id": d.device_id, "session_id": d.session_id, "received_ms": d.received_ms,
-        "attempts": 0, "last_error": d.reason, "dead_code": MAPPING_REASON, "dead_ms": d.received_ms,
-        "target": DEFAULT_TARGET, "source": d.source,
-    })
 
 
 class RedisQueue:
@@ -313,10 +289,7 @@ class RedisQueue:
                 continue
             total += rec["size"] + 1
             self._inflight[row] = rec
-            options = orjson.dumps(rec["options"]) if rec["options"] is not None else None
-            taken.append(ClaimedItem(row, rec["message_id"], rec["endpoint"], orjson.dumps(rec["item"]), options,
-                                     rec["device_id"], rec["user_id"], rec["attempts"], rec["size"],
-                                     rec.get("received_ms") or 0))
+            taken.append(claimed_item(row, rec))
         if back:
             await self._run_settle(back)
         return taken
@@ -342,43 +315,11 @@ class RedisQueue:
 
         ``dead``: row -> (reason code, text), or a bare text (code "other")."""
         t = now_ms() if now is None else now
-        ops: list[Any] = []
-
-        def move(row: Row, op: str, score: int, rec: dict[str, Any]) -> None:
-            data = orjson.dumps(rec)
-            if op == "delay":
-                data = rec["group_key"].encode() + b"\n" + data
-            ops.extend([op, row[0], row[1], score, data])
-
-        held = self._inflight
-        for row in ack:
-            if row in held:
-                rec = held[row]
-                move(row, "ack", 0, {**rec, "last_error": None, "delivered_ms": t})
-        for row, reason in (dead or {}).items():
-            if row in held:
-                rec = held[row]
-                code, text = dead_reason(reason)
-                move(row, "dead", 0, {**rec, "attempts": rec["attempts"] + 1, "last_error": text, "dead_code": code,
-                                      "dead_ms": t})
-        for rows, next_ms, error in retry:
-            for row in rows:
-                if row in held:
-                    rec = held[row]
-                    move(row, "delay", next_ms, {**rec, "attempts": rec["attempts"] + 1, "last_error": error,
-                                                 "next_attempt_ms": next_ms})
-        for rows, not_before in release:
-            for row in rows:
-                if row in held:
-                    rec = held[row]
-                    if not_before > t:
-                        move(row, "delay", not_before, {**rec, "next_attempt_ms": not_before})
-                    else:
-                        move(row, "requeue", 0, rec)
+        ops = settle_ops(self._inflight, t, ack=ack, dead=dead or {}, retry=retry, release=release)
         if ops:
             await self._run_settle(ops)
         for row in settled_rows(ack, dead or {}, retry, release):
-            held.pop(row, None)
+            self._inflight.pop(row, None)
         if response is not None:
             endpoint, status, n, body, target, source = (*response, DEFAULT_TARGET, DEFAULT_SOURCE)[:6]
             entry = orjson.dumps({"time_ms": t, "endpoint": endpoint, "status": status, "items": n, "body": body,
