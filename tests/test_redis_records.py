@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from edgeproxy.delivery.records import SpoolItem
+from edgeproxy.delivery.records import SpoolItem, group_key
 from edgeproxy.delivery.redis_records import claimed_item, encode_record, settle_ops
-from edgeproxy.delivery.spool_sql import group_key
 
 T = 1_700_000_000_000
 

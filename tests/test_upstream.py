@@ -13,7 +13,7 @@ import random
 import orjson
 
 from edgeproxy.delivery.classify import Verdict
-from edgeproxy.delivery.spool_sql import ClaimedItem
+from edgeproxy.delivery.records import ClaimedItem
 from edgeproxy.delivery.upstream import Upstream, identities
 
 KEY = ("amplitude", "default", "2/httpapi")

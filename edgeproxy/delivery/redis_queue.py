@@ -44,19 +44,21 @@ from edgeproxy import redis_replies as reply
 from edgeproxy.delivery import redis_lua as lua
 from edgeproxy.delivery import redis_queue_forget
 from edgeproxy.delivery import redis_queue_views as views
-from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
-from edgeproxy.delivery.redis_records import Row, claimed_item, encode_record, encode_refusal, settle_ops
-from edgeproxy.delivery.spool_admin import ReplayFilter
-from edgeproxy.delivery.spool_sql import (
+from edgeproxy.delivery.records import (
     DEFAULT_SOURCE,
     DEFAULT_TARGET,
     RESPONSE_LOG_KEEP,
     ClaimedItem,
+    DeadLetter,
     DueGroup,
+    SpoolItem,
+    SpoolUnavailable,
     group_key,
     now_ms,
     settled_rows,
 )
+from edgeproxy.delivery.redis_records import Row, claimed_item, encode_record, encode_refusal, settle_ops
+from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy.delivery")

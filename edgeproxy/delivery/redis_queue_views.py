@@ -18,9 +18,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from edgeproxy import redis_replies as reply
 from edgeproxy.delivery.redis_lua import GROUP
-from edgeproxy.delivery.records import SpoolUnavailable
+from edgeproxy.delivery.records import DEFAULT_SOURCE, DEFAULT_TARGET, OTHER_REASON, SpoolUnavailable, now_ms
 from edgeproxy.delivery.spool_admin import ReplayFilter
-from edgeproxy.delivery.spool_sql import DEFAULT_SOURCE, DEFAULT_TARGET, OTHER_REASON, now_ms
 
 if TYPE_CHECKING:
     from edgeproxy.delivery.redis_queue import RedisQueue

@@ -13,8 +13,15 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 
-from edgeproxy.delivery.records import DeadLetter, SpoolItem
-from edgeproxy.delivery.spool_sql import DEFAULT_TARGET, MAPPING_REASON, ClaimedItem, dead_reason, item_size
+from edgeproxy.delivery.records import (
+    DEFAULT_TARGET,
+    MAPPING_REASON,
+    ClaimedItem,
+    DeadLetter,
+    SpoolItem,
+    dead_reason,
+    item_size,
+)
 
 Row = tuple[str, str]  # (stream key, entry id)
 

@@ -55,7 +55,18 @@ import orjson
 from edgeproxy.delivery import spool_admin as admin
 from edgeproxy.delivery import spool_sql as sql
 from edgeproxy.delivery import spool_view as view
-from edgeproxy.delivery.records import DeadLetter, SpoolItem, SpoolUnavailable
+from edgeproxy.delivery.records import (
+    ClaimedItem,
+    DeadLetter,
+    DueGroup,
+    SpoolItem,
+    SpoolUnavailable,
+    dead_reason,
+    group_key,
+    item_size,
+    now_ms,
+    settled_rows,
+)
 from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.delivery.spool_budget import PRUNE_STEPS_PER_SETTLE, Retention, Room, encode_append
 from edgeproxy.delivery.spool_commit import GroupCommit
@@ -63,14 +74,6 @@ from edgeproxy.delivery.spool_file import connect, spool_path
 from edgeproxy.delivery.spool_parts import Either, merge_due_groups, pick_claim, split_verdict
 from edgeproxy.delivery.spool_schema import SCHEMA, SchemaTooNew
 from edgeproxy.delivery.spool_stream import Stream
-from edgeproxy.delivery.spool_sql import (
-    ClaimedItem,
-    DueGroup,
-    dead_reason,
-    group_key,
-    item_size,
-    now_ms,
-)
 from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy.spool")
@@ -301,7 +304,7 @@ class Spool:
                     self._retention.acked(len(side_ack))
                 finally:
                     # Inside the transaction: later operations see rows and in flight agree.
-                    land(sql.settled_rows(ack, dead, retry, release))
+                    land(settled_rows(ack, dead, retry, release))
             return apply
 
         try:
@@ -310,7 +313,7 @@ class Spool:
                 await self._submit(applying(chunk, {}, (), (), None))
         except BaseException:
             self._retention.forget()
-            land(sql.settled_rows(acks, reasons, retry, release))  # also what never ran (the spool closed)
+            land(settled_rows(acks, reasons, retry, release))  # also what never ran (the spool closed)
             raise
         if acks:
             await self._prune()

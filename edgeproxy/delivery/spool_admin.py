@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from edgeproxy.delivery import spool_sql as sql
+from edgeproxy.delivery.records import OTHER_REASON
 
 
 def stats(c: sqlite3.Connection, t: int) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def dead_letters(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
             "item": sql.loads_blob(r["item"]),
             "payload": sql.loads_blob(r["payload"]),
             "reason": r["last_error"],
-            "reason_code": r["dead_code"] or sql.OTHER_REASON,
+            "reason_code": r["dead_code"] or OTHER_REASON,
             "target": r["target"],
             "source": r["source"],
             "device_id": r["device_id"],
@@ -93,7 +94,7 @@ def dead_by_reason(c: sqlite3.Connection) -> dict[str, int]:
     rows = c.execute(
         "SELECT COALESCE(dead_code, ?) AS code, COUNT(*) AS n FROM items WHERE state='dead'"
         " GROUP BY code ORDER BY n DESC, code",
-        (sql.OTHER_REASON,),
+        (OTHER_REASON,),
     )
     return {r["code"]: r["n"] for r in rows}
 
@@ -114,7 +115,7 @@ class ReplayFilter:
         clauses = ["state='dead'", "EXISTS (SELECT 1 FROM item_bodies AS b WHERE b.id = items.id)"]
         params: list[Any] = []
         if self.reasons:
-            clauses.append(f"COALESCE(dead_code, '{sql.OTHER_REASON}') IN ({sql.placeholders(len(self.reasons))})")
+            clauses.append(f"COALESCE(dead_code, '{OTHER_REASON}') IN ({sql.placeholders(len(self.reasons))})")
             params.extend(self.reasons)
         if self.endpoint is not None:
             clauses.append("endpoint = ?")

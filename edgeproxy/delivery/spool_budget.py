@@ -14,8 +14,7 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from edgeproxy.delivery import spool_sql as sql
-from edgeproxy.delivery.records import DeadLetter, SpoolItem
-from edgeproxy.delivery.spool_sql import group_key, item_size
+from edgeproxy.delivery.records import DeadLetter, SpoolItem, group_key, item_size
 from edgeproxy.delivery.spool_stream import Stream
 
 PRUNE_CHUNK = 250  # old delivered rows deleted per transaction (see spool.ACK_CHUNK)

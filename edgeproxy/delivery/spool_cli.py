@@ -12,11 +12,10 @@ from typing import Any
 
 from edgeproxy.delivery import spool_admin as admin
 from edgeproxy.delivery import spool_view as view
-from edgeproxy.delivery.records import SpoolUnavailable
+from edgeproxy.delivery.records import SpoolUnavailable, now_ms
 from edgeproxy.delivery.spool_admin import ReplayFilter
 from edgeproxy.delivery.spool_file import spool_path
 from edgeproxy.delivery.spool_schema import SchemaTooNew, migrate
-from edgeproxy.delivery.spool_sql import now_ms
 from edgeproxy.delivery.spool_stream import StreamState
 
 

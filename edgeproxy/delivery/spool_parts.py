@@ -12,7 +12,8 @@ from typing import Any, Container, Iterable, Mapping, Sequence
 
 import orjson
 
-from edgeproxy.delivery.spool_sql import DUE_COUNT_CAP, ClaimedItem, DueGroup, pick
+from edgeproxy.delivery.records import ClaimedItem, DueGroup
+from edgeproxy.delivery.spool_sql import DUE_COUNT_CAP, pick
 
 StreamDue = Mapping[str, tuple[int, tuple[Any, ...]]]  # Stream.due_groups: key -> (count, first row's columns)
 

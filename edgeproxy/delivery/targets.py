@@ -20,7 +20,7 @@ from edgeproxy import amplitude_privacy_api, segment_api
 from edgeproxy.amplitude_api import build_request, content_type, endpoint_url, request_data
 from edgeproxy.delivery.classify import Verdict, classify
 from edgeproxy.delivery.ratelimit import RateLimiter
-from edgeproxy.delivery.spool_sql import ClaimedItem
+from edgeproxy.delivery.records import ClaimedItem
 from edgeproxy.sources import Relay, Source, SourceTable
 
 AMPLITUDE = "amplitude"

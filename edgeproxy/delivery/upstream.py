@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 
 from edgeproxy.delivery.classify import Verdict, backoff_delay
-from edgeproxy.delivery.spool_sql import ClaimedItem
+from edgeproxy.delivery.records import ClaimedItem
 
 EndpointKey = tuple[str, str, str]  # (target, source, endpoint)
 Scope = tuple[str, str]  # (target, source): the project a throttle applies to

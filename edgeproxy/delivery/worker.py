@@ -35,8 +35,7 @@ import aiohttp
 from edgeproxy.config import Settings
 from edgeproxy.delivery.classify import Verdict, backoff_delay, body_excerpt
 from edgeproxy.delivery.http_post import post
-from edgeproxy.delivery.records import SpoolUnavailable
-from edgeproxy.delivery.spool_sql import ClaimedItem, DueGroup, now_ms
+from edgeproxy.delivery.records import ClaimedItem, DueGroup, SpoolUnavailable, now_ms
 from edgeproxy.delivery.targets import (
     AMPLITUDE,
     AMPLITUDE_MAX_BODY_BYTES,
