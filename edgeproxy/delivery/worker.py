@@ -4,21 +4,22 @@ One background task. Each cycle asks the spool which (target, source, endpoint, 
 groups have due items, and sends a batch for every group that is full or whose oldest item
 has waited ``flush_interval``. What the request looks like and what an answer means is the
 group's ``Target``'s (``targets.py``: Amplitude, the Segment relay); everything else here is
-the same for every target, so one unreachable service never holds up another's groups. A batch's items stay ``inflight`` until its verdict is applied (ack,
-dead-letter, retry later); items the verdict says to resend now (the rest of a partial 400,
-the halves of a 413, the unthrottled part of a 429) are sent again at once. Nothing busy
-polls: the task sleeps on an ``asyncio.Event`` that ``wake()`` sets, with a timeout of at
-most ``flush_interval``.
+the same for every target, so one unreachable service never holds up another's groups. A
+batch's items stay ``inflight`` until its verdict is applied (ack, dead-letter, retry
+later); items the verdict says to resend now (the rest of a partial 400, the halves of a
+413, the unthrottled part of a 429) are sent again at once. Nothing busy polls: the task
+sleeps on an ``asyncio.Event`` that ``wake()`` sets, with a timeout of at most
+``flush_interval``.
 
 An outage backs off as a whole, not only per batch: after a 5xx, a timeout or a connection
-error the target's endpoint itself is closed for an exponentially growing, jittered delay (reset by
-the next answer that is not a server failure), so while a service is down the worker sends
-one probe per delay instead of one request per flush interval for every new batch. A 429
-with ``Retry-After`` (Segment's) closes it for exactly that long. Those rules, and the
-pauses of throttled devices and users, are ``upstream.py``'s.
+error the target's endpoint itself is closed for an exponentially growing, jittered delay
+(reset by the next answer that is not a server failure), so while a service is down the
+worker sends one probe per delay instead of one request per flush interval for every new
+batch. A 429 with ``Retry-After`` (Segment's) closes it for exactly that long. Those rules,
+and the pauses of throttled devices and users, are ``upstream.py``'s.
 
-With no ``amplitude.api_key`` the Amplitude target delivers to a LOCAL SINK (an in-memory ring of the
-request bodies it would have sent) so a newcomer sees the whole loop in /debug.
+With no ``amplitude.api_key`` the Amplitude target delivers to a LOCAL SINK (an in-memory
+ring of the request bodies it would have sent) so a newcomer sees the whole loop in /debug.
 """
 
 from __future__ import annotations
