@@ -24,11 +24,17 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
+START = time.monotonic()  # when the bench's process started: ``log`` says how long ago
 SUT_CORE = 0
 LOAD_CORE = 1
 
 # Amplitude's answer to an accepted /2/httpapi or /batch request (the shape the worker parses).
 AMPLITUDE_OK = '{"code":200,"events_ingested":1,"payload_size_bytes":1,"server_upload_time":1700000000000}'
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the results table goes to stdout)."""
+    print(f"[{time.monotonic() - START:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 class BenchError(SystemExit):

@@ -66,14 +66,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -81,15 +77,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules n
 
 import _servers as srv  # noqa: E402
 import _wrk as wrk  # noqa: E402
+from _inproc_runs import measure_forwarding, measure_hot_path, measure_memory, measure_trail_memory, med  # noqa: E402
+from _scenarios import BROWSER_BATCH, Target, build_targets  # noqa: E402
 from _table import markdown, table_rows  # noqa: E402
-from _servers import BenchError, Processes, Server  # noqa: E402
+from _servers import START, Processes, Server, log  # noqa: E402
 
 SCENARIOS = ("ingest", "new", "batch", "redis", "crash", "website", "trail", "browser", "compiled", "memory",
              "forwarding")
 SINGLE_EVENT = ("ingest", "new", "redis", "crash")  # the /v1/t rows, each also compared with the handler alone
 HTTP_SCENARIOS = {"ingest", "new", "batch", "redis", "crash", "website", "trail", "browser", "compiled"}
-BROWSER_BATCH = 10  # analytics.js's default batch size (`[cdn] browser_batch_size`)
-PAGE_BYTES = 100 * 1024
 SESSIONS = 100_000
 FORWARD_EVENTS = 20_000
 # Forwarding is measured this many times per target, the targets alternating, and the median
@@ -103,34 +99,7 @@ MODERATE_RATE = 1000.0  # req/s
 MAX_MODERATE_CONNECTIONS = 30
 
 
-def log(message: str) -> None:
-    """Progress on stderr (the results table goes to stdout)."""
-    print(f"[{time.monotonic() - START:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-START = time.monotonic()
-
-
-# ---------------------------------------------------------------------------- targets and rounds
-
-@dataclass
-class Target:
-    """One server and the request it is measured with (a row of raw figures)."""
-
-    key: str
-    label: str
-    url: str
-    saturation: Path
-    moderate: Path | None
-    events_per_request: int = 1
-    edge: Server | None = None  # an edgeproxy: wait for its delivery to catch up after each round
-    mod_connections: int = wrk.MODERATE_CONNECTIONS  # calibrated so the achieved rate is ~1,000 req/s
-    cpu_busy: list[float] = field(default_factory=list)  # edgeproxy's CPU use per run, share of one core
-    cpu_to_drained: list[float] = field(default_factory=list)  # edgeproxy's CPU-s per run, delivery included
-    events: list[int] = field(default_factory=list)  # events acknowledged per run
-    sat: list[wrk.WrkResult] = field(default_factory=list)
-    mod: list[wrk.WrkResult] = field(default_factory=list)
-
+# ---------------------------------------------------------------------------- rounds
 
 def drain(edge: Server, problems: list[str]) -> None:
     """Wait until edgeproxy delivered every accepted event, so no backlog runs into the next round.
@@ -207,191 +176,7 @@ def run_rounds(targets: Sequence[Target], args: argparse.Namespace, problems: li
                     f"p99 {res.p99_us / 1000:6.2f} ms{cpu}")
 
 
-# ---------------------------------------------------------------------------- setup
-
-def returning_cookie(edge: Server, body: str) -> str:
-    """The Cookie header of a returning visitor: what edgeproxy set on a first tracking call."""
-    req = urllib.request.Request(edge.url("/_e/v1/t"), data=body.encode(), method="POST",
-                                 headers={"Content-Type": "text/plain", "User-Agent": wrk.USER_AGENT})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        if resp.status != 200:
-            raise BenchError(f"bench: {edge.name} answered {resp.status} to the first tracking call")
-        pairs = [c.split(";", 1)[0].strip() for c in resp.headers.get_all("Set-Cookie") or []]
-    if not pairs:
-        raise BenchError(f"bench: {edge.name} set no cookie on the first tracking call")
-    return "; ".join(pairs)
-
-
-def write_site(site_dir: Path) -> str:
-    """A 100 KB HTML page for the origin to serve as a static file."""
-    site_dir.mkdir()
-    row = '<p class="copy">Merino Wool Runner: breathable, light and machine washable. <a href="/p/1">More</a></p>\n'
-    head = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Shop</title></head><body>\n"
-    tail = "</body></html>\n"
-    html = head + row * ((PAGE_BYTES - len(head) - len(tail)) // len(row))
-    html += " " * (PAGE_BYTES - len(html) - len(tail)) + tail
-    (site_dir / "page.html").write_text(html)
-    return "/page.html"
-
-
-def build_targets(procs: Processes, only: set[str], tmp: Path, responder: Server | None) -> list[Target]:
-    """Start the servers the chosen scenarios need and describe each measured (server, request)."""
-    now = time.time()
-    single, batch = wrk.single_body(now), wrk.batch_body(now)
-    page = write_site(tmp / "site")
-    nginx, origin = srv.start_nginx_reference(procs, tmp / "site")
-    targets: list[Target] = []
-
-    def scripted(name: str, **kw: Any) -> tuple[Path, Path]:
-        return (wrk.script(tmp / f"{name}.lua", **kw), wrk.script(tmp / f"{name}-moderate.lua", moderate=True, **kw))
-
-    if only & {"ingest", "new", "batch", "redis", "crash"}:
-        bare = srv.start_bare_aiohttp(procs)
-        targets.append(Target("nginx", "nginx 204 (reference)", nginx.url("/_e/v1/t"), *scripted("ref", body=single)))
-        targets.append(Target("bare", "bare aiohttp (reference)", bare.url("/_e/v1/t"), *scripted("ref", body=single)))
-    assert responder is not None
-    amp_url = responder.url()
-    if only & {"ingest", "compiled"}:
-        handler = srv.start_handler_only(procs, "handler-only", origin_url=origin.url())
-        targets.append(Target("handler", "edgeproxy handler, no spool (reference)", handler.url("/_e/v1/t"),
-                              *scripted("handler", body=single, cookie=returning_cookie(handler, single))))
-    if "compiled" in only:
-        pure = srv.start_handler_only(procs, "handler-pure", origin_url=origin.url(), pure=True)
-        targets.append(Target("pure", "edgeproxy handler, no spool, pure Python", pure.url("/_e/v1/t"),
-                              *scripted("pure", body=single, cookie=returning_cookie(pure, single))))
-    if only & {"ingest", "new", "batch", "website", "browser", "trail"}:
-        edge = srv.start_edgeproxy(procs, "edgeproxy", amplitude_url=amp_url, origin_url=origin.url())
-        cookie = returning_cookie(edge, single)
-        if "trail" in only:
-            # Two processes of their own that serve nothing else, so the two sides are equals (the
-            # shared one also takes the new-visitors rounds and ends up holding far more sessions).
-            full = srv.start_edgeproxy(procs, "edgeproxy-trail", amplitude_url=amp_url, origin_url=origin.url(),
-                                       trail_size=1000)
-            targets.append(Target("trail", "edgeproxy /v1/t, trail_size 1,000 (the default)", full.url("/_e/v1/t"),
-                                  *scripted("trail", body=single, cookie=returning_cookie(full, single)), edge=full))
-            quiet = srv.start_edgeproxy(procs, "edgeproxy-no-trail", amplitude_url=amp_url, origin_url=origin.url(),
-                                        trail_size=0)
-            targets.append(Target("notrail", "edgeproxy /v1/t, trail_size 0", quiet.url("/_e/v1/t"),
-                                  *scripted("notrail", body=single, cookie=returning_cookie(quiet, single)), edge=quiet))
-        if "browser" in only:
-            targets.append(Target("browser1", "browser-shaped, one /v1/t per event", edge.url("/_e/v1/t"),
-                                  scripted("browser1", body=single, cookie=cookie)[0], None, edge=edge))
-            batched = wrk.batch_body(now, size=BROWSER_BATCH)
-            targets.append(Target("browser10", f"browser-shaped, /v1/b of {BROWSER_BATCH}", edge.url("/_e/v1/b"),
-                                  scripted("browser10", body=batched, cookie=cookie)[0], None,
-                                  events_per_request=BROWSER_BATCH, edge=edge))
-        if "ingest" in only:
-            targets.append(Target("ingest", "edgeproxy /v1/t returning visitor", edge.url("/_e/v1/t"),
-                                  *scripted("ingest", body=single, cookie=cookie), edge=edge))
-        if "new" in only:
-            body = wrk.single_body(now, anonymous_id=wrk.ANON_MARK, message_id=wrk.MSG_MARK)
-            targets.append(Target("new", "edgeproxy /v1/t new visitors", edge.url("/_e/v1/t"),
-                                  *scripted("new", body=body, new_visitors=True), edge=edge))
-        if "batch" in only:
-            sat, _ = scripted("batch", body=batch, cookie=cookie)
-            targets.append(Target("batch", "edgeproxy /v1/b, 20 events", edge.url("/_e/v1/b"), sat, None,
-                                  events_per_request=wrk.BATCH_SIZE, edge=edge))
-        if "website" in only:
-            targets.append(Target("origin", "origin direct (nginx static)", origin.url(page), *scripted("get")))
-            bare_proxy = srv.start_bare_aiohttp_proxy(procs, origin.url())
-            targets.append(Target("bareproxy", "bare aiohttp proxy (reference)", bare_proxy.url(page), *scripted("get")))
-            targets.append(Target("website", "edgeproxy website pass-through", edge.url(page),
-                                  *scripted("get-cookie", cookie=cookie), edge=edge))
-    if "crash" in only:
-        edge_c = srv.start_edgeproxy(procs, "edgeproxy-crash", amplitude_url=amp_url, origin_url=origin.url(),
-                                     durability="process_crash")
-        cookie_c = returning_cookie(edge_c, single)
-        targets.append(Target("crash", "edgeproxy /v1/t process_crash", edge_c.url("/_e/v1/t"),
-                              *scripted("crash", body=single, cookie=cookie_c), edge=edge_c))
-    if "redis" in only:
-        redis = srv.start_redis(procs)
-        edge_r = srv.start_edgeproxy(procs, "edgeproxy-redis", amplitude_url=amp_url, origin_url=origin.url(),
-                                     session_store=f"redis://127.0.0.1:{redis.port}/0")
-        cookie_r = returning_cookie(edge_r, single)
-        targets.append(Target("redis", "edgeproxy /v1/t Redis sessions", edge_r.url("/_e/v1/t"),
-                              *scripted("redis", body=single, cookie=cookie_r), edge=edge_r))
-    return targets
-
-
-# ---------------------------------------------------------------------------- in-process measurements
-
-def inproc(what: str, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one measurement of ``_inproc.py`` in a fresh process on the server core."""
-    argv = srv.pinned([sys.executable, str(Path(__file__).with_name("_inproc.py")), what, *extra], srv.SUT_CORE)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
-    if proc.returncode != 0:
-        raise BenchError(f"bench: {what} failed:\n{proc.stdout}\n{proc.stderr}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-
-def measure_memory(procs: Processes, sessions: int) -> dict[str, Any]:
-    log(f"memory: MemorySessionStore, {sessions:,} sessions")
-    store = inproc("memory-store", "--sessions", str(sessions))
-    redis = srv.start_redis(procs, "redis-memory")
-    log(f"memory: RedisSessionStore, {sessions:,} sessions")
-    red = inproc("memory-redis", "--url", f"redis://127.0.0.1:{redis.port}/0", "--sessions", str(sessions))
-    worst_n = min(sessions, 20_000)
-    log(f"memory: worst-case strings through the identity service, {worst_n:,} sessions")
-    worst = inproc("memory-worst", "--sessions", str(worst_n))
-    scale = SESSIONS / sessions
-    return {"memory_store_mib": store["bytes"] * scale / 2**20, "redis_mib": red["bytes"] * scale / 2**20,
-            "sessions_written": sessions, "redis_updates_per_s": red["updates_per_s"],
-            "worst_bytes_per_session": worst["bytes"] / worst_n}
-
-
-def measure_hot_path(calls: int, runs: int) -> dict[str, Any]:
-    log("compiled: normalize + session touch + mapping per event, compiled and pure Python")
-    base = {k: v for k, v in os.environ.items() if k != "EDGEPROXY_PURE_PYTHON"}
-    pure_env = {**base, "EDGEPROXY_PURE_PYTHON": "1"}
-    built, pure = inproc("hot-path", env=base), inproc("hot-path", env=pure_env)
-    out = {"compiled_us": built["us_per_event"], "pure_us": pure["us_per_event"], "status": built["status"],
-           "relay_compiled_us": built["relay_body_us"], "relay_pure_us": pure["relay_body_us"],
-           "cookies_built_us": built["cookies_us"], "cookies_pure_us": pure["cookies_us"]}
-    # The whole handler, awaited in-process: steadier than its HTTP rows, so the build's effect
-    # on a call can be read (builds alternating, the median of ``runs`` each).
-    for shape, extra in (("single", ()), ("batch", ("--batch",))):
-        n = str(calls if shape == "single" else max(1, calls // 5))
-        log(f"compiled: the handler awaited in-process, {n} distinct {shape} calls, compiled and pure Python, x{runs}")
-        per: dict[str, list[float]] = {"compiled": [], "pure": []}
-        for _ in range(runs):
-            for build, env in (("compiled", base), ("pure", pure_env)):
-                per[build].append(inproc("handler-calls", "--calls", n, *extra, env=env)["us_per_event"])
-        out[f"calls_{shape}"] = {build: med(values) for build, values in per.items()}
-    return out
-
-
-def measure_trail_memory(events: int) -> dict[str, Any]:
-    log(f"trail: bytes held after {events:,} events through the handler, trail_size 1,000 and 0")
-    on, off = (inproc("trail-memory", "--events", str(events), "--trail-size", str(n)) for n in (1000, 0))
-    entries = min(events, 1000)
-    held = on["bytes"] - off["bytes"]
-    return {"entries": entries, "bytes": held, "mib": held / 2**20, "bytes_per_entry": held / entries}
-
-
-def measure_forwarding(responder: Server, events: int, runs: int) -> dict[str, dict[str, Any]]:
-    """``runs`` fresh runs per target (Amplitude, the relay), alternating; each target's median
-    run is reported, with the spread of all of them."""
-    out: dict[str, list[dict[str, Any]]] = {"forwarding": [], "relay": []}
-    for i in range(runs):
-        for key, target in (("forwarding", "amplitude"), ("relay", "segment")):
-            log(f"forwarding {i + 1}/{runs}: {events:,} events spool → worker → local responder, as {target} items")
-            f = inproc("forwarding", "--endpoint-url", responder.url(), "--events", str(events), "--target", target)
-            out[key].append({"cpu_us_per_event": f["cpu_s"] / f["events"] * 1e6, "events": f["events"],
-                             "requests": f["requests"], "wall_s": f["wall_s"],
-                             "event_loop_us_per_event": f["event_loop_cpu_s"] / f["events"] * 1e6,
-                             "other_threads_us_per_event": f["other_threads_cpu_s"] / f["events"] * 1e6})
-    result = {}
-    for key, all_runs in out.items():
-        ranked = sorted(all_runs, key=lambda r: r["cpu_us_per_event"])
-        result[key] = {**ranked[(len(ranked) - 1) // 2], "runs_us": [r["cpu_us_per_event"] for r in all_runs]}
-    return result
-
-
 # ---------------------------------------------------------------------------- results
-
-def med(values: Sequence[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
-
 
 def per_round(a: Sequence[wrk.WrkResult], b: Sequence[wrk.WrkResult], fn: Callable[[wrk.WrkResult, wrk.WrkResult], float]) -> float:
     """Median over rounds of ``fn(a_round, b_round)``: ratios taken within a round share its noise."""
@@ -501,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "trail" in only:
                 results["trail_memory"] = measure_trail_memory(TRAIL_EVENTS // 3 if args.quick else TRAIL_EVENTS)
             if "memory" in only:
-                results["memory"] = measure_memory(procs, args.sessions)
+                results["memory"] = measure_memory(procs, args.sessions, per=SESSIONS)
             if "forwarding" in only:
                 assert responder is not None
                 results.update(measure_forwarding(responder, args.forward_events, args.forward_runs))
