@@ -197,6 +197,7 @@ class Settings:
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)  # type: ignore[misc]
                               if f.name != "sources"}
 
+
 def _defaults_of(section: str) -> Any:
     return SECTIONS[section]()
 

@@ -32,7 +32,6 @@ MIN_SPOOL_SIZE = 1024**2
 DURABILITY = {"power_loss": "FULL", "process_crash": "NORMAL"}
 
 
-
 def validate(s: Settings) -> list[str]:
     """Every semantic problem, each prefixed with its key."""
     problems: list[str] = []

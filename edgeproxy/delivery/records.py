@@ -93,7 +93,7 @@ class ClaimedItem(NamedTuple):
     Why a NamedTuple rather than a frozen dataclass: a claim makes one per row, up to 2,000
     per request, and a frozen dataclass's ``__init__`` sets each field through
     ``object.__setattr__`` (1.3 µs a row, a quarter of the whole claim). A tuple is built in
-    C from the row SQLite hands back (``_AS_CLAIMED``), and is just as immutable.
+    C from the row SQLite hands back (``spool_sql._AS_CLAIMED``), and is just as immutable.
     """
 
     row_id: Any

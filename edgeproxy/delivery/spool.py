@@ -419,4 +419,3 @@ class Spool:
 
     async def user_devices(self, user_id: str) -> list[str]:
         return await self._submit(lambda c: view.user_devices(c, self._stream.fresh(c), user_id))
-

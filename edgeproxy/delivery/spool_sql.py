@@ -36,10 +36,9 @@ from edgeproxy.delivery.records import (
     DueGroup,
 )
 
+
 class SpoolFull(sqlite3.OperationalError):
     """The spool holds ``max_bytes`` already: appends are refused (the edge answers 503)."""
-
-
 
 
 _AS_CLAIMED = functools.partial(tuple.__new__, ClaimedItem)  # a row in field order -> ClaimedItem, in C

@@ -344,5 +344,3 @@ def _fill_ip(msg: dict[str, Any], remote: str | None) -> None:
         context = msg["context"] = {}
     if not context.get("ip"):
         context["ip"] = remote
-
-

@@ -24,10 +24,12 @@ log = logging.getLogger("edgeproxy.ingest")
 
 
 def tracking_json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    """A tracking API answer: JSON, as Segment's API answers (``{"success": …}``)."""
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
 def tracking_error(status: int, message: str, code: str = "invalid_request", **extra: Any) -> web.Response:
+    """A refusal: ``success`` false, what was wrong in ``message``, a stable ``code`` for programs."""
     return tracking_json(status, {"success": False, "message": message, "code": code, **extra})
 
 
