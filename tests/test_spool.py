@@ -92,6 +92,23 @@ def test_path_is_a_file_or_a_data_directory(tmp_path: Path) -> None:
     assert Spool(tmp_path / "data").path == tmp_path / "data" / "spool.sqlite3"
     assert Spool(tmp_path / "data.v2").path == tmp_path / "data.v2" / "spool.sqlite3"
     assert Spool(tmp_path / "queue.db").path == tmp_path / "queue.db"
+    (tmp_path / "old.db").mkdir()  # a directory that happens to end like a database
+    assert Spool(tmp_path / "old.db").path == tmp_path / "old.db" / "spool.sqlite3"
+
+
+async def test_the_cli_opens_the_file_the_server_writes(tmp_path: Path) -> None:
+    """`edgeproxy spool` / `replay` resolve a path by the same rule as the serving spool."""
+    from edgeproxy.delivery import spool_cli
+
+    for given in (tmp_path / "data", tmp_path / "queue.sqlite"):
+        spool = Spool(given)
+        await spool.open()
+        await spool.close()
+        conn = spool_cli._cli_connect(given, readonly=True)
+        try:
+            assert conn.execute("PRAGMA database_list").fetchone()[2] == str(spool.path)
+        finally:
+            conn.close()
 
 
 async def test_wal_mode_and_full_sync(sqlite_spool: Spool) -> None:
