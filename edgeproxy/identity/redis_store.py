@@ -320,7 +320,7 @@ class RedisSessionStore:
         flat = await self._claim(keys=[self._index], args=[int(older_than_ms), int(limit), self._key_prefix])
         claimed: list[tuple[str, SessionState]] = []
         for i in range(0, len(flat), 2):
-            device_id = flat[i].decode() if isinstance(flat[i], bytes) else flat[i]
+            device_id = reply.text(flat[i])
             state = _decode(flat[i + 1], device_id)
             if state is not None:
                 claimed.append((device_id, state))
